@@ -127,8 +127,6 @@ def extract_member(tar_path, member_suffix: str, dest) -> Path:
     if not suffix:
         raise ValueError('empty member_suffix')
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    dest_root = dest.resolve()
     with tarfile.open(tar_path, 'r:*') as tar:
         members = tar.getmembers()
         roots = sorted({m.name.rstrip('/') for m in members
@@ -140,6 +138,8 @@ def extract_member(tar_path, member_suffix: str, dest) -> Path:
         root = roots[0]
         selected = [m for m in members
                     if m.name.rstrip('/') == root or m.name.startswith(root + '/')]
+        dest.mkdir(parents=True, exist_ok=True)
+        dest_root = dest.resolve()
         for m in selected:
             rel = _safe_relpath(m.name.rstrip('/'))
             out = dest.joinpath(*rel.parts)

@@ -100,3 +100,21 @@ def write_manifest(model_path: str | os.PathLike, data: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+INDEX = "models.json"
+
+
+def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tuple[Path, Path]:
+    """(detector, embedder) paths of ``precision`` from a models folder's ``models.json`` index."""
+    models_dir = Path(models_dir)
+    path = models_dir / INDEX
+    if precision not in ("int8", "float32"):
+        raise ValueError(f"precision must be 'int8' or 'float32', got {precision!r}")
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: build the models first with `edgeface build --out {models_dir}`")
+    try:
+        entry = json.loads(path.read_text())[precision]
+        return models_dir / entry["detector"], models_dir / entry["embedder"]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: no {precision} detector and embedder listed ({exc})") from exc

@@ -1,0 +1,120 @@
+"""``edgeface build``: float and int8 detector and embedder models from upstream weights, in one folder.
+
+The folder gets ``<model>.tflite`` + ``<model>.json`` (manifest) per model and ``models.json``, the index
+that tells the runtime which files are the default detector and embedder for each precision.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from edgeface import blazeface
+from edgeface.calibration_data import builder
+from edgeface.detect import FaceDetector
+from edgeface.embed import face_crop
+from edgeface.manifest import INDEX
+
+from . import common, detector, embedder
+
+log = logging.getLogger(__name__)
+
+DETECTORS = ("short_range", "full_range")
+DEFAULT_DETECTOR = "full_range"
+
+
+def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEFAULT,
+                 detectors: Sequence[str] = DETECTORS, default_detector: str = DEFAULT_DETECTOR,
+                 calibration_folder: Optional[str] = None, count: int = builder.DEFAULT_COUNT,
+                 seed: int = builder.DEFAULT_SEED, cache_dir: Optional[str] = None,
+                 threshold: Optional[dict] = None, calibrate_threshold: bool = True,
+                 threshold_pairs: int = 600) -> dict:
+    """Build every model into ``out_dir`` and write the index. Returns the index dict."""
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir or os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
+    if default_detector not in detectors:
+        raise ValueError(f"default detector {default_detector!r} is not among the built {list(detectors)}")
+    embedder.source(embedder_family)  # validates the name before any work
+    cset = (builder.folder(calibration_folder, count, seed) if calibration_folder
+            else builder.default_set(count, seed, cache))
+    log.info("calibration set %s (%d images)", cset.id, len(cset.files))
+    images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images",
+                                                                   len(cset.files)))
+    index: dict = {"float32": {}, "int8": {}, "calibration": cset.describe()}
+    for name in detectors:
+        spec = blazeface.spec_for(name)
+        f = detector.export_float(spec, out)
+        q = detector.quantize(spec, images, out, cset.describe())
+        if name == default_detector:
+            index["float32"]["detector"], index["int8"]["detector"] = f.name, q.name
+        index.setdefault("detectors", {})[name] = {"float32": f.name, "int8": q.name}
+        log.info("detector %s: float %s, int8 %s (%.0f KB)", name, f.name, q.name, q.stat().st_size / 1024)
+    built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
+                           precisions=("float32",))
+    float_det = FaceDetector(out / index["float32"]["detector"])
+    recipe = dict(embedder.DEFAULT_CROP)
+    crops = builder.face_crops(
+        list(common.progress(images, "cropping calibration faces")),
+        float_det.detect, lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
+    log.info("embedder calibration: %d face crops from %d images", len(crops), len(images))
+    built.update(embedder.build(embedder_family, out, crops, dict(cset.describe(), num_crops=len(crops)),
+                                cache, threshold=threshold, precisions=("int8",)))
+    for precision, path in built.items():
+        index[precision]["embedder"] = path.name
+    if calibrate_threshold:
+        lfw = builder.default_data_root() / "lfw"
+        if (lfw / THRESHOLD_PAIRS_FILE).is_file():
+            for precision in ("float32", "int8"):
+                calibrate_min_cosine_similarity(out / index[precision]["detector"],
+                                                out / index[precision]["embedder"], lfw, threshold_pairs)
+        else:
+            log.warning("LFW not found at %s: min_cosine_similarity stays provisional", lfw)
+    index["build_seconds"] = round(time.time() - t0, 1)
+    tmp = out / (INDEX + ".part")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, out / INDEX)
+    log.info("built models into %s in %.0f s", out, time.time() - t0)
+    return index
+
+
+THRESHOLD_PAIRS_FILE = "pairsDevTrain.txt"
+
+
+def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lfw_root: Path,
+                                    limit: int = 600) -> dict:
+    """Set the embedder manifest's ``min_cosine_similarity`` from LFW DevTrain pairs (never the test pairs).
+
+    The default is the accuracy-optimal threshold; the thresholds for FAR 1e-2 and 1e-3 are recorded too,
+    for installers who want fewer false accepts.
+    """
+    from edgeface import evaluate
+    from edgeface.lfw import evaluate_lfw
+    from edgeface.manifest import read_manifest, write_manifest
+    from edgeface.recognizer import FaceRecognizer
+
+    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    rec.precision = read_manifest(embedder_path)["precision"]
+    r = evaluate_lfw(rec, lfw_root, lfw_root / THRESHOLD_PAIRS_FILE, limit=limit,
+                     progress=lambda it: common.progress(it, f"threshold calibration ({rec.precision})"))
+    scores, same = r["_scores"], r["_same"]
+    best = evaluate.best_threshold(scores, same)
+    points = {}
+    for far in (1e-2, 1e-3):
+        tar, thr = evaluate.tar_at_far(scores, same, far)
+        points[f"far_{far:g}"] = {"min_cosine_similarity": round(float(thr), 4), "tar": round(float(tar), 4)}
+    section = {
+        "min_cosine_similarity": round(float(best), 4),
+        "threshold_source": f"accuracy-optimal on LFW {THRESHOLD_PAIRS_FILE}, {len(same)} pairs "
+                            f"({r['accuracy_mean'] * 100:.2f}% there)",
+        "operating_points": points,
+    }
+    data = read_manifest(embedder_path)
+    data["embedder"].update(section)
+    write_manifest(embedder_path, data)
+    log.info("%s: min_cosine_similarity %.3f (%s)", embedder_path.name, best, section["threshold_source"])
+    return section

@@ -1,0 +1,102 @@
+"""The public API: find faces, embed them, compare them, name them against a gallery."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .detect import Face, FaceDetector
+from .embed import FaceEmbedder
+from .manifest import resolve_models
+
+DEFAULT_MODELS_DIR = "models"
+
+
+def default_models_dir() -> Path:
+    """``$EDGEFACE_MODELS`` or ``./models`` (where ``edgeface build`` writes by default)."""
+    return Path(os.environ.get("EDGEFACE_MODELS", DEFAULT_MODELS_DIR))
+
+
+class Verification(NamedTuple):
+    """Result of :meth:`FaceRecognizer.verify`: faces found in each image, cosine similarity of the best
+    faces (NaN if either image has no face), the threshold used and the decision."""
+    faces: tuple[int, int]
+    similarity: float
+    threshold: float
+    same: bool
+
+
+class Identity(NamedTuple):
+    """One face in an image and who it is: ``name`` is None for an unknown face."""
+    face: Face
+    name: Optional[str]
+    similarity: float
+
+
+class FaceRecognizer:
+    """Detect -> crop -> embed -> match, with int8 (default) or float models from one models folder.
+
+    Args:
+      models_dir: folder written by ``edgeface build`` (default ``$EDGEFACE_MODELS`` or ``./models``).
+      precision: ``"int8"`` (small, the Edge TPU's only format; on a Pi 4 CPU not always faster than float:
+        measure with ``edgeface bench``) or ``"float32"``.
+      min_cosine_similarity: two faces are the same person when the cosine similarity of their embeddings
+        is at least this. Default: the embedder manifest's value, calibrated on LFW DevTrain pairs (accuracy
+        optimal). Raise it to cut false accepts at a door (see the operating points in the manifest), lower
+        it to recognise people across larger changes of pose, age and light.
+      min_detection_score: detector score in (0, 1); lower finds smaller and turned faces, and more false ones.
+      threads: CPU threads per interpreter; accelerator: ``"edgetpu"`` for Coral.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, precision: str = "int8",
+                 min_cosine_similarity: Optional[float] = None, min_detection_score: Optional[float] = None,
+                 threads: Optional[int] = None, accelerator: Optional[str] = None,
+                 detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None):
+        if detector_path is None or embedder_path is None:
+            det, emb = resolve_models(models_dir or default_models_dir(), precision)
+            detector_path, embedder_path = detector_path or det, embedder_path or emb
+        self.detector = FaceDetector(detector_path, min_score=min_detection_score, threads=threads,
+                                     accelerator=accelerator)
+        self.embedder = FaceEmbedder(embedder_path, threads=threads, accelerator=accelerator)
+        if min_cosine_similarity is None:
+            min_cosine_similarity = self.embedder.min_cosine_similarity
+        if not -1.0 <= min_cosine_similarity <= 1.0:
+            raise ValueError(f"min_cosine_similarity must be in [-1, 1], got {min_cosine_similarity}")
+        self.min_cosine_similarity = float(min_cosine_similarity)
+        self.precision = precision
+
+    @property
+    def embedder_id(self) -> str:
+        """Embedding-space id stored in galleries (float and int8 of one upstream model share it)."""
+        return self.embedder.space_id
+
+    def detect(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[Face]:
+        """Faces in an RGB uint8 image, best first, in image pixels."""
+        return self.detector.detect(image, max_faces)
+
+    def embed_face(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """L2-normalized embedding of one detected face (cropped per the embedder's recipe)."""
+        return self.embedder.embed_crop(self.embedder.crop(image, face.box, face.keypoints))
+
+    def embed(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[tuple[Face, np.ndarray]]:
+        """Every face (best first) with its embedding."""
+        return [(f, self.embed_face(image, f)) for f in self.detect(image, max_faces)]
+
+    def verify(self, image1: np.ndarray, image2: np.ndarray) -> Verification:
+        """Are the best faces of two images the same person? No face in either image -> ``same=False``."""
+        e1, e2 = self.embed(image1, 1), self.embed(image2, 1)
+        counts = (len(self.detect(image1)) if e1 else 0, len(self.detect(image2)) if e2 else 0)
+        if not e1 or not e2:
+            return Verification(counts, float("nan"), self.min_cosine_similarity, False)
+        sim = float(np.dot(e1[0][1], e2[0][1]))
+        return Verification(counts, sim, self.min_cosine_similarity, sim >= self.min_cosine_similarity)
+
+    def identify(self, image: np.ndarray, gallery) -> list[Identity]:
+        """Name every face in ``image`` against a :class:`edgeface.Gallery`; unknown faces get ``None``."""
+        out = []
+        for face, emb in self.embed(image):
+            match = gallery.identify(emb, self.min_cosine_similarity)
+            out.append(Identity(face, match.name, float(match.similarity)))
+        return out

@@ -1,0 +1,95 @@
+"""Pure pre-processing functions (synthetic arrays) and image-reading error paths."""
+import cv2
+import numpy as np
+import pytest
+
+from edgeface import preprocess
+from edgeface.runtime import dequantize, quantize
+
+
+def test_letterbox_roundtrip_maps_points_back():
+    img = np.zeros((100, 200, 3), np.uint8)
+    canvas, lb = preprocess.letterbox(img, 128)
+    assert canvas.shape == (128, 128, 3)
+    assert lb.scale == pytest.approx(0.64) and lb.pad_x == 0 and lb.pad_y == 32
+    # image corner (200, 100) -> canvas (128, 96) -> normalized -> back
+    pts = np.array([[128 / 128, 96 / 128], [0, 32 / 128]])
+    back = preprocess.unletterbox(pts, lb)
+    assert np.allclose(back, [[200, 100], [0, 0]], atol=1e-3)
+
+
+def test_to_rgb_handles_gray_alpha_bgr_and_16bit():
+    bgr = np.zeros((4, 5, 3), np.uint8)
+    bgr[..., 0] = 255  # blue in BGR
+    assert preprocess.to_rgb(bgr, "bgr")[0, 0].tolist() == [0, 0, 255]
+    assert preprocess.to_rgb(np.full((4, 5), 7, np.uint8)).shape == (4, 5, 3)
+    assert preprocess.to_rgb(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
+    assert preprocess.to_rgb(np.full((2, 2, 3), 65535, np.uint16)).max() == 255
+    with pytest.raises(ValueError):
+        preprocess.to_rgb(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for path, reason in ((empty, "empty"), (text, "not a readable image"), (tmp_path / "missing.png", "cannot")):
+        with pytest.raises(preprocess.ImageError, match=reason) as err:
+            preprocess.read_image(path)
+        assert str(path) in str(err.value)
+
+
+def test_read_image_rejects_decompression_bomb_header(tmp_path):
+    small = np.zeros((8, 8, 3), np.uint8)
+    ok, buf = cv2.imencode(".png", small)
+    data = bytearray(buf.tobytes())
+    data[16:20] = (60000).to_bytes(4, "big")  # claim 60000 x 60000 in the IHDR
+    data[20:24] = (60000).to_bytes(4, "big")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(preprocess.ImageError, match="pixels"):
+        preprocess.read_image(bomb)
+
+
+def test_read_image_grayscale_and_alpha_png(tmp_path):
+    gray = tmp_path / "g.png"
+    cv2.imwrite(str(gray), np.full((10, 12), 100, np.uint8))
+    rgba = tmp_path / "a.png"
+    cv2.imwrite(str(rgba), np.dstack([np.full((10, 12, 3), 50, np.uint8), np.full((10, 12), 128, np.uint8)]))
+    assert preprocess.read_image(gray).shape == (10, 12, 3)
+    assert preprocess.read_image(rgba).shape == (10, 12, 3)
+
+
+def test_crop_box_is_square_and_pads_outside():
+    img = np.full((50, 50, 3), 200, np.uint8)
+    crop = preprocess.crop_box(img, [30, 30, 60, 60], 20, margin=0.0)  # box runs off the image
+    assert crop.shape == (20, 20, 3)
+    assert crop[0, 0].tolist() == [200, 200, 200] and crop[-1, -1].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="degenerate"):
+        preprocess.crop_box(img, [10, 10, 10, 20], 20)
+
+
+def test_square_box_margin():
+    assert np.allclose(preprocess.square_box([0, 0, 10, 20], 0.5), [-10, -5, 20, 25])
+
+
+def test_similarity_transform_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, t = 0.3, 1.7, np.array([5.0, -3.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rot.T + t
+    m = preprocess.similarity_transform(src, dst)
+    assert np.allclose(m[:, :2], scale * rot, atol=1e-4) and np.allclose(m[:, 2], t, atol=1e-3)
+
+
+def test_normalize_and_quantize_roundtrip():
+    x = preprocess.normalize(np.array([[0, 127.5, 255]], np.float32), 127.5, 127.5)
+    assert np.allclose(x, [[-1, 0, 1]])
+    q = quantize(np.array([-2.0, -0.5, 0.0, 0.5, 2.0]), 0.01, 3, np.int8)
+    assert q.tolist() == [-128, -47, 3, 53, 127]  # zero point applied, saturates at the int8 limits
+    assert np.allclose(dequantize(q, 0.01, 3), [-1.31, -0.5, 0, 0.5, 1.24])
+    assert quantize(np.array([-1.0, 0.0, 3.0]), 0.5, 128, np.uint8).tolist() == [126, 128, 134]
+    with pytest.raises(ValueError):
+        preprocess.normalize(x, 0, 0)
