@@ -23,7 +23,7 @@ from . import common, detector, embedder
 log = logging.getLogger(__name__)
 
 DETECTORS = ("short_range", "full_range")
-DEFAULT_DETECTOR = "full_range"
+DEFAULT_DETECTOR = "short_range"
 
 
 def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEFAULT,

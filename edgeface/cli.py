@@ -43,6 +43,7 @@ def _recognizer(args):
     return FaceRecognizer(args.models, precision=args.precision,
                           min_cosine_similarity=getattr(args, "threshold", None),
                           min_detection_score=getattr(args, "min_score", None), threads=args.threads,
+                          tiles=args.tiles,
                           accelerator=args.accelerator)
 
 
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run on a Coral Edge TPU (needs libedgetpu and compiled models)")
             p.add_argument("--min-score", type=float, default=None,
                            help="minimum detection score in (0,1) (default: the detector manifest's)")
+            p.add_argument("--tiles", type=int, default=1,
+                           help="also detect on N x N overlapping tiles: finds small faces in large photos "
+                                "(group photos: 2)")
         return p
 
     p = sub.add_parser("build", help="build int8 and float models from upstream weights",

@@ -47,18 +47,20 @@ class FaceRecognizer:
         optimal). Raise it to cut false accepts at a door (see the operating points in the manifest), lower
         it to recognise people across larger changes of pose, age and light.
       min_detection_score: detector score in (0, 1); lower finds smaller and turned faces, and more false ones.
+      tiles: 1 (default) for faces that fill a good part of the frame (a door camera, a portrait); 2 or 3
+        to also find small faces in large frames such as group photos (costs tiles**2 + 1 detector runs).
       threads: CPU threads per interpreter; accelerator: ``"edgetpu"`` for Coral.
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, precision: str = "int8",
                  min_cosine_similarity: Optional[float] = None, min_detection_score: Optional[float] = None,
-                 threads: Optional[int] = None, accelerator: Optional[str] = None,
+                 threads: Optional[int] = None, accelerator: Optional[str] = None, tiles: int = 1,
                  detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None):
         if detector_path is None or embedder_path is None:
             det, emb = resolve_models(models_dir or default_models_dir(), precision)
             detector_path, embedder_path = detector_path or det, embedder_path or emb
         self.detector = FaceDetector(detector_path, min_score=min_detection_score, threads=threads,
-                                     accelerator=accelerator)
+                                     accelerator=accelerator, tiles=tiles)
         self.embedder = FaceEmbedder(embedder_path, threads=threads, accelerator=accelerator)
         if min_cosine_similarity is None:
             min_cosine_similarity = self.embedder.min_cosine_similarity

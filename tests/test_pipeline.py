@@ -1,0 +1,146 @@
+"""Integration: the real built models on real photos from ../shared/data."""
+import json
+
+import numpy as np
+import pytest
+
+from edgeface import Gallery, read_image
+from edgeface.blazeface import iou
+from edgeface.embed import FaceEmbedder
+from edgeface.manifest import read_manifest, resolve_models
+
+from conftest import BBT, lfw_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_index_and_manifests(models_dir, index):
+    for precision in ("int8", "float32"):
+        det, emb = resolve_models(models_dir, precision)
+        for path in (det, emb):
+            m = read_manifest(path)  # verifies sha256 too
+            assert m["precision"] == precision and m["upstream"]["sha256"]
+    det8, emb8 = resolve_models(models_dir, "int8")
+    assert det8.stat().st_size <= 300 * 1024, "int8 detector must stay <= 300 KB"
+    assert emb8.stat().st_size <= 26 * 1024 * 1024, "int8 embedder must stay <= 26 MB"
+    m = read_manifest(emb8)
+    assert m["calibration"]["source"] == "lfw-devtrain"
+    assert -1 < m["embedder"]["min_cosine_similarity"] < 1 and "LFW" in m["embedder"]["threshold_source"]
+
+
+def test_every_tensor_of_int8_models_is_integer(models_dir):
+    from ai_edge_litert.interpreter import Interpreter
+
+    for path in resolve_models(models_dir, "int8"):
+        it = Interpreter(str(path))
+        details = it.get_tensor_details()
+        ops = {d["op_name"] for d in it._get_ops_details()}
+        assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops or path.name.startswith("facenet")
+        io = it.get_input_details() + it.get_output_details()
+        assert all(np.dtype(d["dtype"]).kind in "iu" for d in io), path.name
+        float_activations = [d["name"] for d in details if d["dtype"] == np.float32]
+        assert not float_activations, f"{path.name}: float tensors {float_activations[:5]}"
+
+
+def test_int8_detector_matches_float_on_lfw(recognizer, float_recognizer, data_root):
+    names = sorted(p.name for p in (data_root / "lfw" / "images_deepfunneled").iterdir())[:60]
+    found_f = found_q = 0
+    ious = []
+    for name in names:
+        image = read_image(lfw_image(name, 1))
+        f = float_recognizer.detect(image)
+        q = recognizer.detect(image)
+        found_f += bool(f)
+        found_q += bool(f) and bool(q)
+        if f and q:
+            ious.append(iou(f[0].box, q[0].box[None])[0])
+    assert found_f >= 58
+    assert found_q >= found_f - 1
+    assert np.median(ious) >= 0.8
+
+
+def test_faces_found_in_lfw_with_sane_keypoints(recognizer):
+    image = read_image(lfw_image("Aaron_Peirsol", 1))
+    faces = recognizer.detect(image)
+    assert faces, "no face found"
+    f = faces[0]
+    cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+    assert abs(cx - 125) < 30 and abs(cy - 125) < 40  # deep-funneled faces are centred in 250x250
+    eyes_y = f.keypoints[:2, 1].mean()
+    assert eyes_y < f.keypoints[3, 1], "eyes must be above the mouth"
+    assert f.keypoints[0, 0] < f.keypoints[1, 0], "subject's right eye is on the image's left"
+
+
+def test_same_person_scores_above_different(recognizer):
+    def emb(name, n):
+        return recognizer.embed(read_image(lfw_image(name, n)), 1)[0][1]
+
+    same = [emb("George_W_Bush", 1) @ emb("George_W_Bush", k) for k in (2, 3, 4)]
+    same += [emb("Colin_Powell", 1) @ emb("Colin_Powell", k) for k in (2, 3)]
+    diff = [emb("George_W_Bush", 1) @ emb(o, 1) for o in ("Colin_Powell", "Tony_Blair", "Hugo_Chavez")]
+    assert min(same) > max(diff)
+    assert min(same) > recognizer.min_cosine_similarity > max(diff)
+
+
+def test_int8_embeddings_close_to_float(models_dir, data_root):
+    _, e8 = resolve_models(models_dir, "int8")
+    _, e32 = resolve_models(models_dir, "float32")
+    q, f = FaceEmbedder(e8), FaceEmbedder(e32)
+    assert q.space_id == f.space_id
+    from edgeface.detect import FaceDetector
+
+    det = FaceDetector(resolve_models(models_dir, "float32")[0])
+    # held-out identities: DevTest people are never in the calibration set
+    people = [l.split()[0] for l in (data_root / "lfw" / "peopleDevTest.txt").read_text().splitlines()[1:41]]
+    cos = []
+    for name in people:
+        image = read_image(lfw_image(name, 1))
+        faces = det.detect(image, 1)
+        if faces:
+            crop = f.crop(image, faces[0].box)
+            cos.append(float(q.embed_crop(crop) @ f.embed_crop(crop)))
+    assert len(cos) >= 35
+    assert np.mean(cos) >= 0.98 and min(cos) >= 0.9
+
+
+def test_lfw_devtest_quick_accuracy(recognizer):
+    from edgeface.lfw import evaluate_lfw
+
+    r = evaluate_lfw(recognizer, recognizer_lfw_root(), recognizer_lfw_root() / "pairsDevTest.txt", limit=200)
+    assert r["pairs"] == 200
+    assert r["accuracy_mean"] >= 0.93 and r["roc_auc"] >= 0.97
+    assert r["images_without_face"] <= 2
+
+
+def recognizer_lfw_root():
+    from conftest import LFW
+
+    return LFW
+
+
+def test_gallery_names_people_in_group_photos(models_dir, tmp_path):
+    from edgeface import FaceRecognizer
+
+    recognizer = FaceRecognizer(models_dir, tiles=2)
+    people = sorted(p.name for p in BBT.iterdir() if p.is_dir() and p.name != "group")
+    assert len(people) == 8
+    with Gallery(tmp_path / "bbt.db", recognizer.embedder_id, recognizer.embedder.dim) as g:
+        for name in people:
+            embs = []
+            for photo in sorted((BBT / name).glob("*.png")):
+                faces = recognizer.embed(read_image(photo), 1)
+                if faces:
+                    embs.append(faces[0][1])
+            assert len(embs) >= 3, f"{name}: too few portraits with a face"
+            g.enroll(name, np.stack(embs))
+        named = {}
+        for photo in sorted((BBT / "group").glob("*.jpg")):
+            for ident in recognizer.identify(read_image(photo), g):
+                if ident.name:
+                    named.setdefault(photo.name, []).append(ident.name)
+        total = sum(len(v) for v in named.values())
+        distinct = {n for v in named.values() for n in v}
+        # every group photo shows several cast members; each name at most once per photo
+        assert total >= 8 and len(distinct) >= 5, named
+        for photo, names in named.items():
+            assert len(names) == len(set(names)), f"{photo}: a person named twice: {names}"
