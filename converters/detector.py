@@ -87,20 +87,22 @@ def export_float(spec: blazeface.ModelSpec, out_dir: str | os.PathLike) -> Path:
     return dst
 
 
-def head_ranges(model, samples: Sequence[np.ndarray], spec: blazeface.ModelSpec) -> dict:
-    """Largest |regressor| and |logit| on foreground anchors of ``samples`` (normalized inputs)."""
-    reg_max, logit_max, fg = 0.0, 0.0, 0
-    for x in samples:
-        boxes, logits = (np.asarray(o)[0] for o in model(x, training=False))
-        keep = blazeface.scores_from_logits(logits) >= FOREGROUND_SCORE
-        fg += int(keep.sum())
-        if keep.any():
-            reg_max = max(reg_max, float(np.abs(boxes[keep]).max()))
-            logit_max = max(logit_max, float(np.abs(logits[keep]).max()))
-    if fg == 0:
+def float_heads(model, samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Float (boxes, logits) of the Keras rebuild for every sample, batched: (S, N, 16), (S, N, 1)."""
+    # eager calls: tf_keras' predict() (a tf.function) segfaults on this rebuild with TF 2.21
+    outs = [model(x, training=False) for x in samples]
+    return np.concatenate([np.asarray(b) for b, _ in outs]), np.concatenate([np.asarray(l) for _, l in outs])
+
+
+def head_ranges(float_boxes: np.ndarray, float_logits: np.ndarray) -> dict:
+    """Largest |regressor| and |logit| on foreground anchors (float score >= FOREGROUND_SCORE)."""
+    keep = blazeface.scores_from_logits(float_logits).reshape(float_logits.shape[:2]) >= FOREGROUND_SCORE
+    if not keep.any():
         raise ValueError("no face found by the float detector in the calibration samples")
+    reg_max = float(np.abs(float_boxes[keep]).max())
+    logit_max = float(np.abs(float_logits[keep]).max())
     return {"boxes": math.ceil(reg_max * HEAD_MARGIN), "scores": math.ceil(max(logit_max, 8.0) * HEAD_MARGIN),
-            "foreground_anchors": fg}
+            "foreground_anchors": int(keep.sum())}
 
 
 def _set_head_ranges(tflite_bytes: bytes, ranges: dict) -> bytes:
@@ -179,7 +181,8 @@ def _head_convs(model, out_tensor: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def correct_head_bias(tflite_bytes: bytes, model, samples: Sequence[np.ndarray], min_score: float) -> tuple[bytes, dict]:
+def correct_head_bias(tflite_bytes: bytes, float_boxes: np.ndarray, float_logits: np.ndarray,
+                      samples: Sequence[np.ndarray], min_score: float) -> tuple[bytes, dict]:
     """Bias correction (Nagel et al. 2019) for the detector heads.
 
     Measures the mean int8-minus-float error of every head channel on anchors where the float model sees a
@@ -198,8 +201,7 @@ def correct_head_bias(tflite_bytes: bytes, model, samples: Sequence[np.ndarray],
     score_i = 1 - box_i
     err = {box_i: [], score_i: []}
     masks = []
-    for x in samples:
-        f_boxes, f_logits = (np.asarray(o)[0] for o in model(x, training=False))
+    for x, f_boxes, f_logits in zip(samples, float_boxes, float_logits):
         runtime.set_input(it, x)
         it.invoke()
         q = {i: runtime.get_output(it, i)[0] for i in (box_i, score_i)}
@@ -244,8 +246,7 @@ def correct_head_bias(tflite_bytes: bytes, model, samples: Sequence[np.ndarray],
     it = Interpreter(model_content=data)
     it.allocate_tensors()
     after = {box_i: [], score_i: []}
-    for x, mk in zip(samples, masks):
-        f_boxes, f_logits = (np.asarray(o)[0] for o in model(x, training=False))
+    for x, mk, f_boxes, f_logits in zip(samples, masks, float_boxes, float_logits):
         runtime.set_input(it, x)
         it.invoke()
         after[box_i].append((runtime.get_output(it, box_i)[0] - f_boxes)[mk])
@@ -281,7 +282,8 @@ def quantize(spec: blazeface.ModelSpec, images: Sequence[np.ndarray], out_dir: s
     model = keras_from_tflite(src)
     samples = [detector_input(c, spec.input_size, MEAN, STD)[0]
                for c in detector_canvases(images, spec.input_size)]
-    ranges = head_ranges(model, samples, spec)
+    f_boxes, f_logits = float_heads(model, samples)
+    ranges = head_ranges(f_boxes, f_logits)
     log.info("%s: %d calibration inputs, head ranges %s", spec.name, len(samples), ranges)
 
     def representative():
@@ -295,7 +297,7 @@ def quantize(spec: blazeface.ModelSpec, images: Sequence[np.ndarray], out_dir: s
     converter.inference_input_type = tf.int8 if input_dtype == "int8" else tf.uint8
     converter.inference_output_type = tf.int8
     data = _set_head_ranges(converter.convert(), ranges)
-    data, bias_report = correct_head_bias(data, model, samples, BIAS_CORRECTION_SCORE)
+    data, bias_report = correct_head_bias(data, f_boxes, f_logits, samples, BIAS_CORRECTION_SCORE)
     dst = Path(out_dir) / f"blazeface_{spec.name}_int8.tflite"
     common.atomic_write_bytes(dst, data)
     outputs = _output_names(Interpreter(str(dst)).get_output_details())
