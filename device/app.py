@@ -1,0 +1,204 @@
+"""Assemble the device from its configuration: door (locked first), event log, models, gallery, source, loop.
+
+Start-up is fail secure: the relay is created locked before anything else is loaded, and a wrong, truncated or
+mismatched model, or a gallery built with another embedder, stops the start with a :class:`StartupError`
+naming the problem while the door stays locked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from edgeface.manifest import ManifestError, resolve_models
+
+from .config import DeviceConfig
+from .door import DoorController, DoorError
+from .events import EventLog, EventLogError
+from .loop import FaceLoop
+from .sources import Backoff, ReconnectingSource, make_source
+
+log = logging.getLogger(__name__)
+
+EDGETPU_OP = "edgetpu-custom-op"
+
+
+class StartupError(RuntimeError):
+    """The device cannot start safely; the door stays locked."""
+
+
+def edgetpu_model(path: Path) -> Path:
+    """``x_edgetpu.tflite`` (compiled by edgetpu_compiler, with its manifest) beside ``x.tflite``, if present."""
+    compiled = path.with_name(path.stem + "_edgetpu.tflite")
+    return compiled if compiled.is_file() and compiled.with_suffix(".json").is_file() else path
+
+
+def delegated_nodes(interpreter) -> tuple[int, int]:
+    """(nodes run by the Edge TPU, all nodes) of an interpreter's execution plan."""
+    try:
+        ops = interpreter._get_ops_details()  # noqa: SLF001 - the only way the runtimes expose the plan
+    except Exception:  # noqa: BLE001
+        return -1, -1
+    return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
+
+
+def manifest_threshold(embedder, operating_point: str) -> float:
+    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point."""
+    section = embedder.section
+    if operating_point == "accuracy":
+        return float(section["min_cosine_similarity"])
+    points = section.get("operating_points") or {}
+    if operating_point not in points:
+        log.warning("the embedder manifest has no %s operating point; using its accuracy-optimal threshold %.4f",
+                    operating_point, section["min_cosine_similarity"])
+        return float(section["min_cosine_similarity"])
+    return float(points[operating_point]["min_cosine_similarity"])
+
+
+def door_threshold(cfg: DeviceConfig, rec) -> float:
+    """``[recognition] min_cosine_similarity``, or the manifest's value for ``operating_point``."""
+    r = cfg.recognition
+    return float(r.min_cosine_similarity) if r.min_cosine_similarity is not None \
+        else manifest_threshold(rec.embedder, r.operating_point)
+
+
+def load_recognizer(cfg: DeviceConfig):
+    """FaceRecognizer per ``[models]``: Edge TPU when asked (CPU fallback only if allowed), CPU otherwise."""
+    from edgeface.recognizer import FaceRecognizer
+    from edgeface.runtime import DelegateError
+
+    m = cfg.models
+    det, emb = resolve_models(m.dir, m.precision)
+    common = dict(precision=m.precision,
+                  min_detection_score=m.min_detection_score, threads=m.threads or None)
+    if m.accelerator == "edgetpu":
+        if m.precision != "int8":
+            raise StartupError("the Edge TPU runs int8 models only: set [models] precision = \"int8\"")
+        tdet, temb = edgetpu_model(det), edgetpu_model(emb)
+        try:
+            rec = FaceRecognizer(detector_path=tdet, embedder_path=temb, accelerator="edgetpu", **common)
+        except DelegateError as exc:
+            if not m.allow_cpu_fallback:
+                raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead")
+            log.warning("Edge TPU unavailable (%s); running on the CPU because allow_cpu_fallback = true", exc)
+        else:
+            for role, model, path in (("detector", rec.detector, tdet), ("embedder", rec.embedder, temb)):
+                on_tpu, total = delegated_nodes(model.interpreter)
+                log.info("Edge TPU %s %s: %d of %d nodes delegated", role, path.name, on_tpu, total)
+                if on_tpu == 0:
+                    log.warning("%s %s has no Edge TPU nodes: compile it with edgetpu_compiler "
+                                "(expected %s beside it)", role, path.name, path.stem + "_edgetpu.tflite")
+            rec.delegated = True
+            rec.min_cosine_similarity = door_threshold(cfg, rec)
+            return rec
+    rec = FaceRecognizer(detector_path=det, embedder_path=emb, **common)
+    rec.delegated = False
+    rec.min_cosine_similarity = door_threshold(cfg, rec)
+    return rec
+
+
+def open_gallery(path: str, rec):
+    """The enrolled gallery for ``rec``: must exist and hold embeddings of the same embedder."""
+    from edgeface.gallery import Gallery, GalleryError
+
+    if not Path(path).is_file():
+        raise StartupError(f"gallery {path} not found: enroll people first (edgeface-device enroll)")
+    meta = Gallery.read_meta(path)
+    if (meta.embedder_id, meta.dim) != (rec.embedder_id, rec.embedder.dim):
+        raise StartupError(f"gallery {path} was built with embedder {meta.embedder_id!r} (dim {meta.dim}), but the "
+                           f"models use {rec.embedder_id!r} (dim {rec.embedder.dim}); re-enroll with these models")
+    try:
+        return Gallery(path, rec.embedder_id, rec.embedder.dim)
+    except GalleryError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+class DoorApp:
+    """The door access controller: ``with DoorApp(cfg) as app: app.run()``.
+
+    Args:
+      cfg: validated :class:`DeviceConfig`.
+      pin_factory: a gpiozero pin factory object (tests pass a MockFactory they can inspect).
+      clock: "wall" for cameras, "frame" for video files (door timing follows the video's clock).
+      source: a frame source object instead of the one ``[source]`` describes.
+    """
+
+    def __init__(self, cfg: DeviceConfig, pin_factory=None, clock: str = "wall", source=None,
+                 liveness=None):
+        self.cfg, self.clock = cfg, clock
+        self.door: Optional[DoorController] = None
+        self.events: Optional[EventLog] = None
+        self.gallery = None
+        self.rec = None
+        self.loop: Optional[FaceLoop] = None
+        try:
+            if cfg.door.enabled:
+                self.door = DoorController(cfg.door, pin_factory=pin_factory, relock_timer=clock == "wall")
+            self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
+                                   cfg.events.snapshot_dir or None)
+            self.rec = load_recognizer(cfg)
+            self.gallery = open_gallery(cfg.gallery.path, self.rec)
+            self.source = source if source is not None else make_source(cfg.source)
+            self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock)
+        except (StartupError, DoorError, EventLogError, ManifestError, OSError, ValueError, ImportError) as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - gallery errors and the like
+            self._fail(exc)
+        self.events.log("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
+                                        f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
+                                        f"{self.loop.threshold:.4f}")
+
+    def _fail(self, exc: Exception):
+        msg = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
+        if self.events is not None:
+            try:
+                self.events.log("error", decision="deny", detail=f"start failed: {msg}")
+            except Exception:  # noqa: BLE001
+                pass
+        self.close()
+        raise StartupError(f"cannot start, door stays locked: {msg}") from exc
+
+    def reconnecting(self) -> ReconnectingSource:
+        s = self.cfg.source
+        return ReconnectingSource(self.source, Backoff(s.reopen_initial_seconds, s.reopen_max_seconds))
+
+    def run(self, max_frames: Optional[int] = None, threaded: Optional[bool] = None, stop=None, on_frame=None):
+        if threaded is None:
+            threaded = not (self.cfg.source.kind in ("video", "folder") and not self.cfg.source.realtime)
+        self.loop.run(self.reconnecting(), max_frames=max_frames, threaded=threaded, stop=stop, on_frame=on_frame)
+        return self.loop
+
+    def close(self) -> None:
+        if self.door is not None:
+            self.door.close()
+        if self.events is not None:
+            try:
+                self.events.log("stop")
+            except Exception:  # noqa: BLE001
+                pass
+            self.events.close()
+            self.events = None
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
+
+    def __enter__(self) -> "DoorApp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def has_display() -> bool:
+    """A display to draw on: $DISPLAY or $WAYLAND_DISPLAY set and an OpenCV build with a GUI backend."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import cv2
+
+    try:
+        cv2.namedWindow("edgeface-probe", cv2.WINDOW_NORMAL)
+        cv2.destroyWindow("edgeface-probe")
+    except cv2.error:
+        return False
+    return True

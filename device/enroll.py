@@ -1,0 +1,154 @@
+"""On-device enrollment: from photos (one face per photo, a reason for every rejected file) and from the
+camera (K diverse good crops of one person, guided by the quality gates).
+
+Every enrollment is one gallery transaction: a process killed half-way leaves the gallery as it was before.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from edgeface.preprocess import ImageError, read_image
+
+from . import quality as quality_mod
+from .sources import LOST, FrameCheckError, check_frame
+
+log = logging.getLogger(__name__)
+
+
+class EnrollResult(NamedTuple):
+    name: str
+    accepted: list        #: sources (file names, or "camera frame N") of the stored embeddings
+    rejected: list        #: (source, reason) for each rejected photo
+    total_embeddings: int  #: the person's embeddings in the gallery afterwards (0: nothing stored)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "accepted": list(self.accepted),
+                "rejected": [{"source": s, "reason": r} for s, r in self.rejected],
+                "total_embeddings": self.total_embeddings}
+
+
+def embed_photo(rec, image: np.ndarray, quality_cfg=None) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """(embedding, None) for a usable photo of one person, else (None, reason)."""
+    faces = rec.detect(image)
+    if not faces:
+        return None, "no face found"
+    if len(faces) > 1:
+        return None, f"{len(faces)} faces found; enroll from photos of one person"
+    face = faces[0]
+    if quality_cfg is not None:
+        q = quality_mod.assess(image, face.box, face.keypoints, quality_cfg)
+        if not q.ok:
+            return None, f"poor face: {q.reason}"
+    return rec.embed_face(image, face), None
+
+
+def enroll_photos(rec, gallery, name: str, paths: Sequence[str], quality_cfg=None) -> EnrollResult:
+    """Enroll ``name`` from photo files; photos without exactly one (good) face are rejected with a reason."""
+    embeddings, accepted, rejected = [], [], []
+    for path in paths:
+        try:
+            image = read_image(path)
+        except ImageError as exc:
+            rejected.append((str(path), str(exc).split(": ", 1)[-1]))
+            continue
+        emb, reason = embed_photo(rec, image, quality_cfg)
+        if emb is None:
+            rejected.append((str(path), reason))
+            continue
+        embeddings.append(emb)
+        accepted.append(str(path))
+    for source, reason in rejected:
+        log.warning("%s rejected: %s", source, reason)
+    total = gallery.enroll(name, np.stack(embeddings), accepted) if embeddings else 0
+    return EnrollResult(name, accepted, rejected, total)
+
+
+GUIDANCE = {
+    "face": "come closer to the camera",
+    "brightness": "find better light",
+    "blurred": "hold still",
+    "turned": "look at the camera",
+    "tilted": "hold your head straight",
+}
+
+
+class CameraEnroller:
+    """Collects K diverse, good crops of one person from frames.
+
+    A crop is kept when exactly one face is in view, it passes the quality gates, and its embedding is both
+    new (cosine to every kept crop <= ``max_cosine_to_collected``) and consistent (cosine to the first kept
+    crop >= ``min_cosine_to_first``, so a second person stepping in is not mixed in). :meth:`feed` returns a
+    short instruction for the person in front of the camera.
+    """
+
+    def __init__(self, rec, enroll_cfg, quality_cfg):
+        self.rec, self.cfg, self.qcfg = rec, enroll_cfg, quality_cfg
+        self.embeddings: list[np.ndarray] = []
+        self.sources: list[str] = []
+        self.frames = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.embeddings) >= self.cfg.samples
+
+    def feed(self, image: np.ndarray, label: str = "") -> str:
+        self.frames += 1
+        faces = self.rec.detect(image)
+        if not faces:
+            return "no face: step in front of the camera"
+        if len(faces) > 1:
+            return "several faces: one person at a time"
+        face = faces[0]
+        q = quality_mod.assess(image, face.box, face.keypoints, self.qcfg)
+        if not q.ok:
+            return GUIDANCE.get(q.reason.split(" ")[0], q.reason)
+        emb = self.rec.embed_face(image, face)
+        if self.embeddings:
+            sims = np.stack(self.embeddings) @ emb
+            if float(sims[0]) < self.cfg.min_cosine_to_first:
+                return "a different person? the first person only, please"
+            if float(sims.max()) > self.cfg.max_cosine_to_collected:
+                return "turn your head a little or change expression"
+        self.embeddings.append(emb)
+        self.sources.append(label or f"camera frame {self.frames}")
+        return f"got {len(self.embeddings)} of {self.cfg.samples}"
+
+
+def enroll_from_camera(rec, gallery, name: str, source, enroll_cfg, quality_cfg,
+                       on_progress: Optional[Callable[[str], None]] = None,
+                       clock: Callable[[], float] = time.monotonic) -> EnrollResult:
+    """Collect ``enroll_cfg.samples`` crops from ``source`` (a ReconnectingSource) and store them in one
+    transaction. Raises TimeoutError (nothing stored) when they are not collected in time."""
+    enroller = CameraEnroller(rec, enroll_cfg, quality_cfg)
+    deadline = clock() + enroll_cfg.timeout_seconds
+    last = None
+    source.open()
+    try:
+        while not enroller.done:
+            if clock() > deadline:
+                raise TimeoutError(f"collected {len(enroller.embeddings)} of {enroll_cfg.samples} good crops in "
+                                   f"{enroll_cfg.timeout_seconds:.0f} s; nothing enrolled")
+            item = source.read()
+            if item is None:
+                raise TimeoutError(f"the source ended after {len(enroller.embeddings)} of {enroll_cfg.samples} "
+                                   "good crops; nothing enrolled")
+            if item is LOST:
+                msg = "camera lost, reconnecting"
+            else:
+                try:
+                    image = check_frame(item.image)
+                except FrameCheckError as exc:
+                    log.warning("frame skipped: %s", exc)
+                    continue
+                msg = enroller.feed(image, f"camera frame {item.index}")
+            if on_progress is not None and msg != last:
+                on_progress(msg)
+            last = msg
+    finally:
+        source.close()
+    total = gallery.enroll(name, np.stack(enroller.embeddings), enroller.sources)
+    return EnrollResult(name, list(enroller.sources), [], total)
