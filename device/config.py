@@ -123,8 +123,8 @@ class LivenessConfig:
                                          "front of the camera does not) or none. RGB-only checks can be fooled "
                                          "(a video replay, a bent or cut-out photo)",
                     choices=("keypoint_parallax", "none"))
-    min_nonrigid_residual: float = _f(0.07, "live when the track's keypoints deform by at least this much beyond "
-                                            "the best affine (flat-photo) motion, averaged over 4 frames, as a "
+    min_nonrigid_residual: float = _f(0.05, "live when the track's keypoints deform by at least this much beyond "
+                                            "the best affine (flat-photo) motion, averaged over 8 frames, as a "
                                             "fraction of the eye-mouth distance", 0.0, 1.0)
     window_frames: int = _f(30, "frames of keypoint history a track keeps for the check", 2, 1000)
     max_wait_frames: int = _f(45, "a confirmed identity that shows no liveness within this many frames is "

@@ -104,7 +104,7 @@ def nonrigid_residual(kp_a: np.ndarray, kp_b: np.ndarray) -> float:
     return float(np.sqrt((resid ** 2).sum(axis=1).mean()) / scale)
 
 
-def parallax_score(history: list[np.ndarray], smooth: int = 4) -> float:
+def parallax_score(history: list[np.ndarray], smooth: int = 8) -> float:
     """Largest non-rigid (non-affine) deformation of a track's keypoints, smoothed over time.
 
     All frames are affinely aligned to their mean shape (two rounds); what is left per frame is the part no
@@ -138,7 +138,7 @@ class KeypointParallaxLiveness:
 
     name = "keypoint_parallax"
 
-    def __init__(self, min_nonrigid_residual: float = 0.07, min_frames: int = 8, smooth: int = 4):
+    def __init__(self, min_nonrigid_residual: float = 0.05, min_frames: int = 12, smooth: int = 8):
         self.min_residual = float(min_nonrigid_residual)
         self.min_frames = max(int(min_frames), int(smooth))
         self.smooth = int(smooth)

@@ -1,0 +1,338 @@
+"""``edgeface-device``: the door access controller / Coral kiosk on a Raspberry Pi.
+
+    edgeface-device --print-config > /etc/edgeface/device.toml
+    edgeface-device -c device.toml doctor
+    edgeface-device -c device.toml enroll --name ada photo1.jpg photo2.jpg      # or --camera
+    edgeface-device -c device.toml run                  # --dry-run: mock relay; --kiosk: overlay
+    edgeface-device -c device.toml events --limit 20
+    edgeface-device demo --models models --lfw ../shared/data/lfw/images_deepfunneled --work /tmp/door-demo
+
+Exit status: 0 ok, 1 some input rejected / demo criteria not met, 2 cannot start (the door stays locked).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import config as config_mod
+
+
+def _error(msg: str) -> None:
+    print(f"edgeface-device: error: {msg}", file=sys.stderr)
+
+
+def _load_config(args) -> config_mod.DeviceConfig:
+    cfg = config_mod.load(args.config)
+    over = {}
+    if getattr(args, "models", None):
+        over.setdefault("models", {})["dir"] = args.models
+    if getattr(args, "gallery", None):
+        over.setdefault("gallery", {})["path"] = args.gallery
+    if getattr(args, "events_db", None):
+        over.setdefault("events", {})["path"] = args.events_db
+    if getattr(args, "source", None):
+        over.setdefault("source", {})["uri"] = args.source
+    if getattr(args, "source_kind", None):
+        over.setdefault("source", {})["kind"] = args.source_kind
+    if getattr(args, "dry_run", False):
+        over.setdefault("door", {})["pin_factory"] = "mock"
+    return cfg.replace(**over) if over else cfg
+
+
+def cmd_run(args) -> int:
+    from .app import DoorApp
+
+    cfg = _load_config(args)
+    if args.kiosk and args.no_door:
+        cfg = cfg.replace(door={"enabled": False})
+    elif args.no_door:
+        cfg = cfg.replace(door={"enabled": False})
+    video = cfg.source.kind in ("video", "folder") and not cfg.source.realtime
+    app = DoorApp(cfg, clock="frame" if video else "wall")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    display = None
+    if args.kiosk:
+        from .kiosk import KioskDisplay
+
+        display = KioskDisplay(cfg.kiosk.display, cfg.kiosk.window_title)
+
+    def on_frame(frame, loop, decisions):
+        if display is not None:
+            display(frame, loop, decisions)
+        for d in decisions:
+            print(json.dumps(d.to_json()) if args.json else
+                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {d.identity or 'unknown':24} "
+                  f"{d.score:.3f}  {d.detail}", flush=True)
+
+    try:
+        loop = app.run(max_frames=args.max_frames, stop=lambda: bool(stopping) or bool(display and display.quit),
+                       on_frame=on_frame)
+    except KeyboardInterrupt:
+        loop = app.loop
+    finally:
+        app.close()
+        if display is not None:
+            display.close()
+    stats = dict(loop.stats)
+    if args.json:
+        print(json.dumps({"stats": stats, "latency": loop.timer.summary()}))
+    else:
+        print(f"\n{stats.get('frames', 0)} frames, {stats.get('bad_frames', 0)} bad frames skipped, "
+              f"{stats.get('embeddings', 0)} embeddings, decisions: "
+              + ", ".join(f"{k[9:]} {v}" for k, v in sorted(stats.items()) if k.startswith("decision_")))
+        print("per-stage latency:\n" + loop.timer.table())
+    return 0
+
+
+def cmd_enroll(args) -> int:
+    from edgeface.gallery import Gallery
+
+    from .app import load_recognizer
+    from .enroll import enroll_from_camera, enroll_photos
+    from .sources import Backoff, ReconnectingSource, make_source
+
+    cfg = _load_config(args)
+    rec = load_recognizer(cfg)
+    if not args.camera and not args.photos:
+        _error("give photos, or --camera to enroll from the camera")
+        return 2
+    with Gallery(cfg.gallery.path, rec.embedder_id, rec.embedder.dim) as g:
+        if args.camera:
+            src = ReconnectingSource(make_source(cfg.source), Backoff(cfg.source.reopen_initial_seconds,
+                                                                      cfg.source.reopen_max_seconds))
+            result = enroll_from_camera(rec, g, args.name, src, cfg.enroll, cfg.quality,
+                                        on_progress=lambda m: print(m, flush=True))
+        else:
+            result = enroll_photos(rec, g, args.name, args.photos, None if args.no_quality_gates else cfg.quality)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        for source, reason in result.rejected:
+            _error(f"{source}: {reason}")
+        print(f"enrolled {len(result.accepted)} crop(s) of {args.name} ({result.total_embeddings} in "
+              f"{cfg.gallery.path}), {len(result.rejected)} rejected")
+    return 0 if result.accepted and not result.rejected else 1
+
+
+def cmd_events(args) -> int:
+    from .events import EventLog
+
+    cfg = _load_config(args)
+    if not Path(cfg.events.path).is_file():
+        _error(f"no event log at {cfg.events.path}")
+        return 2
+    with EventLog(cfg.events.path, retention_days=0, max_events=10**9) as ev:
+        rows = ev.events(limit=args.limit, kind=args.kind)
+    for e in rows:
+        if args.json:
+            print(json.dumps(e.to_json()))
+        else:
+            score = "" if e.score is None else f"{e.score:.3f}"
+            print(f"{e.time}  {e.kind:15} {e.decision or '':8} {e.identity or ('unknown' if e.kind == 'access' else ''):24}"
+                  f" {score:6} {e.detail or ''}")
+    return 0
+
+
+def doctor(cfg) -> list[dict]:
+    """Checks of runtime, delegate, models, gallery, camera, relay and display: [{check, ok, detail}]."""
+    out = []
+
+    def add(check, ok, detail):
+        out.append({"check": check, "ok": bool(ok), "detail": detail})
+
+    from edgeface import runtime
+    try:
+        rt = runtime.get_runtime()
+        add("runtime", True, f"{rt.name} {rt.version}")
+    except runtime.RuntimeNotFoundError as exc:
+        add("runtime", False, str(exc))
+        rt = None
+    if rt is not None:
+        try:
+            rt.load_delegate(runtime.EDGETPU_LIBRARY)
+            add("edgetpu", True, f"{runtime.EDGETPU_LIBRARY} loads (Coral present)")
+        except Exception as exc:  # noqa: BLE001
+            needed = cfg.models.accelerator == "edgetpu" and not cfg.models.allow_cpu_fallback
+            add("edgetpu", not needed, f"no Edge TPU ({str(exc).splitlines()[0][:120]})"
+                                       + ("; REQUIRED by [models] accelerator" if needed else "; CPU is used"))
+    rec = None
+    try:
+        from .app import load_recognizer
+
+        rec = load_recognizer(cfg)
+        add("models", True, f"{Path(rec.detector.manifest['model_file']).name} + "
+                            f"{rec.embedder.manifest['model_file']} ({cfg.models.precision}); sha256 verified; "
+                            f"threshold min_cosine_similarity {rec.min_cosine_similarity:.4f} "
+                            f"({cfg.recognition.operating_point})")
+    except Exception as exc:  # noqa: BLE001
+        add("models", False, f"{cfg.models.dir}: {exc}")
+    try:
+        from edgeface.gallery import Gallery
+
+        meta = Gallery.read_meta(cfg.gallery.path)
+        ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
+        with Gallery(cfg.gallery.path, meta.embedder_id, meta.dim) as g:
+            people = len(g)
+        add("gallery", ok and people > 0, f"{cfg.gallery.path}: {people} people, embedder {meta.embedder_id}"
+            + ("" if ok else f" - DOES NOT MATCH the models' {rec.embedder_id}: re-enroll")
+            + ("" if people else " - empty: enroll people first"))
+    except Exception as exc:  # noqa: BLE001
+        add("gallery", False, str(exc))
+    from .sources import SourceError, make_source, picamera2_available
+
+    src = make_source(cfg.source)
+    try:
+        src.open()
+        frame = src.read()
+        src.close()
+        add("camera", frame is not None, f"{src.name}: " + (f"frame {frame.image.shape[1]}x{frame.image.shape[0]}"
+                                                             if frame is not None else "opened but no frame"))
+    except (SourceError, Exception) as exc:  # noqa: BLE001
+        add("camera", False, f"{src.name}: {exc}" + ("" if picamera2_available() else
+                                                    " (picamera2 not importable: sudo apt install python3-picamera2,"
+                                                    " venv with --system-site-packages)"))
+    if cfg.door.enabled:
+        try:
+            from .door import DoorController
+
+            with DoorController(cfg.door, relock_timer=False) as door:
+                add("door", True, f"relay on GPIO{cfg.door.gpio_pin} via {type(door.pin_factory or 'default').__name__}"
+                                  f" ({cfg.door.pin_factory}), locked")
+        except Exception as exc:  # noqa: BLE001
+            add("door", False, str(exc))
+    else:
+        add("door", True, "relay disabled in [door]")
+    from .app import has_display
+
+    add("display", True, "display available (kiosk overlay)" if has_display() else "headless (no display or no GUI)")
+    return out
+
+
+def cmd_doctor(args) -> int:
+    cfg = _load_config(args)
+    checks = doctor(cfg)
+    for c in checks:
+        print(json.dumps(c) if args.json else f"{'ok ' if c['ok'] else 'BAD'} {c['check']:8} {c['detail']}")
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    cfg = _load_config(args)
+    result = run_demo(cfg.models.dir, args.lfw, args.work, base_cfg=cfg, n_enrolled=args.enrolled,
+                      n_strangers=args.strangers, visits_per_person=args.visits, photo_attacks=args.photo_attacks,
+                      seed=args.seed, rebuild=args.rebuild)
+    if args.json:
+        result.pop("latency_table")
+        print(json.dumps(result))
+    else:
+        for v in result["visits"]:
+            print(f"{v['kind']:12} {v['person']:28} frames {v['frames'][0]:4d}-{v['frames'][1]:4d} "
+                  f"{'UNLOCKED' if v['unlocked'] else 'locked  '}  {', '.join(v['decisions'])}")
+        print(json.dumps(result["summary"], indent=1))
+        print(f"{result['frames']} frames; threshold min_cosine_similarity {result['threshold']:.4f}; "
+              f"{result['events_logged']} events logged")
+        print("per-stage latency:\n" + result["latency_table"])
+    return 0 if result["summary"]["done"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeface-device", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default=os.environ.get("EDGEFACE_DEVICE_CONFIG"),
+                   help="TOML configuration (default $EDGEFACE_DEVICE_CONFIG, else built-in defaults)")
+    p.add_argument("--print-config", action="store_true", help="print the full commented default configuration")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--models", help="override [models] dir")
+        sp.add_argument("--gallery", help="override [gallery] path")
+        sp.add_argument("--json", action="store_true", help="JSON output")
+        return sp
+
+    sp = common(sub.add_parser("run", help="run the door controller (or the kiosk with --kiosk)"))
+    sp.add_argument("--source", help="override [source] uri")
+    sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
+    sp.add_argument("--events-db", help="override [events] path")
+    sp.add_argument("--dry-run", action="store_true", help="mock relay pin (nothing is switched)")
+    sp.add_argument("--no-door", action="store_true", help="no relay at all: only report decisions")
+    sp.add_argument("--kiosk", action="store_true", help="overlay window when a display exists")
+    sp.add_argument("--max-frames", type=int, help="stop after N frames")
+    sp.set_defaults(func=cmd_run)
+
+    sp = common(sub.add_parser("enroll", help="enroll a person from photos or the camera"))
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--camera", action="store_true", help="collect [enroll] samples good crops from the camera")
+    sp.add_argument("--source", help="override [source] uri (with --camera)")
+    sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
+    sp.add_argument("--no-quality-gates", action="store_true", help="accept photos that fail the quality gates")
+    sp.add_argument("photos", nargs="*")
+    sp.set_defaults(func=cmd_enroll)
+
+    sp = sub.add_parser("events", help="show the access-event log")
+    sp.add_argument("--events-db", help="override [events] path")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--kind", help="only this kind (access, camera_lost, error, ...)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_events)
+
+    sp = common(sub.add_parser("doctor", help="what runtime, delegate, camera, models and gallery are found"))
+    sp.add_argument("--source", help="override [source] uri")
+    sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
+    sp.add_argument("--dry-run", action="store_true", help="check the relay with a mock pin")
+    sp.set_defaults(func=cmd_doctor)
+
+    sp = sub.add_parser("demo", help="door demo on a video built from LFW photos (no camera needed)")
+    sp.add_argument("--models", help="override [models] dir")
+    sp.add_argument("--lfw", required=True, help="LFW images folder (images_deepfunneled)")
+    sp.add_argument("--work", required=True, help="folder for the video, gallery and event log")
+    sp.add_argument("--enrolled", type=int, default=6)
+    sp.add_argument("--strangers", type=int, default=6)
+    sp.add_argument("--visits", type=int, default=2, help="visits per enrolled person")
+    sp.add_argument("--photo-attacks", type=int, default=6, help="visits with one photo moved rigidly")
+    sp.add_argument("--seed", type=int, default=4)
+    sp.add_argument("--rebuild", action="store_true", help="rebuild the video and gallery")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.print_config:
+        print(config_mod.default_toml())
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    from .app import StartupError
+
+    try:
+        return args.func(args)
+    except (StartupError, config_mod.ConfigError) as exc:
+        _error(str(exc))
+        return 2
+    except TimeoutError as exc:
+        _error(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - edgeface errors become one line
+        if type(exc).__module__.startswith("edgeface") or isinstance(exc, (OSError, ValueError)):
+            _error(f"{type(exc).__name__}: {exc}")
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
