@@ -134,7 +134,11 @@ class DoorApp:
         self.loop: Optional[FaceLoop] = None
         try:
             if cfg.door.enabled:
-                self.door = DoorController(cfg.door, pin_factory=pin_factory, relock_timer=clock == "wall")
+                if clock == "wall":
+                    self.door = DoorController(cfg.door, pin_factory=pin_factory)
+                else:  # door time follows the video: lock() outside a frame uses the last frame's time
+                    self.door = DoorController(cfg.door, clock=lambda: self.loop._last_time if self.loop else 0.0,
+                                               pin_factory=pin_factory, relock_timer=False)
             self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
                                    cfg.events.snapshot_dir or None)
             self.rec = load_recognizer(cfg)
