@@ -9,7 +9,7 @@ import numpy as np
 from . import preprocess, runtime
 from .manifest import ManifestError, read_manifest
 
-CROP_METHODS = ("box_margin", "similarity")
+CROP_METHODS = ("box_rect", "box_margin", "similarity")
 #: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.
 ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [56.14, 92.28]], np.float32)
 
@@ -17,10 +17,15 @@ ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [
 def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray], recipe: dict) -> np.ndarray:
     """Cut the face out of ``image`` the way the embedder was trained (``recipe`` from the manifest).
 
+    ``box_rect``: a ``width`` x ``height`` rectangle (in detector-box widths) shifted down by ``shift_y``
+    box widths, stretched to ``size`` x ``size``: how FaceNet crops (MTCNN box plus margin).
     ``box_margin``: the square around the detector box enlarged by ``margin`` (a fraction of the box side),
     resized to ``size``. ``similarity``: eyes, nose and mouth keypoints warped onto a fixed template.
     """
     method, size = recipe["method"], int(recipe["size"])
+    if method == "box_rect":
+        return preprocess.crop_rect(image, box, float(recipe["width"]), float(recipe["height"]),
+                                    float(recipe["shift_y"]), size)
     if method == "box_margin":
         return preprocess.crop_box(image, box, size, float(recipe["margin"]))
     if method == "similarity":

@@ -161,6 +161,27 @@ def crop_box(image: np.ndarray, box: Sequence[float], size: int, margin: float =
     return cv2.warpAffine(image, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def crop_rect(image: np.ndarray, box: Sequence[float], width: float, height: float, shift_y: float,
+              size: int) -> np.ndarray:
+    """Crop a ``width`` x ``height`` rectangle (in units of the box width) centred on ``box`` moved down by
+    ``shift_y`` box widths, and resize it to ``size`` x ``size`` (stretching, as FaceNet's own pipeline does).
+
+    Parts outside the image are black.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    bw = x2 - x1
+    if not bw > 0 or not y2 > y1:
+        raise ValueError(f"degenerate box {list(box)}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"width and height must be positive, got {width}, {height}")
+    w, h = width * bw, height * bw
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 + shift_y * bw
+    sx, sy = size / w, size / h
+    m = np.array([[sx, 0, -(cx - w / 2) * sx], [0, sy, -(cy - h / 2) * sy]], dtype=np.float32)
+    interp = cv2.INTER_AREA if min(sx, sy) < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` points onto ``dst``.
 

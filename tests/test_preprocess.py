@@ -93,3 +93,15 @@ def test_normalize_and_quantize_roundtrip():
     assert quantize(np.array([-1.0, 0.0, 3.0]), 0.5, 128, np.uint8).tolist() == [126, 128, 134]
     with pytest.raises(ValueError):
         preprocess.normalize(x, 0, 0)
+
+
+def test_crop_rect_stretches_and_shifts():
+    img = np.zeros((200, 200, 3), np.uint8)
+    img[:100] = 255  # top half white
+    # a 40-px-wide box centred at (100, 100); rectangle 1 box wide, 2 boxes tall, shifted up by half a box
+    crop = preprocess.crop_rect(img, [80, 80, 120, 120], 1.0, 2.0, -0.5, 40)
+    assert crop.shape == (40, 40, 3)
+    # covers y in [40, 120]: rows above y=100 are white, 3/4 of the crop
+    assert crop[:, :, 0].mean() == pytest.approx(255 * 0.75, abs=8)
+    with pytest.raises(ValueError):
+        preprocess.crop_rect(img, [80, 80, 80, 120], 1, 1, 0, 40)
