@@ -49,11 +49,12 @@ class Runtime(NamedTuple):
 
 
 def _import_runtime(name: str) -> Runtime:
-    module = importlib.import_module(_MODULES[name])
     if name == "tensorflow":
+        # ``import tensorflow.lite`` is the source package, not the ``tf.lite`` API: go through ``tf``.
+        tf = importlib.import_module("tensorflow")
         log.warning("using the deprecated tf.lite interpreter; install ai-edge-litert for the maintained one")
-        version = getattr(importlib.import_module("tensorflow"), "__version__", "?")
-        return Runtime(name, version, module.Interpreter, module.experimental.load_delegate)
+        return Runtime(name, getattr(tf, "__version__", "?"), tf.lite.Interpreter, tf.lite.experimental.load_delegate)
+    module = importlib.import_module(_MODULES[name])
     top = importlib.import_module(_MODULES[name].split(".")[0])
     version = getattr(top, "__version__", None) or getattr(module, "__version__", "?")
     return Runtime(name, str(version), module.Interpreter, module.load_delegate)
