@@ -22,6 +22,7 @@ examples:
   edgeface enroll --gallery people.db --name ada ada1.jpg ada2.jpg
   edgeface identify --gallery people.db group.jpg
   edgeface eval lfw --data ../shared/data/lfw --pairs pairsDevTest.txt
+  edgeface report --models models                  # fidelity of every variant against float32
 environment: EDGEFACE_MODELS (models folder), EDGEFACE_DATA (data root), EDGEFACE_RUNTIME (litert|tflite_runtime|tensorflow)
 """
 
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action in p._actions:
         if action.dest == "precision":
             action.choices, action.help = ["int8", "float32", "both"], "int8, float32 or both side by side"
+    from edgeface.converters.commands import add_subcommands  # argparse only; TensorFlow loads when one runs
+
+    add_subcommands(sub)  # variants, onnx, edgetpu, metadata, report; build --variants
     return parser
 
 

@@ -1,0 +1,197 @@
+"""The converter-side ``edgeface`` subcommands: ``variants``, ``onnx``, ``edgetpu``, ``metadata``, ``report``.
+
+This module is imported by :mod:`edgeface.cli` to *declare* the subcommands, so it imports nothing but the
+standard library: TensorFlow and the converter modules are imported only when one of these commands runs
+(the core must stay importable without TensorFlow, see ``tests/test_import_budget.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+VARIANT_CHOICES = ("float32", "float16", "dynamic_int8", "int8", "pruned_int8")
+
+
+def _models_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"),
+                   help="models folder from `edgeface build` (default: $EDGEFACE_MODELS or ./models)")
+
+
+def _csv(choices):
+    def parse(text: str) -> tuple:
+        items = tuple(v.strip().replace("-", "_") for v in text.split(",") if v.strip())
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma separated), got {text!r}")
+        return items
+    return parse
+
+
+def _print(args, payload: dict, text: str) -> None:
+    print(json.dumps(payload, default=str) if getattr(args, "json", False) else text)
+
+
+def _need_convert_extra(exc: ImportError) -> int:
+    print(f"edgeface: error: this command needs the converter extra: pip install 'edgeface[convert]' ({exc})",
+          file=sys.stderr)
+    return 2
+
+
+def cmd_variants(args) -> int:
+    try:
+        from edgeface.converters import variants
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    opts = variants.VariantOptions(variants=args.variants, roles=tuple(args.roles.split(",")),
+                                   metadata=not args.no_metadata, cache_dir=args.cache)
+    built = variants.build_variants(args.models, opts)
+    lines = [f"variants in {args.models}:"]
+    for role, entries in built.items():
+        for name, file in entries.items():
+            size = (Path(args.models) / file).stat().st_size / 1024
+            lines.append(f"  {role:9} {name:13} {file:45} {size:9.0f} KiB")
+    _print(args, built, "\n".join(lines))
+    return 0
+
+
+def cmd_onnx(args) -> int:
+    try:
+        from edgeface.converters import onnx_export
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    out = Path(args.out) if args.out else Path(args.models) / "onnx"
+    results = onnx_export.export_models(args.models, out, onnx_export.OnnxOptions(
+        int8=not args.no_int8, parity_samples=args.samples))
+    lines = []
+    for r in results:
+        lines.append(f"{r['onnx']:45} from {r['source']:40} {r.get('parity', {}).get('summary', '')}")
+    _print(args, {"exports": results}, "\n".join(lines))
+    return 0 if all(r.get("ok", False) for r in results) else 1
+
+
+def cmd_edgetpu(args) -> int:
+    try:
+        from edgeface.converters import edgetpu
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    files = [Path(f) for f in args.files] or edgetpu.default_models(args.models)
+    reports = [edgetpu.check_model(f, compile=not args.no_compile, out_dir=args.out) for f in files]
+    _print(args, {"models": reports}, "\n\n".join(edgetpu.format_report(r) for r in reports))
+    return 0 if all(r["ready"] for r in reports) else 1
+
+
+def cmd_metadata(args) -> int:
+    try:
+        from edgeface.converters import metadata
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    if args.action == "write":
+        files = [Path(f) for f in args.files] or metadata.default_models(args.models)
+        written = [str(metadata.write_metadata(f)) for f in files]
+        _print(args, {"written": written}, "\n".join(f"metadata written into {f}" for f in written))
+        return 0
+    shown = {}
+    for f in args.files or [str(p) for p in metadata.default_models(args.models)]:
+        shown[str(f)] = metadata.read_metadata(f)
+    _print(args, shown, "\n".join(f"{f}:\n{json.dumps(m, indent=2)}" for f, m in shown.items()))
+    return 0
+
+
+def cmd_report(args) -> int:
+    try:
+        from edgeface.converters import report
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    opts = report.ReportOptions(lfw=args.data, pairs=args.pairs, pair_limit=args.limit,
+                                heldout_crops=args.crops, detector_images=args.detector_images,
+                                plots=not args.no_plots, onnx=args.onnx, edgetpu=not args.no_edgetpu)
+    out = Path(args.out) if args.out else Path(args.models) / "report"
+    result = report.make_report(args.models, out, opts)
+    _print(args, result, report.markdown(result) + f"\nwritten: {out / 'report.json'}, {out / 'report.md'}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Declare the converter subcommands on the ``edgeface`` parser's subparsers action."""
+    p = sub.add_parser("variants", help="float16 / dynamic-range int8 (/ pruned int8) variants of built models",
+                       description="Build model variants beside the float32 and int8 models of a models folder, "
+                                   "each with its manifest; listed under 'variants' in models.json.")
+    _models_arg(p)
+    p.add_argument("--variants", type=_csv(VARIANT_CHOICES), default=("float16", "dynamic_int8"),
+                   help=f"comma separated, from {', '.join(VARIANT_CHOICES)} (float32 and int8 come from "
+                        "`edgeface build`; default float16,dynamic_int8)")
+    p.add_argument("--roles", default="detector,embedder", help="detector,embedder (default both)")
+    p.add_argument("--no-metadata", action="store_true", help="do not write TFLite metadata into the variants")
+    p.add_argument("--cache", help="download/extract cache (default ~/.cache/edgeface)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_variants)
+
+    p = sub.add_parser("onnx", help="export the models to ONNX and check parity in onnxruntime",
+                       description="tf2onnx export of the float32 models (and QDQ int8 of the int8 models), each "
+                                   "compared with its TFLite model on real face images in onnxruntime.")
+    _models_arg(p)
+    p.add_argument("--out", help="output folder (default MODELS/onnx)")
+    p.add_argument("--no-int8", action="store_true", help="only the float models")
+    p.add_argument("--samples", type=int, default=16, help="real images for the parity check (default 16)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_onnx)
+
+    p = sub.add_parser("edgetpu", help="Edge TPU readiness report (and compile when edgetpu_compiler exists)",
+                       description="Per model: tensor types, static shapes, rank limits, every op against the "
+                                   "Edge TPU supported-op list, and where the compiler would cut the graph. "
+                                   "Compiles with edgetpu_compiler when it is on PATH, else prints the command.")
+    _models_arg(p)
+    p.add_argument("files", nargs="*", metavar="MODEL", help=".tflite files (default: the int8 models of --models)")
+    p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler even if present")
+    p.add_argument("--out", help="where edgetpu_compiler writes (default: beside the model)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_edgetpu)
+
+    p = sub.add_parser("metadata", help="write or show TFLite (Android / LiteRT) metadata",
+                       description="write: put input normalization, I/O names and descriptions into the .tflite "
+                                   "files as TFLite metadata (manifest sha256 updated). show: read it back.")
+    p.add_argument("action", choices=["write", "show"])
+    p.add_argument("files", nargs="*", metavar="MODEL", help=".tflite files (default: every model in --models)")
+    _models_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_metadata)
+
+    p = sub.add_parser("report", help="fidelity report: every variant against float32",
+                       description="Embedder cosine float-vs-variant on held-out LFW crops, LFW pairsDevTest "
+                                   "accuracy and TAR@FAR1e-3 per variant, detector recall / extra detections / "
+                                   "IoU / keypoint error against float, sizes raw and gzip, op histograms; "
+                                   "JSON, markdown and PNG plots.")
+    _models_arg(p)
+    p.add_argument("--data", default=None, help="LFW folder (default $EDGEFACE_DATA/lfw or ../shared/data/lfw)")
+    p.add_argument("--pairs", default="pairsDevTest.txt", help="pairs file inside --data (default pairsDevTest.txt)")
+    p.add_argument("--limit", type=int, default=None, help="first N/2 same and N/2 different pairs (quick run)")
+    p.add_argument("--crops", type=int, default=300, help="held-out crops for the cosine statistics (default 300)")
+    p.add_argument("--detector-images", type=int, default=500,
+                   help="LFW DevTest images for the detector comparison (default 500)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--onnx", action="store_true", help="also export to ONNX and report parity")
+    p.add_argument("--no-edgetpu", action="store_true", help="skip the Edge TPU readiness section")
+    p.add_argument("--out", help="output folder (default MODELS/report)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    build = sub.choices.get("build")
+    if build is not None:  # `edgeface build --variants float16,dynamic_int8`: build, then the variants
+        build.add_argument("--variants", type=_csv(VARIANT_CHOICES), default=None,
+                           help="also build these variants after the models (see `edgeface variants`)")
+        plain = build.get_default("func")
+
+        def build_then_variants(args, plain=plain):
+            status = plain(args)
+            if status == 0 and args.variants:
+                extra = [v for v in args.variants if v not in ("float32", "int8")]
+                if extra:
+                    ns = argparse.Namespace(models=args.out, variants=tuple(extra), roles="detector,embedder",
+                                            no_metadata=False, cache=args.cache, json=args.json)
+                    status = cmd_variants(ns)
+            return status
+
+        build.set_defaults(func=build_then_variants)
