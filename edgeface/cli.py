@@ -72,6 +72,27 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    try:
+        from edgeface.converters.prune import PruneOptions, prune_embedder
+    except ImportError as exc:
+        _error(f"pruning needs the converter extra: pip install 'edgeface[convert]' ({exc})")
+        return 2
+    try:
+        options = PruneOptions(target_sparsity=args.sparsity, schedule=args.schedule, steps=args.steps,
+                               batch_size=args.batch_size, num_crops=args.crops, pqat_steps=args.pqat_steps)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    report = prune_embedder(args.models, args.out or args.models, options, save_float=args.float)
+    m = report["models"]
+    _emit(args, report, f"pruned {report['family']} to {report['kernel_sparsity']['overall']:.1%} kernel sparsity: "
+                        f"{m['pruned_int8']['file']} gzip {m['pruned_int8']['gzip_bytes'] / 1e6:.1f} MB "
+                        f"({report['gzip_ratio_int8']:.2f}x the unpruned int8), cosine to the float teacher "
+                        f"{report['cosine_to_teacher']['pruned_int8']['mean']:.3f}")
+    return 0
+
+
 def cmd_detect(args) -> int:
     rec = _recognizer(args)
     failed = 0
@@ -280,6 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the models index as JSON")
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser("prune", help="prune the int8 embedder (magnitude pruning + distillation)",
+                       description="Prune the embedder of --models to --sparsity with tfmot, recover by distillation "
+                                   "from the float model on LFW DevTrain faces, write a full-int8 model and its "
+                                   "manifest. Needs edgeface[convert].")
+    p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"), help="built models folder")
+    p.add_argument("--out", help="output folder (default: --models)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target kernel sparsity (presets 0.3, 0.5, 0.75)")
+    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
+    p.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crops", type=int, default=2000, help="LFW DevTrain face crops to train on (default 2000)")
+    p.add_argument("--pqat-steps", type=int, default=0, help="prune-preserving QAT steps after pruning")
+    p.add_argument("--float", action="store_true", help="also write the pruned float32 model")
+    p.add_argument("--json", action="store_true", help="print the pruning report as JSON")
+    p.set_defaults(func=cmd_prune)
+
     p = common(sub.add_parser("detect", help="find faces", description="Find faces; boxes and keypoints in pixels."))
     p.add_argument("images", nargs="+", metavar="IMG")
     p.set_defaults(func=cmd_detect)
@@ -328,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (quick check)")
     p.add_argument("--out", help="also write the JSON results here")
     p.set_defaults(func=cmd_eval)
+    sub.add_parser("bench", add_help=False,
+                   help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers (edgeface bench --help)")
     for action in p._actions:
         if action.dest == "precision":
             action.choices, action.help = ["int8", "float32", "both"], "int8, float32 or both side by side"
@@ -338,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # benchmarks have their own parser; sklearn/pandas/matplotlib load only here
+        from edgeface.benchmarks.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
