@@ -1,0 +1,642 @@
+"""Magnitude pruning of the FaceNet embedder with distillation recovery, then full int8.
+
+Pipeline (:func:`prune_embedder`, CLI ``edgeface prune``):
+
+1. the float **teacher**: the shipped FaceNet as a tf_keras model (``facenet-casia`` rebuilt from its frozen
+   graph by :mod:`facenet_graph`, ``facenet-msceleb`` from its h5 by :mod:`facenet_keras`);
+2. training **crops**: LFW ``peopleDevTrain.txt`` identities only (``pairsDevTest.txt`` stays clean), the
+   central face found by the float detector and cut with the embedder manifest's crop recipe
+   (:func:`edgeface.embed.face_crop`, the code the device runs), cached as uint8 ``.npy``;
+3. :func:`prune_low_magnitude_model`: a *copy* of the teacher (``clone_model`` with a clone function shares
+   the original layers, so pruning the teacher itself would prune the teacher) with only ``Conv2D`` and
+   ``Dense`` wrapped by tfmot's ``prune_low_magnitude`` (BatchNorm frozen in inference mode, Dropout off);
+4. :func:`distill_pruned`: recovery by distillation, loss ``1 - cos(student, teacher)`` on the crops while
+   the sparsity ramps to the target (polynomial schedule) or is applied at once (constant schedule);
+5. optional prune-preserving QAT (:func:`apply_pqat`, tfmot's ``Default8BitPrunePreserveQuantizeScheme``);
+6. :func:`strip_pruning_model`, then :func:`quantize_int8` with the converter settings of
+   :mod:`embedder` (per-channel int8 keeps exact zeros, so the sparsity survives post-training quantization),
+   a manifest with ``embedder.pruning`` and a threshold calibrated on LFW DevTrain pairs.
+
+Pruning makes neither the TFLite file smaller nor inference faster (TFLite stores dense tensors); it makes
+the *compressed* model smaller, which is what a firmware image or an OTA update pays for.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+
+from edgeface import preprocess  # noqa: E402
+
+from . import common, embedder  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("polynomial", "constant")
+SPARSITY_PRESETS = (0.3, 0.5, 0.75)
+KERAS_FAMILIES = ("facenet-casia", "facenet-msceleb")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Validated settings of one pruning run (every bad value raises ``ValueError`` naming the field).
+
+    ``target_sparsity``: fraction of zero weights in every Conv2D/Dense kernel (presets 0.3 / 0.5 / 0.75).
+    ``schedule``: ``polynomial`` ramps from 0 to the target over ``ramp_fraction`` of the steps (updates every
+    ``frequency`` steps); ``constant`` prunes to the target at step 0 and then only recovers.
+    ``steps``, ``batch_size``, ``learning_rate`` (Adam, cosine decay to 0): the distillation.
+    ``num_crops``: LFW DevTrain face crops (``holdout`` of them are never trained on: the cosine check).
+    ``pqat_steps``: prune-preserving QAT steps after pruning (0: post-training int8 only).
+    """
+    target_sparsity: float = 0.5
+    schedule: str = "polynomial"
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    ramp_fraction: float = 0.6
+    frequency: Optional[int] = None
+    num_crops: int = 2000
+    holdout: int = 200
+    pqat_steps: int = 0
+    seed: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"PruneOptions.{name}={getattr(self, name)!r}: {why}")
+
+        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 < float(self.target_sparsity) < 1.0:
+            bad("target_sparsity", "must be a fraction in (0, 1), e.g. one of the presets "
+                                   f"{SPARSITY_PRESETS}")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"must be one of {SCHEDULES}")
+        for name in ("steps", "batch_size", "num_crops"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be a positive integer")
+        for name in ("holdout", "pqat_steps", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                bad(name, "must be a non-negative integer")
+        if self.holdout >= self.num_crops:
+            bad("holdout", f"must be smaller than num_crops ({self.num_crops})")
+        if not isinstance(self.learning_rate, (int, float)) or not 0.0 < self.learning_rate < 1.0:
+            bad("learning_rate", "must be in (0, 1)")
+        if not isinstance(self.ramp_fraction, (int, float)) or not 0.0 < self.ramp_fraction <= 1.0:
+            bad("ramp_fraction", "must be in (0, 1]")
+        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
+            bad("frequency", "must be a positive integer or None")
+
+    @property
+    def update_frequency(self) -> int:
+        return self.frequency or max(1, self.steps // 30)
+
+    @property
+    def end_step(self) -> int:
+        return max(1, int(round(self.steps * self.ramp_fraction)))
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def load_teacher(family: str, cache_dir: str | os.PathLike):
+    """The float FaceNet of ``family`` as a tf_keras model (un-normalized embedding, input (x-127.5)/128)."""
+    if family not in KERAS_FAMILIES:
+        raise ValueError(f"embedder family {family!r} cannot be pruned; Keras rebuilds exist for {KERAS_FAMILIES}")
+    weights = embedder.upstream_file(family, Path(cache_dir))
+    if family == "facenet-casia":
+        from . import facenet_graph
+
+        return facenet_graph.load_facenet_graph_keras(weights)
+    from . import facenet_keras
+
+    return facenet_keras.load_facenet_keras(weights)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def devtrain_files(lfw_root: str | os.PathLike, count: int, seed: int) -> list[Path]:
+    """``count`` images (sorted, chosen with ``seed``) of the identities in LFW ``peopleDevTrain.txt``."""
+    root = Path(lfw_root)
+    listing = root / "peopleDevTrain.txt"
+    if not listing.is_file():
+        raise ValueError(f"{listing}: not found; pruning trains on LFW peopleDevTrain identities only")
+    files = []
+    for line in listing.read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            name = parts[0]
+            files += [root / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg" for i in range(1, int(parts[1]) + 1)]
+    files = sorted(f for f in files if f.is_file())
+    if not files:
+        raise ValueError(f"{root}: no images of the peopleDevTrain.txt identities under images_deepfunneled/")
+    if len(files) > count:
+        rng = np.random.default_rng(seed)
+        files = [files[i] for i in sorted(rng.choice(len(files), size=count, replace=False))]
+    return files
+
+
+def make_face_crops(files: Sequence[Path], detector_path: str | os.PathLike, recipe: dict,
+                    cache_dir: Optional[str | os.PathLike] = None) -> np.ndarray:
+    """uint8 (N, size, size, 3) crops: the central face of each file (float detector, ``recipe``).
+
+    Files without a face are skipped. With ``cache_dir`` the array is cached as ``crops-<key>.npy``, keyed by
+    the files, the detector's sha256 and the recipe.
+    """
+    from edgeface.detect import FaceDetector
+    from edgeface.embed import face_crop
+    from edgeface.lfw import central_face
+    from edgeface.manifest import sha256_file
+
+    key = hashlib.sha256(json.dumps([[str(f) for f in files], sha256_file(detector_path),
+                                     recipe], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"crops-{key}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    det = FaceDetector(detector_path)
+    crops = []
+    for f in common.progress(files, "cropping DevTrain faces"):
+        try:
+            image = preprocess.read_image(f)
+        except preprocess.ImageError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        faces = det.detect(image)
+        i = central_face(faces, image.shape)
+        if i is not None:
+            crops.append(face_crop(image, faces[i].box, faces[i].keypoints, recipe))
+    if not crops:
+        raise ValueError(f"no face found in any of the {len(files)} training images")
+    out = np.stack(crops).astype(np.uint8)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path.with_suffix(".part.npy"), out)
+        os.replace(path.with_suffix(".part.npy"), path)
+    return out
+
+
+def _normalize(crops: np.ndarray) -> np.ndarray:
+    return (np.asarray(crops, np.float32) - embedder.MEAN) / embedder.STD
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-10)
+
+
+def embed_keras(model, crops: np.ndarray, batch_size: int = 32, desc: str = "embedding") -> np.ndarray:
+    """L2-normalized embeddings of uint8 crops by a Keras model, in batches (with a progress bar)."""
+    out = []
+    starts = range(0, len(crops), batch_size)
+    for s in common.progress(starts, desc, total=len(starts)):
+        out.append(model(_normalize(crops[s:s + batch_size]), training=False).numpy())
+    return _l2(np.concatenate(out))
+
+
+def teacher_embeddings(teacher, crops: np.ndarray, cache_path: Optional[Path] = None) -> np.ndarray:
+    """The teacher's L2-normalized embeddings of ``crops``, computed once (cached beside the crops)."""
+    if cache_path is not None and Path(cache_path).is_file():
+        emb = np.load(cache_path)
+        if len(emb) == len(crops):
+            return emb
+    emb = embed_keras(teacher, crops, desc="teacher embeddings")
+    if cache_path is not None:
+        np.save(cache_path, emb)
+    return emb
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def pruning_schedule(options: PruneOptions):
+    sparsity = _tfmot().sparsity.keras
+    if options.schedule == "constant":
+        return sparsity.ConstantSparsity(float(options.target_sparsity), begin_step=0,
+                                         frequency=options.update_frequency)
+    return sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=float(options.target_sparsity),
+                                    begin_step=0, end_step=options.end_step, frequency=options.update_frequency)
+
+
+def prunable_layers(model) -> list[str]:
+    """Names of the layers that get pruned: every ``Conv2D`` and ``Dense`` (not depthwise, not BN)."""
+    keras = _keras()
+    return [l.name for l in model.layers
+            if type(l) in (keras.layers.Conv2D, keras.layers.Dense)]
+
+
+def _keras():
+    import tf_keras
+
+    return tf_keras
+
+
+def prune_low_magnitude_model(model, options: PruneOptions):
+    """A pruning-wrapped *copy* of ``model``: Conv2D/Dense wrapped, BatchNorm frozen, Dropout off.
+
+    ``model`` is never modified and shares no variable with the result.
+    """
+    keras = _keras()
+    tfmot = _tfmot()
+    schedule = pruning_schedule(options)
+    wrap = set(prunable_layers(model))
+    if not wrap:
+        raise ValueError(f"model {model.name!r} has no Conv2D or Dense layer to prune")
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["trainable"] = False  # tf_keras: a frozen BN runs in inference mode
+        if isinstance(layer, keras.layers.Dropout):
+            config["rate"] = 0.0  # distillation matches the teacher's inference-time output
+        new = layer.__class__.from_config(config)
+        if layer.name in wrap:
+            return tfmot.sparsity.keras.prune_low_magnitude(new, pruning_schedule=schedule)
+        return new
+
+    pruned = keras.models.clone_model(model, clone_function=clone)
+    # copy the weights layer by layer (the wrappers add mask/threshold variables of their own)
+    for layer in model.layers:
+        target = pruned.get_layer(layer.name if layer.name not in wrap else "prune_low_magnitude_" + layer.name)
+        inner = getattr(target, "layer", target)
+        if layer.weights:
+            inner.set_weights(layer.get_weights())
+    return pruned
+
+
+def strip_pruning_model(pruned):
+    """tfmot ``strip_pruning``: the plain Keras model with the masked (zeroed) weights baked in."""
+    return _tfmot().sparsity.keras.strip_pruning(pruned)
+
+
+def kernel_sparsity(model) -> dict:
+    """Zero fraction of every Conv2D/Dense kernel: ``{"overall": f, "min": f, "max": f, "layers": {...}}``."""
+    layers = {}
+    zeros = total = 0
+    names = prunable_layers_set(model)
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if inner.name not in names:
+            continue
+        k = inner.kernel.numpy()
+        z = int(np.count_nonzero(k == 0))
+        layers[inner.name] = z / k.size
+        zeros += z
+        total += k.size
+    if not total:
+        raise ValueError(f"model {model.name!r} has no Conv2D or Dense kernel")
+    return {"overall": zeros / total, "min": min(layers.values()), "max": max(layers.values()),
+            "kernels": len(layers), "weights": total, "layers": layers}
+
+
+def prunable_layers_set(model) -> set:
+    keras = _keras()
+    names = set()
+    for l in model.layers:
+        inner = getattr(l, "layer", l)
+        if type(inner) in (keras.layers.Conv2D, keras.layers.Dense):
+            names.add(inner.name)
+    return names
+
+
+class _Progress:
+    """Keras callback: a progress bar over the training steps, and a log line every ``every`` steps."""
+
+    def __new__(cls, total: int, desc: str, every: int = 25):
+        keras = _keras()
+
+        class Cb(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = common.progress(range(total), desc, total=total)
+                self.it = iter(self.bar)
+                self.t0 = time.time()
+                self.losses = []
+
+            def on_train_batch_end(self, batch, logs=None):
+                next(self.it, None)
+                self.losses.append(float((logs or {}).get("loss", np.nan)))
+                if (batch + 1) % every == 0 or batch + 1 == total:
+                    log.info("%s step %d/%d loss %.4f (%.1f s/step)", desc, batch + 1, total,
+                             float(np.mean(self.losses[-every:])), (time.time() - self.t0) / (batch + 1))
+
+            def on_train_end(self, logs=None):
+                close = getattr(self.bar, "close", None)
+                if close:
+                    close()
+
+        return Cb()
+
+
+def cosine_distance(y_true, y_pred):
+    """``1 - cos(teacher, student)`` per sample (targets are already L2-normalized)."""
+    import tensorflow as tf
+
+    y_pred = tf.math.l2_normalize(y_pred, axis=-1)
+    y_true = tf.math.l2_normalize(y_true, axis=-1)
+    return 1.0 - tf.reduce_sum(y_true * y_pred, axis=-1)
+
+
+def _dataset(crops: np.ndarray, targets: np.ndarray, batch_size: int, seed: int):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((crops, targets))
+    ds = ds.shuffle(len(crops), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) - embedder.MEAN) / embedder.STD, y))
+    return ds.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def distill(model, crops: np.ndarray, targets: np.ndarray, steps: int, options: PruneOptions,
+            callbacks: Sequence = (), desc: str = "distilling") -> list[float]:
+    """Train ``model`` for ``steps`` steps to reproduce ``targets`` (teacher embeddings); returns losses."""
+    keras = _keras()
+    if len(crops) != len(targets):
+        raise ValueError(f"{len(crops)} crops but {len(targets)} teacher embeddings")
+    if len(crops) < options.batch_size:
+        raise ValueError(f"{len(crops)} crops are fewer than batch_size={options.batch_size}")
+    lr = keras.optimizers.schedules.CosineDecay(float(options.learning_rate), steps)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=cosine_distance)
+    progress = _Progress(steps, desc)
+    model.fit(_dataset(crops, targets, options.batch_size, options.seed), epochs=1, steps_per_epoch=steps,
+              callbacks=[*callbacks, progress], verbose=0)
+    return progress.losses
+
+
+def distill_pruned(pruned, crops: np.ndarray, targets: np.ndarray, options: PruneOptions) -> list[float]:
+    """Recovery: distillation while tfmot's ``UpdatePruningStep`` applies the sparsity schedule."""
+    return distill(pruned, crops, targets, options.steps, options,
+                   callbacks=[_tfmot().sparsity.keras.UpdatePruningStep()],
+                   desc=f"pruning to {options.target_sparsity:.0%}")
+
+
+# --------------------------------------------------------------------------- prune-preserving QAT
+
+
+def apply_pqat(stripped):
+    """Prune-preserving quantization-aware copy of a stripped (sparse) model (tfmot PQAT scheme).
+
+    Conv+BN+ReLU are folded as the TFLite converter does; the residual ``ScaleSum`` layers get their output
+    quantized. The sparsity masks of the kernels are kept fixed during training.
+    """
+    keras = _keras()
+    tfmot = _tfmot()
+    quant = tfmot.quantization.keras
+    from .facenet_keras import ScaleSum
+
+    class OutputOnly(quant.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [quant.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                            narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    def annotate(layer):
+        if isinstance(layer, ScaleSum):
+            return quant.quantize_annotate_layer(layer, quantize_config=OutputOnly())
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return quant.quantize_annotate_layer(layer)
+
+    annotated = keras.models.clone_model(stripped, clone_function=annotate)
+    annotated.set_weights(stripped.get_weights())
+    with quant.quantize_scope({"OutputOnly": OutputOnly, "ScaleSum": ScaleSum}):
+        return quant.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+
+
+# --------------------------------------------------------------------------- int8 export
+
+
+def quantize_int8(model, calibration_crops: Sequence[np.ndarray], input_dtype: str = "uint8",
+                  desc: str = "calibrating pruned model") -> bytes:
+    """Full-integer TFLite with :mod:`embedder`'s settings: int8 builtins, uint8 input, int8 output."""
+    import tensorflow as tf
+
+    if input_dtype not in ("uint8", "int8"):
+        raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
+    if not len(calibration_crops):
+        raise ValueError("int8 needs calibration crops; got none")
+    samples = [preprocess.normalize(c, embedder.MEAN, embedder.STD)[None] for c in calibration_crops]
+
+    def representative():
+        for x in common.progress(samples, desc):
+            yield [x]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def gzip_size(path: str | os.PathLike) -> int:
+    """Bytes of ``path`` compressed with gzip level 9 (what an OTA update or a firmware image pays)."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
+
+
+def tflite_weight_sparsity(path: str | os.PathLike) -> dict:
+    """Zero fraction of the int8 constant tensors of rank >= 2 (the kernels) inside a TFLite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(path))  # not allocated: only constant tensors have data
+    zeros = total = tensors = 0
+    for d in it.get_tensor_details():
+        if d["dtype"] != np.int8 or len(d["shape"]) < 2:
+            continue
+        try:
+            t = it.get_tensor(d["index"])
+        except ValueError:
+            continue  # an activation
+        zeros += int(np.count_nonzero(t == 0))
+        total += t.size
+        tensors += 1
+    return {"overall": zeros / total if total else 0.0, "tensors": tensors, "weights": total}
+
+
+def _write_model(tflite: bytes, dst: Path, manifest: dict) -> Path:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeface.manifest import write_manifest
+
+    common.atomic_write_bytes(dst, tflite)
+    (out,) = Interpreter(str(dst)).get_output_details()
+    manifest = json.loads(json.dumps(manifest))
+    manifest["outputs"] = {"embedding": out["name"]}
+    write_manifest(dst, manifest)
+    return dst
+
+
+def pruned_manifest(base: dict, pruning: dict, precision: str, dtype: str) -> dict:
+    """The unpruned model's manifest with the pruned model's precision, input dtype and ``embedder.pruning``."""
+    data = json.loads(json.dumps(base))
+    for k in ("model_file", "sha256", "format"):
+        data.pop(k, None)
+    data["precision"] = precision
+    data["input"]["dtype"] = dtype
+    data["description"] = f"{base.get('description', base['family'])}, pruned to " \
+                          f"{pruning['target_sparsity']:.0%} sparsity + distillation"
+    data["embedder"]["pruning"] = pruning
+    data["embedder"].update(embedder.PROVISIONAL_THRESHOLD)
+    data["embedder"].pop("operating_points", None)
+    data["converter_version"] = common.CONVERTER_VERSION
+    return data
+
+
+def embed_tflite(path: str | os.PathLike, crops: np.ndarray, desc: str = "embedding (tflite)") -> np.ndarray:
+    """L2-normalized embeddings of uint8 crops by an edgeface embedder model (through its manifest)."""
+    from edgeface.embed import FaceEmbedder
+
+    emb = FaceEmbedder(path)
+    return np.stack([emb.embed_crop(c) for c in common.progress(list(crops), desc)])
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    cos = np.sum(_l2(a) * _l2(b), axis=-1)
+    return {"mean": round(float(cos.mean()), 4), "p01": round(float(np.percentile(cos, 1)), 4),
+            "min": round(float(cos.min()), 4), "n": int(len(cos))}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int = 300,
+                      seed: int = 20260101, cache_dir: Optional[str | os.PathLike] = None) -> np.ndarray:
+    """The crops ``edgeface build`` calibrates the embedder on (LFW DevTrain default set, float detector)."""
+    from edgeface.calibration_data import builder
+
+    cset = builder.default_set(count, seed)
+    return make_face_crops(list(cset.files), detector_path, recipe, cache_dir)
+
+
+def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   options: PruneOptions = PruneOptions(), lfw_root: Optional[str | os.PathLike] = None,
+                   cache_dir: Optional[str | os.PathLike] = None, calibration: Optional[np.ndarray] = None,
+                   calibrate_threshold: bool = True, save_float: bool = False) -> dict:
+    """Prune the int8 embedder of ``models_dir`` (its float detector makes the crops) into ``out_dir``.
+
+    Writes ``<family>_int8_pruned<NN>.tflite`` + manifest (and ``..._float32_pruned<NN>`` with
+    ``save_float``) and ``pruning-<NN>.json``, a report with sparsity, raw and gzip sizes, cosine to the float
+    teacher on held-out crops and the training losses. Returns that report.
+    """
+    from edgeface.calibration_data import builder
+    from edgeface.manifest import read_manifest, resolve_models
+
+    t0 = time.time()
+    models_dir, out_dir = Path(models_dir), Path(out_dir)
+    if not isinstance(options, PruneOptions):
+        raise ValueError(f"options must be a PruneOptions, got {type(options).__name__}")
+    det_float, emb_float = resolve_models(models_dir, "float32")
+    _, emb_int8 = resolve_models(models_dir, "int8")
+    base = read_manifest(emb_int8)
+    family = base["family"]
+    recipe = base["embedder"]["crop"]
+    cache = Path(cache_dir or Path(__file__).resolve().parents[1] / ".cache" / "prune")
+    lfw = Path(lfw_root) if lfw_root else builder.default_data_root() / "lfw"
+
+    files = devtrain_files(lfw, options.num_crops, options.seed)
+    crops = make_face_crops(files, det_float, recipe, cache)
+    if len(crops) <= options.holdout + options.batch_size:
+        raise ValueError(f"only {len(crops)} face crops for holdout={options.holdout} and "
+                         f"batch_size={options.batch_size}")
+    train, held = crops[: len(crops) - options.holdout], crops[len(crops) - options.holdout:]
+    teacher = load_teacher(family, cache / "downloads")
+    key = hashlib.sha256(crops.tobytes()).hexdigest()[:12] + "-" + base["upstream"]["sha256"][:12]
+    targets = teacher_embeddings(teacher, crops, cache / f"teacher-{key}.npy")
+    log.info("%d crops (%d train, %d held out), teacher %s", len(crops), len(train), len(held), family)
+
+    pruned = prune_low_magnitude_model(teacher, options)
+    losses = distill_pruned(pruned, train, targets[: len(train)], options)
+    stripped = strip_pruning_model(pruned)
+    sparsity = kernel_sparsity(stripped)
+    pqat_losses = []
+    export = stripped
+    if options.pqat_steps:
+        qat = apply_pqat(stripped)
+        pqat_losses = distill(qat, train, targets[: len(train)], options.pqat_steps, options,
+                              desc="prune-preserving QAT")
+        export = qat
+    if calibration is None:
+        calibration = calibration_crops(det_float, recipe, cache_dir=cache)
+
+    tag = f"pruned{int(round(options.target_sparsity * 100))}"
+    stem = family.replace("-", "_")
+    pruning = {"target_sparsity": float(options.target_sparsity), "schedule": options.schedule,
+               "kernel_sparsity": round(sparsity["overall"], 4), "kernels": sparsity["kernels"],
+               "recovery": f"distillation from the float {family}, cosine loss, {options.steps} steps x "
+                           f"{options.batch_size} crops of {len(train)} LFW peopleDevTrain faces",
+               "pqat_steps": options.pqat_steps, "tool": f"tensorflow-model-optimization "
+                                                         f"{common.package_version('tensorflow-model-optimization')}"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_float = read_manifest(emb_float)
+    written = {}
+    dst = out_dir / f"{stem}_int8_{tag}.tflite"
+    written["int8"] = _write_model(quantize_int8(export, calibration), dst,
+                                   dict(pruned_manifest(base, pruning, "int8", base["input"]["dtype"]),
+                                        calibration=dict(base.get("calibration", {}), num_crops=len(calibration))))
+    if save_float:
+        import tensorflow as tf
+
+        flt = tf.lite.TFLiteConverter.from_keras_model(stripped).convert()
+        written["float32"] = _write_model(flt, out_dir / f"{stem}_float32_{tag}.tflite",
+                                          pruned_manifest(base_float, pruning, "float32", "float32"))
+    teacher_held = targets[len(train):]
+    report = {"family": family, "options": options.describe(), "kernel_sparsity": {
+        k: v for k, v in sparsity.items() if k != "layers"}, "losses": {
+        "first": round(float(np.mean(losses[:10])), 4), "last": round(float(np.mean(losses[-10:])), 4),
+        "pqat_last": round(float(np.mean(pqat_losses[-10:])), 4) if pqat_losses else None},
+        "cosine_to_teacher": {"pruned_keras_float": cosine_stats(embed_keras(stripped, held), teacher_held)},
+        "models": {}}
+    for precision, path in [("unpruned_int8", emb_int8), *[(f"pruned_{p}", w) for p, w in written.items()]]:
+        report["models"][precision] = {"file": str(path), "bytes": path.stat().st_size,
+                                       "gzip_bytes": gzip_size(path),
+                                       "int8_weight_zeros": round(tflite_weight_sparsity(path)["overall"], 4)
+                                       if "int8" in precision else None}
+        report["cosine_to_teacher"][precision] = cosine_stats(embed_tflite(path, held, f"held-out {precision}"),
+                                                              teacher_held)
+    report["gzip_ratio_int8"] = round(report["models"]["pruned_int8"]["gzip_bytes"]
+                                      / report["models"]["unpruned_int8"]["gzip_bytes"], 4)
+    if calibrate_threshold and (lfw / "pairsDevTrain.txt").is_file():
+        from .build import calibrate_min_cosine_similarity
+
+        for precision, path in written.items():
+            calibrate_min_cosine_similarity(models_dir / Path(resolve_models(models_dir, precision)[0]).name,
+                                            path, lfw)
+    report["seconds"] = round(time.time() - t0, 1)
+    tmp = out_dir / f"pruning-{tag}.json.part"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out_dir / f"pruning-{tag}.json")
+    return report
