@@ -1,0 +1,447 @@
+"""Per-stage latency of the whole pipeline, every runtime x precision x threads side by side in one run.
+
+Stages of one frame: ``decode`` (read + decode the image file), ``detect_pre`` (letterbox + normalize),
+``detect_invoke`` (the detector model; once per tile), ``detect_post`` (anchor decoding + NMS), ``crop``,
+``embed`` (normalize + the embedder model, per face), ``match`` (gallery lookup, per face), and ``total``.
+
+How it stays honest:
+
+* every configuration gets its own interpreters (no state shared between configurations), is warmed up, then
+  the timed runs are **interleaved**: run i times every configuration once, in a shuffled order, on the same
+  frame, so a burst of load from another process hurts all of them alike;
+* load time, first-inference time and peak resident memory come from a **fresh subprocess** per
+  configuration (nothing cached from a previous measurement);
+* median, p95 and min over the runs; the machine (CPU, governor, load average) and package versions are
+  recorded with the numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import common
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect_pre", "detect_invoke", "detect_post", "crop", "embed", "match")
+
+
+# --------------------------------------------------------------------------- delegate facts
+
+def delegate_info(interpreter) -> dict:
+    """How many graph nodes the delegates (XNNPACK by default on CPU, the Edge TPU with a delegate) took.
+
+    The interpreter lists the original nodes followed by one ``DELEGATE`` node per delegated partition; a
+    partition's nodes are found by walking back from the delegate node's outputs to its inputs.
+    """
+    try:
+        ops = interpreter._get_ops_details()  # noqa: SLF001 - the only introspection the runtimes expose
+    except AttributeError:
+        return {"delegate_kernels": None, "nodes": None, "nodes_delegated": None}
+    original = [o for o in ops if o["op_name"] != "DELEGATE"]
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    producer = {t: o["index"] for o in original for t in o["outputs"]}
+    by_index = {o["index"]: o for o in original}
+    taken: set[int] = set()
+    for d in delegates:
+        boundary = set(int(t) for t in d["inputs"])
+        stack = [producer[t] for t in d["outputs"] if t in producer]
+        while stack:
+            n = stack.pop()
+            if n in taken:
+                continue
+            taken.add(n)
+            stack.extend(producer[t] for t in by_index[n]["inputs"] if t >= 0 and t not in boundary and t in producer)
+    return {"delegate_kernels": len(delegates), "nodes": len(original), "nodes_delegated": len(taken)}
+
+
+# --------------------------------------------------------------------------- the staged pipeline
+
+class StagedPipeline:
+    """detect -> crop -> embed -> match with the core's own building blocks, timing each stage."""
+
+    def __init__(self, detector_path: Path, embedder_path: Path, runtime: str, threads: int, tiles: int,
+                 gallery=None):
+        from edgeface.detect import FaceDetector
+        from edgeface.embed import FaceEmbedder
+
+        self.detector = FaceDetector(detector_path, threads=threads, runtime_name=runtime, tiles=tiles)
+        self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=runtime)
+        self.gallery = gallery
+
+    def frame(self, path: Path) -> tuple[dict, int]:
+        """Seconds per stage for one image file, and the number of faces found."""
+        from edgeface import detect as D
+        from edgeface import preprocess
+
+        t = {s: 0.0 for s in STAGES}
+        c0 = time.perf_counter()
+        image = preprocess.read_image(path)
+        c1 = time.perf_counter()
+        t["decode"] = c1 - c0
+        det = self.detector
+        windows = [(0, 0, None)]
+        if det.tiles > 1:
+            windows += D.tile_windows(image.shape[0], image.shape[1], det.tiles)
+        faces = []
+        for x0, y0, side in windows:
+            a = time.perf_counter()
+            part = image if side is None else image[y0:y0 + side, x0:x0 + side]
+            tensor, lb = D.detector_input(part, det.spec.input_size, det.mean, det.std)
+            b = time.perf_counter()
+            boxes, logits = det.raw(tensor)
+            c = time.perf_counter()
+            found = D.faces_from_outputs(boxes, logits, det.spec, lb, det.min_score, det.iou_threshold)
+            if side is not None:
+                off = np.array([x0, y0], np.float32)
+                found = [D.Face(f.box + np.tile(off, 2), f.score, f.keypoints + off) for f in found]
+            faces.extend(found)
+            d = time.perf_counter()
+            t["detect_pre"] += b - a
+            t["detect_invoke"] += c - b
+            t["detect_post"] += d - c
+        if det.tiles > 1:
+            a = time.perf_counter()
+            faces = D.merge_faces(faces, det.iou_threshold)
+            t["detect_post"] += time.perf_counter() - a
+        for f in faces:
+            a = time.perf_counter()
+            crop = self.embedder.crop(image, f.box, f.keypoints)
+            b = time.perf_counter()
+            emb = self.embedder.embed_crop(crop)
+            c = time.perf_counter()
+            if self.gallery is not None:
+                self.gallery.match(emb, k=1)
+            d = time.perf_counter()
+            t["crop"] += b - a
+            t["embed"] += c - b
+            t["match"] += d - c
+        t["total"] = time.perf_counter() - c0
+        return t, len(faces)
+
+
+def make_gallery(folder: Path, dim: int, size: int, space_id: str, seed: int = 0):
+    """A gallery of ``size`` random unit embeddings (5 per person), for timing the match stage."""
+    from edgeface.gallery import Gallery
+
+    rng = np.random.default_rng(seed)
+    g = Gallery(folder / f"bench_gallery_{dim}_{size}.db", space_id, dim)
+    per = 5
+    for p in range(max(1, size // per)):
+        g.enroll(f"person_{p:06d}", rng.standard_normal((per, dim)).astype(np.float32))
+    return g
+
+
+# --------------------------------------------------------------------------- configurations
+
+def available_runtimes(requested: list[str], notes: list[str]) -> list[str]:
+    from edgeface.runtime import RuntimeNotFoundError, get_runtime
+
+    out = []
+    for name in requested:
+        if name == "onnxruntime":
+            continue  # handled per model below
+        try:
+            get_runtime(name)
+            out.append(name)
+        except (RuntimeNotFoundError, ValueError) as exc:
+            notes.append(f"runtime {name}: not available ({str(exc).split(':')[0]}): skipped")
+    return out
+
+
+def resolve_threads(threads: list) -> list[int]:
+    out = []
+    for t in threads:
+        n = os.cpu_count() or 1 if t == "all" else int(t)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def pick_scene_images(scene: dict, lfw: Path, bbt: Path, detectors: list) -> list[Path]:
+    """LFW scene: evenly spaced LFW images where every detector finds exactly one face. Group scene: the bbt
+    group photos."""
+    from edgeface import preprocess
+
+    n = int(scene["images"])
+    if scene["source"] == "bbt_group":
+        files = sorted((bbt / "group").glob("*.jpg"))
+        if not files:
+            raise common.BenchmarkError(f"no group photos in {bbt / 'group'}")
+        return files[:n]
+    files = sorted((lfw / "images_deepfunneled").glob("*/*_0001.jpg"))
+    if not files:
+        raise common.BenchmarkError(f"no LFW images in {lfw}")
+    step = max(1, len(files) // (n * 4))
+    out = []
+    for f in files[::step]:
+        image = preprocess.read_image(f)
+        if all(len(d.detect(image)) == 1 for d in detectors):
+            out.append(f)
+        if len(out) == n:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------- fresh-process probe
+
+def probe(spec: dict) -> dict:
+    """Run in a fresh process: import time, model load time, first-frame time, peak RSS (see ``--probe``)."""
+    base_rss = common.current_rss_mb()
+    t0 = time.perf_counter()
+    from edgeface.runtime import get_runtime
+
+    get_runtime(spec["runtime"])
+    import_s = time.perf_counter() - t0
+    rss_after_import = common.current_rss_mb()
+    t0 = time.perf_counter()
+    pipe = StagedPipeline(Path(spec["detector"]), Path(spec["embedder"]), spec["runtime"], spec["threads"],
+                          spec["tiles"])
+    load_s = time.perf_counter() - t0
+    first, _ = pipe.frame(Path(spec["image"]))
+    later = [pipe.frame(Path(spec["image"]))[0]["total"] for _ in range(spec.get("frames", 3))]
+    return {"runtime_import_ms": round(import_s * 1e3, 1), "load_ms": round(load_s * 1e3, 1),
+            "first_frame_ms": round(first["total"] * 1e3, 2),
+            "first_detect_invoke_ms": round(first["detect_invoke"] * 1e3, 2),
+            "first_embed_ms": round(first["embed"] * 1e3, 2),
+            "steady_frame_ms": round(float(np.median(later)) * 1e3, 2) if later else None,
+            "rss_before_import_mb": round(base_rss, 1), "rss_after_import_mb": round(rss_after_import, 1),
+            "peak_rss_mb": round(common.peak_rss_mb(), 1)}
+
+
+def run_probe(spec: dict) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "edgeface.benchmarks.latency", "--probe", json.dumps(spec)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode != 0:
+        log.warning("probe %s failed: %s", spec, r.stderr.strip().splitlines()[-1:] or r.returncode)
+        return {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def config_key(c: dict) -> str:
+    return f"{c['runtime']}/{c['precision']}/t{c['threads']}"
+
+
+def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_progress: bool = True) -> dict:
+    """Measure every available configuration side by side; returns the JSON-ready result."""
+    notes: list[str] = []
+    variants, vnotes = common.model_variants(models, settings["precisions"])
+    notes += vnotes
+    if not variants:
+        raise common.BenchmarkError(f"no models of precisions {settings['precisions']} in {models}")
+    if "onnxruntime" in settings["runtimes"]:
+        onnx = sorted(Path(models).glob("*.onnx"))
+        notes.append("onnxruntime: " + ("ONNX models found but no ONNX pipeline adapter yet: skipped" if onnx else
+                                        f"no *.onnx models in {models} (edgeface build exports TFLite only): skipped"))
+    runtimes = available_runtimes(settings["runtimes"], notes)
+    threads = resolve_threads(settings["threads"])
+    configs = [{"runtime": r, "precision": v.precision if v.name == v.precision else v.name, "threads": t,
+                "variant": v} for r in runtimes for v in variants for t in threads]
+    info = common.machine_info()
+    tmp = tempfile.TemporaryDirectory(prefix="edgeface-bench-")
+    rng = np.random.default_rng(seed)
+    scenes_out = []
+    try:
+        from edgeface.detect import FaceDetector
+
+        selectors = [FaceDetector(v.detector, runtime_name=runtimes[0]) for v in variants]
+        for scene in settings["scenes"]:
+            images = pick_scene_images(scene, Path(lfw), Path(bbt), selectors)
+            if not images:
+                notes.append(f"scene {scene['name']}: no suitable images: skipped")
+                continue
+            pipes, galleries = {}, {}
+            for c in configs:
+                v = c["variant"]
+                pipe = StagedPipeline(v.detector, v.embedder, c["runtime"], c["threads"], scene["tiles"])
+                space = pipe.embedder.space_id
+                if (space, pipe.embedder.dim) not in galleries:
+                    galleries[(space, pipe.embedder.dim)] = make_gallery(Path(tmp.name), pipe.embedder.dim,
+                                                                        settings["gallery_size"], space)
+                pipe.gallery = galleries[(space, pipe.embedder.dim)]
+                pipes[config_key(c)] = pipe
+            keys = list(pipes)
+            # warm-up, interleaved
+            for i in range(settings["warmup"]):
+                for k in keys:
+                    pipes[k].frame(images[i % len(images)])
+            samples = {k: {s: [] for s in STAGES + ("total",)} for k in keys}
+            faces = {k: [] for k in keys}
+            for i in common.progress(range(settings["runs"]), f"latency {scene['name']}",
+                                     enabled=show_progress):
+                image = images[i % len(images)]
+                for j in rng.permutation(len(keys)):
+                    t, n = pipes[keys[j]].frame(image)
+                    for s, v in t.items():
+                        samples[keys[j]][s].append(v)
+                    faces[keys[j]].append(n)
+            rows = []
+            for c in configs:
+                k = config_key(c)
+                pipe = pipes[k]
+                spec = {"runtime": c["runtime"], "threads": c["threads"], "tiles": scene["tiles"],
+                        "detector": str(c["variant"].detector), "embedder": str(c["variant"].embedder),
+                        "image": str(images[0]), "frames": settings.get("probe_frames", 3)}
+                rows.append({
+                    "config": k, "runtime": c["runtime"], "precision": c["precision"], "threads": c["threads"],
+                    "detector": c["variant"].detector.name, "embedder": c["variant"].embedder.name,
+                    "faces_per_frame": round(float(np.mean(faces[k])), 2),
+                    "stages_ms": {s: common.stats_ms(v) for s, v in samples[k].items()},
+                    "embed_per_face_ms": common.stats_ms(
+                        [e / n for e, n in zip(samples[k]["embed"], faces[k]) if n]),
+                    "delegate": {"detector": delegate_info(pipe.detector.interpreter),
+                                 "embedder": delegate_info(pipe.embedder.interpreter)},
+                    "fresh_process": run_probe(spec),
+                })
+            for g in galleries.values():
+                g.close()
+            del pipes
+            scenes_out.append({"scene": scene["name"], "tiles": scene["tiles"],
+                               "images": [str(p.relative_to(p.parents[1])) for p in images], "rows": rows})
+    finally:
+        tmp.cleanup()
+    result = {"benchmark": "latency", "machine": info, "settings": {k: v for k, v in settings.items()},
+              "runtimes": runtimes, "threads": threads, "notes": notes, "scenes": scenes_out}
+    result["int8_vs_float32"] = speedups(result)
+    return result
+
+
+def speedups(result: dict) -> list[dict]:
+    """End-to-end median of float32 over int8, per scene, runtime and threads (> 1: int8 is faster)."""
+    out = []
+    for sc in result["scenes"]:
+        by = {(r["runtime"], r["precision"], r["threads"]): r for r in sc["rows"]}
+        for (rt, prec, th), r in by.items():
+            if prec != "int8" or (rt, "float32", th) not in by:
+                continue
+            f = by[(rt, "float32", th)]
+            ratio = f["stages_ms"]["total"]["median"] / r["stages_ms"]["total"]["median"]
+            emb = (f["embed_per_face_ms"]["median"] or 0) / max(r["embed_per_face_ms"]["median"] or 1e-9, 1e-9)
+            det = f["stages_ms"]["detect_invoke"]["median"] / max(r["stages_ms"]["detect_invoke"]["median"], 1e-9)
+            out.append({"scene": sc["scene"], "runtime": rt, "threads": th, "total_speedup": round(ratio, 2),
+                        "embed_speedup": round(emb, 2), "detect_invoke_speedup": round(det, 2),
+                        "at_least_2x": bool(ratio >= 2.0)})
+    return out
+
+
+# --------------------------------------------------------------------------- reference files and drift
+
+def reference_payload(result: dict) -> dict:
+    """The small per-device file committed under benchmarks/reference/: medians only."""
+    return {"device": common.device_slug(result["machine"]), "cpu": result["machine"]["cpu"],
+            "cores": result["machine"]["cores"], "date": result["machine"]["date"],
+            "packages": {k: v for k, v in result["machine"]["packages"].items()
+                         if k in ("ai-edge-litert", "tensorflow", "numpy", "opencv-python-headless")},
+            "runs": result["settings"]["runs"],
+            "median_total_ms": {f"{sc['scene']}/{r['config']}": r["stages_ms"]["total"]["median"]
+                                for sc in result["scenes"] for r in sc["rows"]},
+            "median_embed_per_face_ms": {f"{sc['scene']}/{r['config']}": r["embed_per_face_ms"]["median"]
+                                         for sc in result["scenes"] for r in sc["rows"]}}
+
+
+def drift_check(result: dict, reference: dict, tolerance: float) -> dict:
+    """Compare medians with a reference file: a ratio now/reference outside [1/(1+tol), 1+tol] is drift."""
+    now = reference_payload(result)["median_total_ms"]
+    rows, drifted = [], 0
+    for key, ref in reference.get("median_total_ms", {}).items():
+        if key not in now or not ref:
+            continue
+        ratio = now[key] / ref
+        ok = 1 / (1 + tolerance) <= ratio <= 1 + tolerance
+        drifted += not ok
+        rows.append({"key": key, "reference_ms": ref, "now_ms": now[key], "ratio": round(ratio, 3), "ok": ok})
+    return {"reference_device": reference.get("device"), "reference_date": reference.get("date"),
+            "tolerance": tolerance, "compared": len(rows), "drifted": drifted, "rows": rows}
+
+
+# --------------------------------------------------------------------------- report
+
+def markdown(result: dict) -> str:
+    info = result["machine"]
+    lines = [common.header("Latency per frame (ms)", info,
+                           f"{result['settings']['runs']} timed runs per configuration after "
+                           f"{result['settings']['warmup']} warm-up runs, interleaved; median / p95 / min. "
+                           "Load, first frame and peak RSS from a fresh process per configuration.")]
+    for sc in result["scenes"]:
+        lines.append(f"\n### {sc['scene']} (tiles {sc['tiles']}, {len(sc['images'])} images)\n")
+        rows = []
+        for r in sc["rows"]:
+            s = r["stages_ms"]
+            fp = r["fresh_process"]
+            d = r["delegate"]
+            deleg = " / ".join(f"{x['nodes_delegated']}/{x['nodes']}" for x in (d["detector"], d["embedder"])
+                               if x["nodes"] is not None)
+            rows.append([r["runtime"], r["precision"], r["threads"], r["faces_per_frame"], s["decode"]["median"],
+                         round(s["detect_pre"]["median"] + s["detect_invoke"]["median"] + s["detect_post"]["median"], 3),
+                         s["crop"]["median"], r["embed_per_face_ms"]["median"], s["match"]["median"],
+                         s["total"]["median"], s["total"]["p95"], s["total"]["min"], fp.get("load_ms"),
+                         fp.get("first_frame_ms"), fp.get("peak_rss_mb"), deleg])
+        lines.append(common.md_table(
+            ["runtime", "precision", "threads", "faces", "decode", "detect", "crop", "embed/face", "match",
+             "total median", "total p95", "total min", "load", "first frame", "peak RSS MB",
+             "XNNPACK nodes det / emb"], rows))
+    if result["int8_vs_float32"]:
+        lines.append("\n### int8 vs float32 (median end-to-end, same run)\n")
+        lines.append(common.md_table(["scene", "runtime", "threads", "float32 / int8 total", "embed", "detect model",
+                                      ">= 2x"],
+                                     [[s["scene"], s["runtime"], s["threads"], s["total_speedup"], s["embed_speedup"],
+                                       s["detect_invoke_speedup"], "yes" if s["at_least_2x"] else "no"]
+                                      for s in result["int8_vs_float32"]]))
+    if result.get("drift"):
+        d = result["drift"]
+        lines.append(f"\nDrift against reference {d['reference_device']} ({d['reference_date']}): "
+                     f"{d['drifted']} of {d['compared']} medians outside ±{int(100 * d['tolerance'])}%.")
+    if result["notes"]:
+        lines.append("\nNotes:\n" + "\n".join(f"* {n}" for n in result["notes"]))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    plt = common.pyplot()
+    scenes = result["scenes"]
+    fig, axes = plt.subplots(len(scenes), 1, figsize=(7.5, 1.0 + 0.32 * sum(len(s["rows"]) for s in scenes)),
+                             squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, sc in zip(axes[:, 0], scenes):
+        labels = [r["config"] for r in sc["rows"]]
+        left = np.zeros(len(labels))
+        for k, stage in enumerate(STAGES):
+            vals = np.array([r["stages_ms"][stage]["median"] for r in sc["rows"]])
+            ax.barh(labels, vals, left=left, color=colors[k], label=stage)
+            left += vals
+        p95 = [r["stages_ms"]["total"]["p95"] for r in sc["rows"]]
+        ax.scatter(p95, labels, marker="|", color="k", s=80, label="total p95")
+        ax.set_title(f"{sc['scene']}: median ms per frame by stage", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.invert_yaxis()
+    axes[0, 0].legend(fontsize=6, ncol=4, loc="lower right")
+    axes[-1, 0].set_xlabel("ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def main_probe(argv: list[str]) -> int:
+    """``python -m edgeface.benchmarks.latency --probe '<json spec>'``: used by :func:`run_probe`."""
+    print(json.dumps(probe(json.loads(argv[1]))))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    if len(sys.argv) == 3 and sys.argv[1] == "--probe":
+        sys.exit(main_probe(sys.argv[1:]))
+    sys.exit("use `edgeface bench latency` (this module's --probe is internal)")
