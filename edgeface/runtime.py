@@ -14,9 +14,12 @@ Quantized tensors are converted with the tensor's *own* scale and zero point:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -82,6 +85,35 @@ def get_runtime(name: Optional[str] = None) -> Runtime:
     )
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log():
+    """Capture what the C++ runtime writes to fd 2 while creating an interpreter.
+
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every interpreter; INFO
+    lines go to this module's debug log, anything else is written back to stderr unchanged.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.startswith("INFO: "):
+                    log.debug("runtime: %s", line[6:])
+                elif line.strip():
+                    print(line, file=sys.stderr)
+
+
 def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = None,
                      accelerator: Optional[str] = None, runtime: Optional[str] = None):
     """Create an allocated interpreter for ``model_path``.
@@ -111,9 +143,10 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
     elif accelerator not in (None, "cpu"):
         raise ValueError(f"unknown accelerator {accelerator!r}; use None, 'cpu' or 'edgetpu'")
     try:
-        interpreter = rt.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
-                                     experimental_delegates=delegates or None)
-        interpreter.allocate_tensors()
+        with _native_stderr_to_log():
+            interpreter = rt.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
+                                         experimental_delegates=delegates or None)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a loadable TFLite model ({exc})") from exc
     if delegates:
