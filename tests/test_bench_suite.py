@@ -1,0 +1,124 @@
+"""`edgeface bench`: every benchmark's short (--profile quick) version runs on real models and LFW and writes its
+JSON, markdown and PNG. No timing assertions: speed claims live in the benchmark outputs."""
+from __future__ import annotations
+
+import json
+import pytest
+
+from edgeface.benchmarks import cli
+
+
+def _run(name, models_dir, data_root, out, *extra):
+    argv = [name, "--models", str(models_dir), "--data", str(data_root / "lfw"), "--out", str(out),
+            "--profile", "quick", "--no-progress", *extra]
+    assert cli.main(argv) == 0
+    result = json.loads((out / f"{name}.json").read_text())
+    assert (out / f"{name}.md").read_text().strip()
+    return result
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_latency_quick(models_dir, data_root, out):
+    r = _run("latency", models_dir, data_root, out, "--bbt", str(data_root / "bbt"))
+    assert (out / "latency.png").stat().st_size > 1000
+    scenes = {s["scene"]: s for s in r["scenes"]}
+    assert set(scenes) == {"lfw_1face", "group"}
+    one = scenes["lfw_1face"]["rows"]
+    assert {row["precision"] for row in one} == {"int8", "float32"}
+    for row in one:
+        st = row["stages_ms"]
+        assert row["faces_per_frame"] == 1
+        assert st["total"]["n"] == r["settings"]["runs"]
+        assert 0 < st["total"]["min"] <= st["total"]["median"] <= st["total"]["p95"]
+        staged = sum(st[s]["median"] for s in ("decode", "detect_pre", "detect_invoke", "detect_post", "crop",
+                                               "embed", "match"))
+        assert staged <= st["total"]["median"] * 1.5  # stages account for the frame
+        fp = row["fresh_process"]
+        assert "error" not in fp and fp["load_ms"] > 0 and fp["peak_rss_mb"] > fp["rss_before_import_mb"]
+        d = row["delegate"]["embedder"]
+        assert 0 <= d["nodes_delegated"] <= d["nodes"] and d["nodes"] > 50
+    assert scenes["group"]["rows"][0]["faces_per_frame"] >= 2
+    assert {(s["scene"], s["runtime"], s["threads"]) for s in r["int8_vs_float32"]} == {
+        ("lfw_1face", "litert", 1), ("group", "litert", 1)}
+    assert r["machine"]["packages"]["ai-edge-litert"]
+    assert r["runtimes"] == ["litert"] and isinstance(r["notes"], list)
+
+
+def test_latency_reference_and_drift(models_dir, data_root, out):
+    from edgeface.benchmarks import latency
+
+    r = json.loads((out / "latency.json").read_text())
+    ref = latency.reference_payload(r)
+    assert ref["median_total_ms"] and all(v > 0 for v in ref["median_total_ms"].values())
+    same = latency.drift_check(r, ref, 0.5)
+    assert same["compared"] == len(ref["median_total_ms"]) and same["drifted"] == 0
+    slow = dict(ref, median_total_ms={k: v / 3 for k, v in ref["median_total_ms"].items()})
+    assert latency.drift_check(r, slow, 0.5)["drifted"] == same["compared"]
+
+
+def test_accuracy_quick(models_dir, data_root, out):
+    r = _run("accuracy", models_dir, data_root, out)
+    (v,) = r["variants"]
+    assert v["variant"] == "int8" and v["lfw_10fold"]["pairs"] == 60
+    assert 0.7 <= v["lfw_10fold"]["accuracy_mean"] <= 1.0
+    assert 0.5 <= v["devtest"]["accuracy_at_manifest_threshold"] <= 1.0
+    assert v["impostor_pairs"] > 1000
+    targets = [o for o in v["operating_points"] if o["source"].startswith("FAR target")]
+    assert [o["far"] <= float(o["source"].split()[-1]) for o in targets] == [True] * len(targets)
+    thr = [o["threshold"] for o in targets]
+    assert thr == sorted(thr)  # stricter FAR, higher threshold
+    assert (out / "accuracy.png").is_file()
+    assert list((out / "cache").glob("emb_*.npz"))
+
+
+def test_identify_quick(models_dir, data_root, out):
+    r = _run("identify", models_dir, data_root, out)
+    (v,) = r["variants"]
+    ks = [x["k"] for x in v["per_k"]]
+    assert ks == [1, 3]
+    for x in v["per_k"]:
+        cs = x["closed_set"]
+        assert x["people"] >= 2 and x["probes"] > 0 and x["distractors"] > 0
+        assert all(0.5 <= cs[m] <= 1.0 for m in ("nearest_gallery_top1", "linear_svm_top1", "knn_top1"))
+        assert cs["nearest_gallery_top5"] >= cs["nearest_gallery_top1"]
+        fpir = [o["fpir"] for o in x["open_set"] if o["threshold_from"].startswith("FPIR")]
+        assert fpir == sorted(fpir, reverse=True)
+    assert len(v["per_identity"]) == v["per_k"][0]["people"]
+    for f in ("identify_confusion.png", "identify_open_set.png", "identify_per_identity.csv"):
+        assert (out / f).is_file()
+
+
+def test_gallery_quick(models_dir, data_root, out):
+    r = _run("gallery", models_dir, data_root, out)
+    by = {(row["embeddings"], row["store"]): row for row in r["rows"]}
+    assert set(by) == {(n, s) for n in (200, 1000) for s in ("float32", "float16", "int8")}
+    for n in (200, 1000):
+        assert by[(n, "float16")]["bytes"] * 2 == by[(n, "float32")]["bytes"]
+        assert by[(n, "int8")]["bytes"] < by[(n, "float16")]["bytes"]
+        assert by[(n, "int8")]["top1_agreement_with_float32"] >= 0.9
+        assert by[(n, "int8")]["max_score_diff"] < 0.02
+
+
+def test_preprocess_quick(models_dir, data_root, out):
+    r = _run("preprocess", models_dir, data_root, out)
+    assert {(x["degradation"], x["enhancement"]) for x in r["rows"]} == {
+        (d, e) for d in ("none", "dark") for e in ("none", "clahe")}
+    assert all(0.5 <= x["accuracy_at_manifest_threshold"] <= 1.0 for x in r["rows"])
+
+
+def test_peers_quick(models_dir, data_root, out):
+    r = _run("peers", models_dir, data_root, out)
+    ours = r["peers"][0]
+    assert ours["name"].startswith("edgeface") and ours["pairs"] == 8
+    assert ours["per_image_ms"]["n"] == ours["images"]
+    try:
+        import face_recognition  # noqa: F401
+    except ImportError:
+        assert any("face_recognition not installed" in n for n in r["notes"])
+        return
+    theirs = r["peers"][1]
+    assert theirs["per_image_ms"]["n"] == ours["per_image_ms"]["n"] and theirs["cv_accuracy"] >= 0.5

@@ -1,0 +1,105 @@
+"""Unit tests of the benchmark helpers (no models needed, except where a fixture says so)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeface.benchmarks import common, gallery_scaling, preprocess_study
+from edgeface.benchmarks.accuracy import impostor_scores, operating_points
+
+
+def test_stats_ms():
+    s = common.stats_ms([0.001, 0.002, 0.003, 0.010])
+    assert s["n"] == 4 and s["min"] == 1.0 and s["median"] == 2.5 and 3.0 < s["p95"] <= 10.0
+    assert common.stats_ms([])["median"] is None
+
+
+def test_runs_profiles_are_data():
+    full, quick = common.load_runs("latency"), common.load_runs("latency", "quick")
+    assert full["runs"] >= 200 and quick["runs"] < full["runs"]
+    assert quick["gallery_size"] < full["gallery_size"] and "drift_tolerance" in quick  # quick inherits full
+    with pytest.raises(common.BenchmarkError):
+        common.load_runs("nonexistent")
+
+
+def test_machine_info_and_slug():
+    info = common.machine_info()
+    assert info["cores"] >= 1 and info["cpu"] and "numpy" in info["packages"]
+    slug = common.device_slug(info)
+    assert "/" not in slug and " " not in slug and slug.endswith(f"-{info['cores']}c")
+
+
+def test_impostors_are_different_people():
+    rng = np.random.default_rng(0)
+    emb = {Path(f"/x/{name}/{name}_{i:04d}.jpg"): rng.standard_normal(8).astype(np.float32)
+           for name in ("a", "b", "c") for i in range(1, 4)}
+    emb[Path("/x/c/c_0009.jpg")] = None
+    s = impostor_scores(emb, 10_000)
+    assert len(s) == 27  # 3 x 3 x 3 cross-person pairs of 9 embedded images, no same-person pair
+
+
+def test_operating_points_monotonic():
+    rng = np.random.default_rng(1)
+    gen, imp = rng.normal(0.7, 0.1, 2000), rng.normal(0.1, 0.1, 100_000)
+    rows = operating_points(gen, imp, [0.1, 0.01, 0.001], {"default": 0.4})
+    fars = [r["far"] for r in rows[:3]]
+    assert fars[0] <= 0.1 and fars[1] <= 0.01 and fars[2] <= 0.001
+    assert rows[0]["tar"] >= rows[1]["tar"] >= rows[2]["tar"]
+    assert rows[3]["source"] == "manifest default" and rows[3]["threshold"] == 0.4
+
+
+def test_degrade_and_enhance():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    dark = preprocess_study.degrade(img, "dark")
+    assert dark.mean() < img.mean() / 2
+    low = preprocess_study.degrade(img, "low_contrast")
+    assert low.std() < img.std() / 2
+    for e in ("equalize", "clahe", "gamma"):
+        out = preprocess_study.enhance(dark, e)
+        assert out.shape == img.shape and out.dtype == np.uint8 and out.mean() > dark.mean()
+    with pytest.raises(ValueError):
+        preprocess_study.enhance(img, "sharpen")
+
+
+def test_compact_stores_agree():
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((500, 128)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = g[7] + 0.3 * rng.standard_normal(128).astype(np.float32)
+    q /= np.linalg.norm(q)
+    ref = gallery_scaling.Store("float32", g)
+    for kind in ("float16", "int8"):
+        st = gallery_scaling.Store(kind, g)
+        assert st.top1(q)[0] == ref.top1(q)[0] == 1  # row 7 belongs to person 1 (5 rows per person)
+        assert abs(st.top1(q)[1] - ref.top1(q)[1]) < 0.01
+    assert gallery_scaling.Store("int8", g).nbytes < gallery_scaling.Store("float16", g).nbytes
+
+
+def test_delegate_info_counts_nodes(models_dir):
+    from edgeface.benchmarks.latency import delegate_info
+    from edgeface.runtime import make_interpreter
+
+    index = common.read_index(models_dir)
+    it = make_interpreter(models_dir / index["int8"]["detector"], threads=1)
+    d = it._get_ops_details()
+    info = delegate_info(it)
+    assert info["nodes"] == sum(o["op_name"] != "DELEGATE" for o in d)
+    assert info["delegate_kernels"] >= 1 and 0 < info["nodes_delegated"] <= info["nodes"]
+
+
+def test_bench_cli_help_and_delegation():
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "bench", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0
+    for name in ("latency", "accuracy", "identify", "gallery", "preprocess", "peers"):
+        assert name in r.stdout
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert "bench" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "bench", "latency", "--models", "/nonexistent",
+                        "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "models.json" in r.stderr
