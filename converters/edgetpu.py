@@ -80,9 +80,17 @@ COMPILER = "edgetpu_compiler"
 SRAM_BYTES = 8 * 2**20
 
 
-def _model(path: Path):
-    from tensorflow.lite.python import schema_py_generated as schema
+def tflite_schema():
+    """The TFLite flatbuffer schema module: LiteRT's copy (no TensorFlow import), else TensorFlow's."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
 
+
+def _model(path: Path):
+    schema = tflite_schema()
     data = path.read_bytes()
     if data[4:8] != b"TFL3":
         raise ValueError(f"{path}: not a TFLite flatbuffer")

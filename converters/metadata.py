@@ -294,8 +294,9 @@ def parse_metadata(buf: bytes) -> dict:
 
 def metadata_buffer(model_path: str | os.PathLike) -> bytes:
     """The raw ``TFLITE_METADATA`` buffer of a .tflite file (read-only flatbuffer access, no copy of weights)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    from .edgetpu import tflite_schema
 
+    schema = tflite_schema()
     model_path = Path(model_path)
     data = model_path.read_bytes()
     if data[4:8] != b"TFL3":
