@@ -45,6 +45,13 @@ def cmd_variants(args) -> int:
         from edgeface.converters import variants
     except ImportError as exc:
         return _need_convert_extra(exc)
+    if getattr(args, "add", None):
+        variant, _, file = args.add.partition("=")
+        if not file:
+            raise ValueError(f"--add wants VARIANT=FILE, got {args.add!r}")
+        saved = variants.add_to_index(args.models, Path(args.models) / Path(file).name, variant.replace("-", "_"))
+        _print(args, saved, f"listed {Path(file).name} as {variant} in {Path(args.models) / 'models.json'}")
+        return 0
     opts = variants.VariantOptions(variants=args.variants, roles=tuple(args.roles.split(",")),
                                    metadata=not args.no_metadata, cache_dir=args.cache)
     built = variants.build_variants(args.models, opts)
@@ -126,6 +133,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--roles", default="detector,embedder", help="detector,embedder (default both)")
     p.add_argument("--no-metadata", action="store_true", help="do not write TFLite metadata into the variants")
     p.add_argument("--cache", help="download/extract cache (default ~/.cache/edgeface)")
+    p.add_argument("--add", metavar="VARIANT=FILE",
+                   help="only list an already built model of the folder (e.g. pruned_int8=facenet_casia_int8_pruned50"
+                        ".tflite from the pruning step) in models.json, so `edgeface report` measures it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_variants)
 

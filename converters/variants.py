@@ -114,10 +114,42 @@ def _hook(name: str) -> Callable:
     except ImportError as exc:
         raise VariantError(f"variant {name!r} needs edgeface.converters.prune (not available: {exc})") from exc
     fn = getattr(prune, "build_variant", None)
-    if fn is None:
-        raise VariantError(f"variant {name!r}: edgeface.converters.prune has no build_variant(role, name, "
-                           "float_model, models_dir, options) hook yet")
-    return fn
+    if fn is not None:
+        return fn
+    if hasattr(prune, "prune_embedder") and hasattr(prune, "PruneOptions"):
+        return _prune_embedder_adapter(prune)
+    raise VariantError(f"variant {name!r}: edgeface.converters.prune has neither build_variant(role, name, "
+                       "float_model, models_dir, options) nor prune_embedder()")
+
+
+def _prune_embedder_adapter(prune) -> Callable:
+    """Adapter to ``prune.prune_embedder(models_dir, out_dir, PruneOptions(...))`` (embedder only)."""
+    def build(role, name, float_model, models_dir, options):
+        if role != "embedder":
+            raise VariantError(f"pruned_int8: pruning is implemented for the embedder only, not the {role} {name}")
+        result = prune.prune_embedder(models_dir, models_dir,
+                                      prune.PruneOptions(target_sparsity=options.prune_sparsity))
+        return Path(result["models"]["pruned_int8"]["file"])
+    return build
+
+
+def add_to_index(models_dir: str | os.PathLike, model: str | os.PathLike, variant: str) -> dict:
+    """List an already built model (e.g. a pruned int8 embedder) as ``variant`` in ``models.json``."""
+    models_dir, model = Path(models_dir), Path(model)
+    if variant not in VARIANTS or variant in ("float32", "int8"):
+        raise ValueError(f"variant must be one of {[v for v in VARIANTS if v not in ('float32', 'int8')]}, "
+                         f"got {variant!r}")
+    if model.parent.resolve() != models_dir.resolve():
+        raise VariantError(f"{model}: must be inside the models folder {models_dir}")
+    man = read_manifest(model)
+    index = read_index(models_dir)
+    saved = index.setdefault("variants", {"embedder": {}, "detectors": {}})
+    if man["role"] == "embedder":
+        saved.setdefault("embedder", {})[variant] = model.name
+    else:
+        saved.setdefault("detectors", {}).setdefault(man["detector"]["spec"], {})[variant] = model.name
+    write_index(models_dir, index)
+    return saved
 
 
 def read_index(models_dir: str | os.PathLike) -> dict:

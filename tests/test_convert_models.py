@@ -312,3 +312,43 @@ def test_variants_cli_rejects_unknown_variant_names():
     r = subprocess.run([sys.executable, "-m", "edgeface.cli", "variants", "--variants", "float16,int4"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "int4" in r.stderr
+
+
+def test_pruned_variant_hook_contract_and_add_to_index(models_dir, index, tmp_path):
+    """The pruning step plugs in through register_variant (or prune.build_variant): the hook writes
+    ``<stem>_pruned_int8.tflite`` + manifest, build_variants adds metadata and lists it in models.json."""
+    from edgeface.converters import metadata, variants
+    from edgeface.manifest import write_manifest
+
+    for f in models_dir.iterdir():
+        if f.suffix in (".tflite", ".json") and f.name != "models.json":
+            (tmp_path / f.name).symlink_to(f)
+    shutil.copyfile(models_dir / "models.json", tmp_path / "models.json")
+    calls = []
+
+    def fake_prune(role, name, float_model, out_dir, options):
+        calls.append((role, name, float_model.name, options.prune_sparsity))
+        src = out_dir / index["int8"]["detector"]  # a small int8 model stands in for the pruned one
+        dst = out_dir / "blazeface_short_range_pruned_int8.tflite"
+        shutil.copyfile(src, dst)
+        write_manifest(dst, {k: v for k, v in read_manifest(src).items() if k not in ("sha256", "model_file")})
+        return dst
+
+    variants.register_variant("pruned_int8", fake_prune)
+    try:
+        built = variants.build_variants(tmp_path, variants.VariantOptions(
+            variants=("pruned_int8",), roles=("detector",), detectors=("short_range",), prune_sparsity=0.3))
+    finally:
+        variants._HOOKS.pop("pruned_int8", None)
+    assert calls == [("detector", "short_range", index["detectors"]["short_range"]["float32"], 0.3)]
+    assert built == {"detector:short_range": {"pruned_int8": "blazeface_short_range_pruned_int8.tflite"}}
+    assert metadata.read_metadata(tmp_path / "blazeface_short_range_pruned_int8.tflite")["subgraphs"]
+    listed = json.loads((tmp_path / "models.json").read_text())["variants"]["detectors"]["short_range"]
+    assert listed == {"pruned_int8": "blazeface_short_range_pruned_int8.tflite"}
+    # an already built model (the pruning CLI's output) can be listed by name
+    saved = variants.add_to_index(tmp_path, tmp_path / "blazeface_short_range_pruned_int8.tflite", "float16")
+    assert saved["detectors"]["short_range"]["float16"] == "blazeface_short_range_pruned_int8.tflite"
+    with pytest.raises(ValueError, match="int4"):
+        variants.add_to_index(tmp_path, tmp_path / "blazeface_short_range_pruned_int8.tflite", "int4")
+    with pytest.raises(variants.VariantError, match="inside the models folder"):
+        variants.add_to_index(tmp_path, models_dir / index["int8"]["detector"], "pruned_int8")
