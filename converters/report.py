@@ -261,8 +261,11 @@ def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def _plots(out_dir: Path, cosines: dict, curves: dict) -> list[str]:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
