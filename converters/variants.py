@@ -244,6 +244,9 @@ def _variant_manifest(float_manifest: dict, variant: str, role: str, tflite: Pat
     data["description"] = f"{float_manifest.get('description', float_manifest['family'])}; {how}"
     data.pop("calibration", None)
     data.pop("quantized_ranges", None)
+    if role == "embedder" and "threshold_source" in data.get("embedder", {}):
+        data["embedder"] = dict(data["embedder"], threshold_source=data["embedder"]["threshold_source"]
+                                + " (inherited from the float32 model; `edgeface report` measures this variant)")
     return data
 
 

@@ -175,6 +175,12 @@ def test_metadata_round_trip_on_a_real_model_keeps_its_outputs(models_dir, index
         shutil.copyfile(src, dst)
         shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
         metadata.write_metadata(dst)
+        metadata.write_metadata(dst)  # rewriting replaces the metadata, never stacks a second copy
+        from edgeface.converters.edgetpu import tflite_schema
+
+        fb = tflite_schema().Model.GetRootAs(dst.read_bytes(), 0)
+        names = [fb.Metadata(i).Name().decode() for i in range(fb.MetadataLength())]
+        assert names.count("TFLITE_METADATA") == 1
         man = read_manifest(dst)
         assert man["sha256"] != read_manifest(src)["sha256"]
         md = metadata.read_metadata(dst)
