@@ -289,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert BlazeFace and FaceNet to full-integer int8 TFLite (calibrated on real "
                                    "faces) plus float references, each with a JSON manifest. Needs edgeface[convert].")
     p.add_argument("--out", default=os.environ.get("EDGEFACE_MODELS", "models"), help="output folder")
-    p.add_argument("--embedder", default="facenet-casia", choices=["facenet-casia", "facenet-msceleb"],
-                   help="upstream embedder (default facenet-casia, the better on LFW here)")
+    p.add_argument("--embedder", default="facenet-msceleb", choices=["facenet-msceleb", "facenet-casia"],
+                   help="upstream embedder: facenet-msceleb (default, 128-d, LFW 98.95%% int8 here) or "
+                        "facenet-casia (512-d, 98.47%% int8 here)")
     p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "
                                                 "or the 5-celebrity set when LFW is absent)")
     p.add_argument("--count", type=int, default=300, help="calibration images (default 300)")
