@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtimes", nargs="+", help="litert tflite_runtime tensorflow onnxruntime (missing ones are "
                                                   "skipped with a note)")
     p.add_argument("--precisions", nargs="+", help="int8 float32 int8_pruned")
+    p.add_argument("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)")
     p.add_argument("--write-reference", action="store_true",
                    help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)")
     p.add_argument("--reference", type=Path, help="reference file to check against (default: this device's)")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = common_args(sub.add_parser("all", help="every benchmark above, in order (the docs' tables and plots)"))
     p.add_argument("--bbt", type=Path, default=None)
-    for name in ("runs", "warmup", "threads", "runtimes", "precisions", "detectors", "sizes", "reference"):
+    for name in ("runs", "warmup", "threads", "runtimes", "precisions", "detectors", "sizes", "reference", "scenes"):
         p.set_defaults(**{name: None})
     p.set_defaults(write_reference=False, fail_on_drift=False, no_cache=False)
     return parser
@@ -157,6 +158,10 @@ def run_latency(args) -> int:
 
     s = _settings("latency", args, {"runs": args.runs, "warmup": args.warmup, "threads": args.threads,
                                      "runtimes": args.runtimes, "precisions": args.precisions})
+    if args.scenes:
+        s["scenes"] = [sc for sc in s["scenes"] if sc["name"] in args.scenes]
+        if not s["scenes"]:
+            raise common.BenchmarkError(f"no scene named {args.scenes} in runs.json")
     bbt = args.bbt or args.data.parent / "bbt"
     result = latency.run(args.models, args.data, bbt, s, show_progress=not args.no_progress)
     info = result["machine"]
