@@ -57,7 +57,8 @@ class PruneOptions:
     ``steps``, ``batch_size``, ``learning_rate`` (Adam, cosine decay to 0): the distillation.
     ``num_crops``: LFW DevTrain face crops (``holdout`` of them are never trained on: the cosine check).
     ``pqat_steps``: prune-preserving QAT steps after pruning (0: post-training int8 only). Experimental:
-    60 steps on the full FaceNet did not converge (loss 0.80, see README "Pruning"); post-training int8
+    60 steps on the full FaceNet did not converge (loss 0.80: tfmot's activation ranges start at [-6, 6] and
+    follow an EMA with decay 0.999; they need initialising from a calibration pass first). Post-training int8
     already keeps the zeros exactly.
     """
     target_sparsity: float = 0.5
