@@ -88,7 +88,16 @@ def _converter(family: str, weights: Path):
             input_shapes={_GRAPH_INPUT: [1, 160, 160, 3]})
     from . import facenet_keras
 
-    return tf.lite.TFLiteConverter.from_keras_model(facenet_keras.load_facenet_keras(weights))
+    return tf.lite.TFLiteConverter.from_keras_model(fixed_batch(facenet_keras.load_facenet_keras(weights)))
+
+
+def fixed_batch(model, batch: int = 1):
+    """``model`` behind an input of static batch ``batch``: a Keras ``(None, ...)`` input becomes a dynamic
+    TFLite shape signature, which the Edge TPU compiler rejects (static shapes only)."""
+    import tf_keras as keras
+
+    inp = keras.Input(shape=model.input_shape[1:], batch_size=batch, name=model.input_names[0])
+    return keras.Model(inp, model(inp, training=False), name=model.name)
 
 
 def _manifest(src: EmbedderSource, precision: str, dtype: str, output: str, weights: Path,
