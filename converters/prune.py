@@ -457,7 +457,8 @@ def quantize_int8(model, calibration_crops: Sequence[np.ndarray], input_dtype: s
         for x in common.progress(samples, desc):
             yield [x]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # static batch 1, like embedder.py: a dynamic batch is rejected by the Edge TPU compiler
+    converter = tf.lite.TFLiteConverter.from_keras_model(embedder.fixed_batch(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -619,7 +620,7 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if save_float:
         import tensorflow as tf
 
-        flt = tf.lite.TFLiteConverter.from_keras_model(stripped).convert()
+        flt = tf.lite.TFLiteConverter.from_keras_model(embedder.fixed_batch(stripped)).convert()
         written["float32"] = _write_model(flt, out_dir / f"{stem}_float32_{tag}.tflite",
                                           pruned_manifest(base_float, pruning, "float32", "float32"))
     teacher_held = targets[len(train):]

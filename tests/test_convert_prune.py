@@ -110,6 +110,9 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     assert back["precision"] == "int8" and back["family"] == base["family"]
     assert back["embedder"]["pruning"] == note and back["embedder"]["crop"] == base["embedder"]["crop"]
     assert prune.tflite_weight_sparsity(dst)["overall"] >= 0.45  # int8 kept the zeros
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert list(Interpreter(str(dst)).get_input_details()[0]["shape_signature"]) == [1, 160, 160, 3]  # static
     emb = FaceEmbedder(dst)
     e = emb.embed_crop(devtrain_crops[0])
     assert e.shape == (32,) and abs(np.linalg.norm(e) - 1) < 1e-3
