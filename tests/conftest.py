@@ -17,9 +17,10 @@ BBT = DATA / "bbt"
 def _converter_key() -> str:
     """Models are rebuilt when the code that makes them changes."""
     h = hashlib.sha256()
-    for folder in ("converters", "calibration_data"):
-        for f in sorted((REPO / folder).glob("*.py")):
-            h.update(f.read_bytes())
+    for f in ("build.py", "detector.py", "embedder.py", "tflite_rebuild.py", "facenet_keras.py", "common.py"):
+        h.update((REPO / "converters" / f).read_bytes())
+    for f in sorted((REPO / "calibration_data").glob("*.py")):
+        h.update(f.read_bytes())
     for f in ("preprocess.py", "detect.py", "embed.py", "blazeface.py", "manifest.py"):
         h.update((REPO / "edgeface" / f).read_bytes())
     return h.hexdigest()[:16]

