@@ -12,53 +12,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from edgeface import blazeface, preprocess
-from edgeface.detect import FaceDetector
-from edgeface.lfw import central_face
 
 
-def run(models: Path, lfw: Path, detector: str, limit: int | None, tiles: int = 1) -> dict:
+
+def run(models: Path, lfw: Path, detector: str, limit: int | None) -> dict:
+    """Compare the int8 and float detectors of a models folder on LFW (all images, or ``limit`` spread out)."""
+    from edgeface.converters.report import detector_fidelity
+
     index = json.loads((models / "models.json").read_text())
     entry = index["detectors"][detector]
-    fdet = FaceDetector(models / entry["float32"], tiles=tiles)
-    qdet = FaceDetector(models / entry["int8"], tiles=tiles)
     files = sorted((lfw / "images_deepfunneled").glob("*/*.jpg"))
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
-    found_f = found_both = extra = missing_float_only = 0
-    ious, kp_err = [], []
     t0 = time.time()
-    for k, f in enumerate(files):
-        image = preprocess.read_image(f)
-        a, b = fdet.detect(image), qdet.detect(image)
-        extra += max(0, len(b) - len(a))
-        if not a:
-            continue
-        found_f += 1
-        i = central_face(a, image.shape)
-        if not b:
-            missing_float_only += 1
-            continue
-        ov = blazeface.iou(a[i].box, np.stack([x.box for x in b]))
-        j = int(np.argmax(ov))
-        if ov[j] > 0.3:
-            found_both += 1
-            ious.append(float(ov[j]))
-            size = float(a[i].box[2] - a[i].box[0])
-            kp_err.append(float(np.linalg.norm(a[i].keypoints[:4] - b[j].keypoints[:4], axis=1).mean()) / size)
-        else:
-            missing_float_only += 1
-        if k and k % 2000 == 0:
-            print(f"  {k}/{len(files)} images", file=sys.stderr)
+    r = detector_fidelity(models / entry["float32"], models / entry["int8"], files)
     return {
-        "detector": detector, "tiles": tiles, "images": len(files), "float_found": found_f,
-        "int8_found_where_float_did": found_both,
-        "int8_recall_vs_float": found_both / max(found_f, 1),
-        "median_iou": float(np.median(ious)), "p05_iou": float(np.percentile(ious, 5)),
-        "median_keypoint_error_rel_box": float(np.median(kp_err)),
-        "int8_extra_detections": extra, "seconds": round(time.time() - t0, 1),
+        "detector": detector, "images": r["images"], "float_found": r["float_found"],
+        "int8_found_where_float_did": r["variant_found_where_float_did"],
+        "int8_recall_vs_float": r["recall_vs_float"], "median_iou": r["median_iou"], "p05_iou": r["p05_iou"],
+        "median_keypoint_error_rel_box": r["median_keypoint_error_rel_box"],
+        "int8_extra_detections": r["extra_detections"], "seconds": round(time.time() - t0, 1),
     }
 
 
