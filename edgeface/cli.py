@@ -41,7 +41,7 @@ def _emit(args, payload: dict, text: str) -> None:
 def _recognizer(args):
     from .recognizer import FaceRecognizer
 
-    return FaceRecognizer(args.models, precision=args.precision,
+    return FaceRecognizer(args.models, precision="float32" if args.precision == "float" else args.precision,
                           min_cosine_similarity=getattr(args, "threshold", None),
                           min_detection_score=getattr(args, "min_score", None), threads=args.threads,
                           tiles=args.tiles,
@@ -228,7 +228,8 @@ def cmd_eval(args) -> int:
     pairs = Path(args.pairs) if args.pairs else data / "pairs.txt"
     if not pairs.is_file() and (data / args.pairs).is_file():
         pairs = data / args.pairs
-    precisions = ["int8", "float32"] if args.precision == "both" else [args.precision]
+    precisions = (["int8", "float32"] if args.precision == "both"
+                  else ["float32" if args.precision == "float" else args.precision])
     results = []
     for precision in precisions:
         args.precision = precision
@@ -273,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         if images is not None:
             p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"),
                            help="models folder from `edgeface build` (default: $EDGEFACE_MODELS or ./models)")
-            p.add_argument("--precision", choices=["int8", "float32"], default="int8",
-                           help="model precision (default int8)")
+            p.add_argument("--precision", choices=["int8", "float32", "float"], default="int8",
+                           help="model precision: int8 (default) or float32 (alias: float)")
             p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
             p.add_argument("--accelerator", choices=["cpu", "edgetpu"], default=None,
                            help="run on a Coral Edge TPU (needs libedgetpu and compiled models)")
@@ -370,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers (edgeface bench --help)")
     for action in p._actions:
         if action.dest == "precision":
-            action.choices, action.help = ["int8", "float32", "both"], "int8, float32 or both side by side"
+            action.choices = ["int8", "float32", "float", "both"]
+            action.help = "int8, float32 (alias float) or both side by side"
     from edgeface.converters.commands import add_subcommands  # argparse only; TensorFlow loads when one runs
 
     add_subcommands(sub)  # variants, onnx, edgetpu, metadata, report; build --variants
