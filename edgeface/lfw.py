@@ -81,7 +81,10 @@ def evaluate_lfw(recognizer, lfw_root: str | os.PathLike, pairs_file: str | os.P
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     result = evaluate.summarize(scores, same, folds if len(set(folds.tolist())) > 1 else None)
+    threshold = float(recognizer.min_cosine_similarity)
     result.update({
+        "model_threshold": threshold,
+        "accuracy_at_model_threshold": evaluate.accuracy_at(scores, same, threshold),
         "pairs_file": Path(pairs_file).name,
         "images": len(files),
         "images_without_face": sum(e is None for e in embeddings.values()),
