@@ -104,7 +104,7 @@ def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lf
     rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
     precision = read_manifest(embedder_path)["precision"]
     pairs = evaluate.read_pairs(lfw_root / THRESHOLD_PAIRS_FILE)
-    pairs = [p for p in pairs if p.same][: limit // 2] + [p for p in pairs if not p.same][: limit - limit // 2]
+    pairs = evaluate.first_pairs(pairs, limit)
     embeddings = embed_files(rec, pair_files(pairs, lfw_root),
                              lambda it: common.progress(it, f"threshold calibration ({precision})"))
     scores = pair_scores(pairs, embeddings, lfw_root)

@@ -102,8 +102,7 @@ def pair_crops(lfw: Path, pairs_file: Path, float_detector: Path, recipe: dict, 
     from edgeface.lfw import central_face, pair_files
 
     pairs = evaluate.read_pairs(pairs_file)
-    if limit is not None:
-        pairs = [p for p in pairs if p.same][: limit // 2] + [p for p in pairs if not p.same][: limit - limit // 2]
+    pairs = evaluate.first_pairs(pairs, limit)
     det = FaceDetector(float_detector)
     crops = {}
     for f in common.progress(pair_files(pairs, lfw), "LFW pair images: float32 detector"):

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -244,6 +244,16 @@ def predict_same(scores: ArrayLike, same: ArrayLike, threshold: float) -> np.nda
     nan = np.isnan(s)
     pred[nan] = ~y[nan]
     return pred
+
+
+def first_pairs(pairs: Sequence[Pair], limit: Optional[int]) -> list[Pair]:
+    """The first ``limit // 2`` same and ``limit - limit // 2`` different pairs (a quick check, not the
+    protocol); all pairs when ``limit`` is None."""
+    if limit is None:
+        return list(pairs)
+    if limit < 2:
+        raise ValueError(f"limit must be >= 2, got {limit}")
+    return [p for p in pairs if p.same][: limit // 2] + [p for p in pairs if not p.same][: limit - limit // 2]
 
 
 def accuracy_at(scores: ArrayLike, same: ArrayLike, threshold: float) -> float:

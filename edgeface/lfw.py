@@ -71,10 +71,7 @@ def evaluate_lfw(recognizer, lfw_root: str | os.PathLike, pairs_file: str | os.P
     ``limit`` keeps the first ``limit // 2`` same and different pairs (a quick check, not the protocol).
     """
     pairs = evaluate.read_pairs(pairs_file)
-    if limit is not None:
-        same = [p for p in pairs if p.same][: limit // 2]
-        diff = [p for p in pairs if not p.same][: limit - limit // 2]
-        pairs = same + diff
+    pairs = evaluate.first_pairs(pairs, limit)
     files = pair_files(pairs, lfw_root)
     embeddings = embed_files(recognizer, files, progress)
     scores = pair_scores(pairs, embeddings, lfw_root)

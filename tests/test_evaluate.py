@@ -248,3 +248,12 @@ def test_read_pairs_malformed(tmp_path: Path, text: str, line: int) -> None:
     f.write_text(text)
     with pytest.raises(ValueError, match=rf"bad\.txt:{line}:"):
         ev.read_pairs(f)
+
+
+def test_first_pairs_takes_both_kinds():
+    pairs = [ev.Pair("a", 1, "a", 2, True, 1)] * 5 + [ev.Pair("a", 1, "b", 1, False, 1)] * 5
+    picked = ev.first_pairs(pairs, 5)
+    assert [p.same for p in picked] == [True, True, False, False, False]
+    assert ev.first_pairs(pairs, None) == pairs
+    with pytest.raises(ValueError, match="limit"):
+        ev.first_pairs(pairs, 1)
