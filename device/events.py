@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional
 import cv2
 import numpy as np
 
+from edgeface import _sqlite
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -72,17 +74,13 @@ class EventLog:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                         check_same_thread=False)
-            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self._conn = _sqlite.connect(self.path, check_same_thread=False)
+            tables = _sqlite.table_names(self._conn)
             if tables and "events" not in tables:
                 raise EventLogError(f"{self.path} is not an edgeface event log (tables: {sorted(tables)})")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("BEGIN IMMEDIATE")
-            for stmt in filter(str.strip, SCHEMA.split(";")):
-                self._conn.execute(stmt)
-            self._conn.execute("COMMIT")
+            _sqlite.use_wal(self._conn)
+            with _sqlite.transaction(self._conn):
+                _sqlite.run_script(self._conn, SCHEMA)
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
         if self.snapshot_dir is not None:
@@ -101,18 +99,12 @@ class EventLog:
         if score is not None and not np.isfinite(score):
             score = None
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._conn.execute(
+            with _sqlite.transaction(self._conn) as conn:
+                cur = conn.execute(
                     "INSERT INTO events (ts, time, kind, track, identity, score, decision, snapshot, detail) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (ts, iso, kind, track, identity, None if score is None else float(score), decision, snap_path,
                      detail))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot write to event log {self.path}: {exc}") from exc
         self._since_prune += 1
@@ -147,16 +139,10 @@ class EventLog:
         params.append(self.max_events)
         where = " OR ".join(conds)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                snaps = [r[0] for r in self._conn.execute(
+            with _sqlite.transaction(self._conn) as conn:
+                snaps = [r[0] for r in conn.execute(
                     f"SELECT snapshot FROM events WHERE ({where}) AND snapshot IS NOT NULL", params)]
-                n = self._conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                n = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot prune event log {self.path}: {exc}") from exc
         for s in snaps:

@@ -39,6 +39,8 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from . import _sqlite
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -134,16 +136,16 @@ def _normalize(embeddings: object, dim: int, what: str, single: bool) -> np.ndar
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves (see _transaction),
-    # so schema creation is transactional too.
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    # autocommit + synchronous=FULL (see edgeface._sqlite); we issue BEGIN/COMMIT
+    # ourselves (see _transaction), so schema creation is transactional too.
+    conn = _sqlite.connect(path)
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
 
 def _read_meta(conn: sqlite3.Connection, path: str) -> Optional[GalleryMeta]:
     """Meta of an edgeface gallery, ``None`` for an empty database, else GalleryError."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = _sqlite.table_names(conn)
     if not tables:
         return None
     if not {"meta", "people", "embeddings"} <= tables:
@@ -182,13 +184,10 @@ class Gallery:
         self._cache: Optional[tuple] = None  # (data_version, matrix, starts, names)
         try:
             self._conn: Optional[sqlite3.Connection] = _connect(self.path)
-            self._conn.execute("PRAGMA synchronous = FULL")
             with self._transaction():
                 meta = _read_meta(self._conn, self.path)
                 if meta is None:
-                    # one statement at a time: executescript() would COMMIT early
-                    for stmt in filter(str.strip, _SCHEMA.split(";")):
-                        self._conn.execute(stmt)
+                    _sqlite.run_script(self._conn, _SCHEMA)
                     self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                         ("embedder_id", self.embedder_id), ("dim", str(dim)),
                         ("schema_version", str(SCHEMA_VERSION))])
@@ -201,7 +200,7 @@ class Gallery:
                     "requested; embeddings from different models are not comparable - "
                     "use the original embedder or enroll into a new gallery")
             # only now that we know the file is ours (journal_mode is persistent)
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _sqlite.use_wal(self._conn)
         except sqlite3.Error as exc:
             self.close()
             raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
@@ -248,16 +247,11 @@ class Gallery:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; drops the match cache either way."""
         conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            with _sqlite.transaction(conn):
+                yield conn
         finally:
             self._cache = None
 
