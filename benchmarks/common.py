@@ -210,8 +210,7 @@ def embed_paths(recognizer, paths: Sequence[Path], cache_file: Optional[Path] = 
     ``.npz``) keeps embeddings between benchmark runs; name it after :meth:`Variant.key` and the transform so a
     changed model can never be served stale embeddings.
     """
-    from edgeface import preprocess
-    from edgeface.lfw import central_face
+    from edgeface.lfw import embed_files
 
     paths = [Path(p) for p in paths]
     cached: dict[str, Optional[np.ndarray]] = {}
@@ -224,18 +223,8 @@ def embed_paths(recognizer, paths: Sequence[Path], cache_file: Optional[Path] = 
     for p in paths:
         if str(p) in cached:
             out[p] = cached[str(p)]
-    for p in progress(todo, desc, enabled=show_progress and len(todo) > 50):
-        try:
-            image = preprocess.read_image(p)
-        except preprocess.ImageError as exc:
-            log.warning("%s", exc)
-            out[p] = None
-            continue
-        if transform is not None:
-            image = transform(image)
-        faces = recognizer.detect(image)
-        i = central_face(faces, image.shape)
-        out[p] = None if i is None else recognizer.embed_face(image, faces[i])
+    bar = show_progress and len(todo) > 50
+    out.update(embed_files(recognizer, todo, lambda files: progress(files, desc, enabled=bar), transform))
     if cache_file is not None and todo:
         cached.update({str(p): out[p] for p in todo})
         dim = next((e.shape[0] for e in cached.values() if e is not None), 1)

@@ -98,23 +98,13 @@ def cosine_stats(ref: np.ndarray, other: np.ndarray) -> dict:
 def pair_crops(lfw: Path, pairs_file: Path, float_detector: Path, recipe: dict, limit: Optional[int]):
     """(pairs, {image path: crop or None}) with the float32 detector's crop of each pair image."""
     from edgeface.detect import FaceDetector
-    from edgeface.embed import face_crop
-    from edgeface.lfw import central_face, pair_files
+    from edgeface.lfw import crop_files, pair_files
 
     pairs = evaluate.read_pairs(pairs_file)
     pairs = evaluate.first_pairs(pairs, limit)
     det = FaceDetector(float_detector)
-    crops = {}
-    for f in common.progress(pair_files(pairs, lfw), "LFW pair images: float32 detector"):
-        try:
-            image = preprocess.read_image(f)
-        except preprocess.ImageError as exc:
-            log.warning("%s", exc)
-            crops[f] = None
-            continue
-        faces = det.detect(image)
-        i = central_face(faces, image.shape)
-        crops[f] = None if i is None else face_crop(image, faces[i].box, faces[i].keypoints, recipe)
+    crops = crop_files(det.detect, pair_files(pairs, lfw), recipe,
+                       lambda files: common.progress(files, "LFW pair images: float32 detector"))
     return pairs, crops
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from . import evaluate, preprocess
+
+if TYPE_CHECKING:
+    from .detect import Face
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +33,48 @@ def central_face(faces: Sequence, image_shape: tuple) -> Optional[int]:
     return best
 
 
-def embed_files(recognizer, paths: Iterable[Path],
-                progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[Path, Optional[np.ndarray]]:
-    """Embedding of the central face of each file; ``None`` when no face is found or the file is bad."""
-    out: dict[Path, Optional[np.ndarray]] = {}
-    for path in progress(list(paths)):
+def central_faces(detect: Callable[[np.ndarray], Sequence["Face"]], paths: Iterable[Path],
+                  transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                  ) -> Iterator[tuple[Path, Optional[np.ndarray], Optional["Face"]]]:
+    """``(path, image, face)`` for each file: its RGB image and the :func:`central_face` that ``detect`` finds.
+
+    ``transform`` is applied to the decoded image before detection (a degradation, an enhancement) and the
+    transformed image is the one yielded. ``face`` is ``None`` when no face is found; ``image`` too when the
+    file cannot be read (logged as a warning, never raised: a bad file counts as a face not found).
+    """
+    for path in paths:
         try:
             image = preprocess.read_image(path)
         except preprocess.ImageError as exc:
             log.warning("%s", exc)
-            out[path] = None
+            yield path, None, None
             continue
-        faces = recognizer.detect(image)
+        if transform is not None:
+            image = transform(image)
+        faces = detect(image)
         i = central_face(faces, image.shape)
-        out[path] = None if i is None else recognizer.embed_face(image, faces[i])
-    return out
+        yield path, image, None if i is None else faces[i]
+
+
+def embed_files(recognizer, paths: Iterable[Path],
+                progress: Callable[[Iterable], Iterable] = lambda it: it,
+                transform: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> dict[Path, Optional[np.ndarray]]:
+    """Embedding of the central face of each file; ``None`` when no face is found or the file is bad.
+
+    ``transform`` as in :func:`central_faces`.
+    """
+    return {path: None if face is None else recognizer.embed_face(image, face)
+            for path, image, face in central_faces(recognizer.detect, progress(list(paths)), transform)}
+
+
+def crop_files(detect: Callable[[np.ndarray], Sequence["Face"]], paths: Iterable[Path], recipe: dict,
+               progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[Path, Optional[np.ndarray]]:
+    """Embedder input crop (``recipe`` from an embedder manifest) of the central face of each file found by
+    ``detect``; ``None`` when no face is found or the file is bad. Lets several embedders see the same crops."""
+    from .embed import face_crop
+
+    return {path: None if face is None else face_crop(image, face.box, face.keypoints, recipe)
+            for path, image, face in central_faces(detect, progress(list(paths)))}
 
 
 def pair_scores(pairs: Sequence[evaluate.Pair], embeddings: dict, lfw_root: str | os.PathLike) -> np.ndarray:
