@@ -1,0 +1,197 @@
+"""arm64 proof (issue 4): the comparison on synthetic arrays (always), the whole proof when asked.
+
+The whole proof builds a Debian bookworm arm64 root under qemu-user, installs the device extra from aarch64
+wheels for LiteRT and tflite-runtime and compares the int8 pipeline with x86 (device/arm64/prove.sh). It
+needs root, qemu-aarch64-static, debootstrap and the network, and takes minutes: it runs only with
+EDGEFACE_ARM64_PROOF=1.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARM64 = REPO / "device" / "arm64"
+
+
+def _load_check():
+    spec = importlib.util.spec_from_file_location("edgeface_arm64_check", ARM64 / "check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_check()
+
+
+def _outputs(seed=0, n=3):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        out[f"det_boxes:{i}"] = rng.integers(-128, 128, (1, 896, 16), dtype=np.int8)
+        out[f"det_scores:{i}"] = rng.integers(-128, 128, (1, 896, 1), dtype=np.int8)
+        out[f"emb_out:{i}"] = rng.integers(-128, 128, (1, 128), dtype=np.int8)
+    return out
+
+
+# ------------------------------------------------------------------------------------ compare_int8
+def test_identical_outputs_pass():
+    ref = _outputs()
+    r = check.compare_int8(ref, {k: v.copy() for k, v in ref.items()})
+    assert r["ok"] and r["problems"] == []
+    assert {g: s["max_diff"] for g, s in r["groups"].items()} == {"det_boxes": 0, "det_scores": 0, "emb_out": 0}
+    assert r["groups"]["emb_out"]["tensors"] == 3 and r["groups"]["emb_out"]["elements"] == 3 * 128
+
+
+def test_one_step_passes_two_steps_fail():
+    ref = _outputs()
+    cand = {k: v.copy() for k, v in ref.items()}
+    e = cand["emb_out:1"].astype(np.int16)
+    e[0, 5] += 1 if e[0, 5] < 127 else -1
+    cand["emb_out:1"] = e.astype(np.int8)
+    r = check.compare_int8(ref, cand)
+    assert r["ok"]
+    assert r["groups"]["emb_out"] == {"tensors": 3, "elements": 384, "differing": 1, "max_diff": 1,
+                                      "worst": "emb_out:1"}
+    b = cand["det_boxes:2"].astype(np.int16)
+    b[0, 7, 3] = b[0, 7, 3] + 2 if b[0, 7, 3] < 126 else b[0, 7, 3] - 2
+    cand["det_boxes:2"] = b.astype(np.int8)
+    r = check.compare_int8(ref, cand)
+    assert not r["ok"]
+    assert r["groups"]["det_boxes"]["max_diff"] == 2 and r["groups"]["det_boxes"]["worst"] == "det_boxes:2"
+    assert len(r["problems"]) == 1 and r["problems"][0].startswith("det_boxes:2: max |int8 difference| 2 > 1")
+
+
+def test_no_int8_wraparound():
+    """-128 vs 127 is 255 steps apart, not 1 (int8 subtraction would wrap)."""
+    ref = {"emb_out:0": np.array([[-128, 127]], np.int8)}
+    cand = {"emb_out:0": np.array([[127, -128]], np.int8)}
+    r = check.compare_int8(ref, cand, groups=("emb_out",))
+    assert not r["ok"] and r["groups"]["emb_out"]["max_diff"] == 255
+
+
+def test_tolerance_parameter():
+    ref = {"emb_out:0": np.array([[0, 10]], np.int8)}
+    cand = {"emb_out:0": np.array([[3, 10]], np.int8)}
+    assert not check.compare_int8(ref, cand, 1, ("emb_out",))["ok"]
+    assert check.compare_int8(ref, cand, 3, ("emb_out",))["ok"]
+    assert not check.compare_int8(ref, {"emb_out:0": ref["emb_out:0"]}, 0, ("emb_out",))["problems"]
+
+
+def test_missing_extra_shape_dtype_and_float_are_problems():
+    ref = _outputs(n=2)
+    cand = {k: v.copy() for k, v in ref.items()}
+    del cand["det_scores:1"]
+    cand["emb_out:7"] = ref["emb_out:0"]
+    cand["emb_out:0"] = ref["emb_out:0"].reshape(128, 1)
+    cand["det_boxes:1"] = ref["det_boxes:1"].astype(np.uint8)
+    r = check.compare_int8(ref, cand)
+    text = "\n".join(r["problems"])
+    assert not r["ok"]
+    assert "det_scores:1: missing in the candidate" in text
+    assert "emb_out:7: not in the reference" in text
+    assert "emb_out:0: reference int8(1, 128) vs candidate int8(128, 1)" in text
+    assert "det_boxes:1: reference int8" in text and "uint8" in text
+    f = {"emb_out:0": np.zeros((1, 4), np.float32)}
+    assert "not a quantized integer tensor" in check.compare_int8(f, f, groups=("emb_out",))["problems"][0]
+
+
+def test_empty_group_is_a_problem():
+    r = check.compare_int8({}, {})
+    assert not r["ok"] and len(r["problems"]) == 3
+
+
+def test_other_keys_are_ignored():
+    ref = _outputs(n=1)
+    ref["det_in:0"] = np.zeros((1, 2), np.int8)
+    cand = dict(ref, **{"det_in:0": np.full((1, 2), 100, np.int8)})
+    assert check.compare_int8(ref, cand)["ok"]
+
+
+# ----------------------------------------------------------------------------------- compare_faces
+def _image(path, boxes, names, **kw):
+    return dict(path=path, boxes=boxes, names=names, **kw)
+
+
+def test_faces_same_identities_in_other_order_pass():
+    ref = [_image("a.jpg", [[0, 0, 10, 10], [20, 20, 30, 30]], ["amy", None]), _image("b.jpg", [], [])]
+    cand = [_image("a.jpg", [[20.4, 20, 30, 30], [0, 0, 10, 10.2]], [None, "amy"]), _image("b.jpg", [], [])]
+    r = check.compare_faces(ref, cand)
+    assert r["ok"], r["problems"]
+    assert r["faces"] == 2 and r["count_mismatches"] == 0 and r["identity_mismatches"] == 0
+    assert r["max_box_shift_px"] == pytest.approx(0.4)
+    assert 0.9 < r["min_iou"] < 1
+
+
+def test_faces_count_and_identity_mismatches():
+    ref = [_image("a.jpg", [[0, 0, 10, 10]], ["amy"]), _image("b.jpg", [[0, 0, 10, 10]], ["raj"])]
+    cand = [_image("a.jpg", [[0, 0, 10, 10], [50, 50, 60, 60]], ["amy", None]),
+            _image("b.jpg", [[0, 0, 10, 10]], ["howard"])]
+    r = check.compare_faces(ref, cand)
+    assert not r["ok"] and r["count_mismatches"] == 1 and r["identity_mismatches"] == 1
+    assert "a.jpg: 1 faces on the reference, 2 on the candidate" in r["problems"]
+    assert "b.jpg: face 0 is 'raj' on the reference, 'howard' on the candidate" in r["problems"]
+
+
+def test_faces_unmatched_box_and_image_list():
+    ref = [_image("a.jpg", [[0, 0, 10, 10]], ["amy"])]
+    r = check.compare_faces(ref, [_image("a.jpg", [[100, 100, 110, 110]], ["amy"])])
+    assert not r["ok"] and "no candidate box with IoU" in r["problems"][0]
+    r = check.compare_faces(ref, [_image("z.jpg", [[0, 0, 10, 10]], ["amy"])])
+    assert not r["ok"] and r["problems"] == ["the image lists differ"]
+    r = check.compare_faces(ref, [_image("a.jpg", [[0, 0, 10, 10]], ["amy"], error="2 faces")])
+    assert not r["ok"] and "a.jpg: reference ok, candidate 2 faces" in r["problems"]
+
+
+def test_image_list_is_fixed_and_enrollment_first():
+    items = check.image_list()
+    kinds = [k for k, _, _ in items]
+    assert kinds[:24] == ["enroll"] * 24 and kinds.count("group") == 5 and kinds.count("lfw") == 10
+    assert len({p for _, p, _ in items}) == len(items)
+
+
+def test_image_list_exists_in_shared_data(data_root):
+    missing = [p for _, p, _ in check.image_list() if not (data_root / p).is_file()]
+    assert not missing
+
+
+# --------------------------------------------------------------------------- the whole proof (opt-in)
+def _skip_reason() -> str | None:
+    if os.environ.get("EDGEFACE_ARM64_PROOF") != "1":
+        return "arm64 proof runs only with EDGEFACE_ARM64_PROOF=1 (root, qemu-user-static, debootstrap, network; minutes)"
+    if os.geteuid() != 0:
+        return "arm64 proof needs root (debootstrap, chroot, binfmt_misc)"
+    for tool in ("qemu-aarch64-static", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"arm64 proof needs {tool}: apt-get install qemu-user-static debootstrap"
+    if os.uname().machine != "x86_64":
+        return "arm64 proof compares arm64 with an x86_64 host"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+def test_arm64_proof(models_dir, data_root, tmp_path):
+    out = tmp_path / "proof"
+    r = subprocess.run([str(ARM64 / "prove.sh"), "--models", str(models_dir), "--data", str(data_root),
+                        "--out", str(out)], capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] and set(report["candidates"]) == {"arm64-litert", "arm64-tflite_runtime"}
+    ref_ids = report["reference"]["identities"]
+    assert sum(n is not None for n in ref_ids) >= 16  # the held-out portraits and group faces are named
+    for label, c in report["candidates"].items():
+        assert c["ok"], (label, c["problems"])
+        assert all(g["max_diff"] <= 1 and g["tensors"] > 0 for g in c["raw"].values()), (label, c["raw"])
+        assert c["faces"]["count_mismatches"] == 0 and c["faces"]["identity_mismatches"] == 0
+        assert c["versions"]["machine"] == "aarch64" and c["cpu"]["sme"] is False
+    legacy = report["candidates"]["arm64-tflite_runtime"]["versions"]
+    assert legacy["runtime"] == "tflite_runtime" and legacy["numpy"].startswith("1.")
+    assert report["candidates"]["arm64-litert"]["versions"]["runtime"] == "litert"
