@@ -32,6 +32,7 @@ from . import common
 
 log = logging.getLogger(__name__)
 
+ONNXRUNTIME = "onnxruntime"
 STAGES = ("decode", "detect_pre", "detect_invoke", "detect_post", "crop", "embed", "match")
 
 
@@ -70,12 +71,22 @@ class StagedPipeline:
     """detect -> crop -> embed -> match with the core's own building blocks, timing each stage."""
 
     def __init__(self, detector_path: Path, embedder_path: Path, runtime: str, threads: int, tiles: int,
-                 gallery=None):
+                 gallery=None, precision: str = "int8"):
         from edgeface.detect import FaceDetector
         from edgeface.embed import FaceEmbedder
 
-        self.detector = FaceDetector(detector_path, threads=threads, runtime_name=runtime, tiles=tiles)
-        self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=runtime)
+        tflite = None if runtime == ONNXRUNTIME else runtime  # ONNX: any interpreter, for tensor details only
+        self.detector = FaceDetector(detector_path, threads=threads, runtime_name=tflite, tiles=tiles)
+        self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=tflite)
+        if runtime == ONNXRUNTIME:
+            # the same wrappers (pre- and post-processing) with ONNX Runtime sessions in place of the interpreters
+            from .onnx_interpreter import OnnxInterpreter, onnx_path_for
+
+            for wrapper, path in ((self.detector, detector_path), (self.embedder, embedder_path)):
+                onnx = onnx_path_for(Path(path), precision)
+                if onnx is None:
+                    raise common.BenchmarkError(f"no ONNX export of {path} (run `edgeface onnx`)")
+                wrapper.interpreter = OnnxInterpreter(onnx, wrapper.interpreter, threads)
         self.gallery = gallery
 
     def frame(self, path: Path) -> tuple[dict, int]:
@@ -148,8 +159,14 @@ def available_runtimes(requested: list[str], notes: list[str]) -> list[str]:
 
     out = []
     for name in requested:
-        if name == "onnxruntime":
-            continue  # handled per model below
+        if name == ONNXRUNTIME:
+            try:
+                import onnxruntime  # noqa: F401
+
+                out.append(name)
+            except ImportError as exc:
+                notes.append(f"runtime onnxruntime: not available ({exc}): skipped")
+            continue
         try:
             get_runtime(name)
             out.append(name)
@@ -200,12 +217,15 @@ def probe(spec: dict) -> dict:
     t0 = time.perf_counter()
     from edgeface.runtime import get_runtime
 
-    get_runtime(spec["runtime"])
+    if spec["runtime"] == ONNXRUNTIME:
+        import onnxruntime  # noqa: F401
+    else:
+        get_runtime(spec["runtime"])
     import_s = time.perf_counter() - t0
     rss_after_import = common.current_rss_mb()
     t0 = time.perf_counter()
     pipe = StagedPipeline(Path(spec["detector"]), Path(spec["embedder"]), spec["runtime"], spec["threads"],
-                          spec["tiles"])
+                          spec["tiles"], precision=spec["precision"])
     load_s = time.perf_counter() - t0
     first, _ = pipe.frame(Path(spec["image"]))
     later = [pipe.frame(Path(spec["image"]))[0]["total"] for _ in range(spec.get("frames", 3))]
@@ -241,14 +261,22 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
     notes += vnotes
     if not variants:
         raise common.BenchmarkError(f"no models of precisions {settings['precisions']} in {models}")
-    if "onnxruntime" in settings["runtimes"]:
-        onnx = sorted(Path(models).glob("*.onnx"))
-        notes.append("onnxruntime: " + ("ONNX models found but no ONNX pipeline adapter yet: skipped" if onnx else
-                                        f"no *.onnx models in {models} (edgeface build exports TFLite only): skipped"))
     runtimes = available_runtimes(settings["runtimes"], notes)
     threads = resolve_threads(settings["threads"])
+    if ONNXRUNTIME in runtimes:
+        from .onnx_interpreter import onnx_path_for
+
+        onnx_variants = [v for v in variants if all(onnx_path_for(Path(p), v.precision)
+                                                    for p in (v.detector, v.embedder))]
+        for v in variants:
+            if v not in onnx_variants:
+                notes.append(f"onnxruntime {v.name}: no ONNX export of its models in {models} or {models}/onnx "
+                             "(run `edgeface onnx --models MODELS`): skipped")
+        if not onnx_variants:
+            runtimes.remove(ONNXRUNTIME)
     configs = [{"runtime": r, "precision": v.precision if v.name == v.precision else v.name, "threads": t,
-                "variant": v} for r in runtimes for v in variants for t in threads]
+                "variant": v} for r in runtimes for v in variants for t in threads
+               if r != ONNXRUNTIME or v in onnx_variants]
     info = common.machine_info()
     tmp = tempfile.TemporaryDirectory(prefix="edgeface-bench-")
     rng = np.random.default_rng(seed)
@@ -265,7 +293,8 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
             pipes, galleries = {}, {}
             for c in configs:
                 v = c["variant"]
-                pipe = StagedPipeline(v.detector, v.embedder, c["runtime"], c["threads"], scene["tiles"])
+                pipe = StagedPipeline(v.detector, v.embedder, c["runtime"], c["threads"], scene["tiles"],
+                                      precision=v.precision)
                 space = pipe.embedder.space_id
                 if (space, pipe.embedder.dim) not in galleries:
                     galleries[(space, pipe.embedder.dim)] = make_gallery(Path(tmp.name), pipe.embedder.dim,
@@ -291,7 +320,8 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
             for c in configs:
                 k = config_key(c)
                 pipe = pipes[k]
-                spec = {"runtime": c["runtime"], "threads": c["threads"], "tiles": scene["tiles"],
+                spec = {"runtime": c["runtime"], "precision": c["variant"].precision, "threads": c["threads"],
+                        "tiles": scene["tiles"],
                         "detector": str(c["variant"].detector), "embedder": str(c["variant"].embedder),
                         "image": str(images[0]), "frames": settings.get("probe_frames", 3)}
                 rows.append({

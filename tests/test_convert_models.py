@@ -204,20 +204,50 @@ def test_metadata_round_trip_on_a_real_model_keeps_its_outputs(models_dir, index
 
 
 # --------------------------------------------------------------------------- ONNX
-def test_onnx_detector_float_and_qdq_parity(models_dir, index, lfw, tmp_path):
+@pytest.fixture(scope="module")
+def detector_onnx(models_dir, index, lfw, tmp_path_factory):
+    """The short-range detector exported to ONNX (float + QDQ int8) once for this module."""
     from edgeface.converters import heldout, onnx_export
 
+    out = tmp_path_factory.mktemp("onnx")
     entry = index["detectors"]["short_range"]
     fmodel, qmodel = models_dir / entry["float32"], models_dir / entry["int8"]
     inputs = heldout.detector_inputs(heldout.devtest_images(lfw, 6), 128, 127.5, 127.5)
-    results = onnx_export.export_pair(fmodel, qmodel, tmp_path, inputs, onnx_export.OnnxOptions())
-    f, q = results
+    return onnx_export.export_pair(fmodel, qmodel, out, inputs, onnx_export.OnnxOptions()), out
+
+
+def test_onnx_detector_float_and_qdq_parity(detector_onnx):
+    (f, q), tmp_path = detector_onnx
     assert f["kind"] == "float" and f["ok"] and f["parity"]["min_cosine"] >= 0.999
     assert f["parity"]["vs_tflite_float"]["boxes"]["max_abs_diff"] < 1e-2
     assert q["kind"] == "qdq_int8" and q["ok"], q["parity"]
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= set(q["onnx_ops"])
     assert q["parity"]["vs_tflite_float"]["scores"]["min_cosine"] > 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == [f["onnx"], q["onnx"]]
+
+
+def test_onnx_runtime_runs_the_detector_wrapper_like_tflite(models_dir, index, lfw, detector_onnx):
+    """The latency benchmark's ONNX Runtime column: FaceDetector with an OnnxInterpreter in place of the TFLite
+    interpreter finds the same faces on real LFW photos (same pre- and post-processing, quantized I/O)."""
+    from edgeface import preprocess
+    from edgeface.benchmarks.onnx_interpreter import OnnxInterpreter, onnx_path_for
+    from edgeface.converters import heldout
+    from edgeface.detect import FaceDetector
+
+    _, folder = detector_onnx
+    for precision in ("float32", "int8"):
+        src = models_dir / index["detectors"]["short_range"][precision]
+        onnx = folder / (src.stem + ("_qdq.onnx" if precision == "int8" else ".onnx"))
+        assert onnx_path_for(folder / src.name, precision) == onnx  # found beside a model of that name
+        ref, ort = FaceDetector(src, threads=1), FaceDetector(src, threads=1)
+        ort.interpreter = OnnxInterpreter(onnx, ort.interpreter, threads=1)
+        for path in heldout.devtest_images(lfw, 4):
+            image = preprocess.read_image(path)
+            a, b = ref.detect(image), ort.detect(image)
+            assert len(a) == len(b) >= 1, (path, precision)
+            boxes = np.array([f.box for f in b])
+            best = [float(blazeface.iou(f.box, boxes).max()) for f in a]
+            assert min(best) > (0.99 if precision == "float32" else 0.9), (path, precision, best)
 
 
 def test_onnx_export_failure_leaves_nothing(tmp_path):
