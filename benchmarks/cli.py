@@ -6,12 +6,14 @@ data, in benchmarks/runs.json ("full"); ``--profile quick`` is the short version
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 EXAMPLES = """\
 examples (a full run of everything takes about an hour on a 2-core x86 machine; run it with `nice`):
@@ -35,6 +37,42 @@ def _data_default() -> str:
     return "../shared/data/lfw"
 
 
+def _opt(*flags: str, **kwargs) -> tuple:
+    """One command-line option: its flags and its ``add_argument`` keywords."""
+    return flags, kwargs
+
+
+def _dest(flags: tuple) -> str:
+    return flags[0].lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One ``edgeface bench`` subcommand, as data: :func:`build_parser` and :func:`main` are driven by these.
+
+    ``name`` is the subcommand, its section of runs.json and the stem of its output files; ``module`` the
+    benchmarks module that does the work (``run``, ``markdown``, ``plot`` or ``plots``). ``options`` are its own
+    options besides the common ones (--models, --data, --out, --profile, --no-progress, -v); ``overrides``
+    names those that replace the runs.json setting of the same name. ``cached``: ``run`` also takes the
+    output folder and ``cache=`` (embeddings kept in <out>/cache between runs, off with --no-cache).
+    ``plots``: ``module.plots`` draws several PNGs, else ``module.plot`` draws <name>.png, only when
+    ``result[plot_if]`` is non-empty if ``plot_if`` is set. ``raw_description``: --help prints the description
+    as written, unwrapped (as latency's always has). ``runner`` replaces :func:`run_benchmark` for a
+    benchmark that needs more (latency: scenes, reference file, drift check).
+    """
+    name: str
+    module: str
+    help: str
+    description: Optional[str] = None
+    options: tuple = ()
+    overrides: tuple = ()
+    cached: bool = False
+    plots: bool = False
+    plot_if: Optional[str] = None
+    raw_description: bool = False
+    runner: Optional[Callable[..., int]] = None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeface bench", description=__doc__.split("\n\n")[0] + "\n\n" +
                                      __doc__.split("\n\n")[1], epilog=EXAMPLES,
@@ -55,68 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="log details")
         return p
 
-    p = common_args(sub.add_parser(
-        "latency", help="per-stage latency, runtime x precision x threads side by side",
-        description="Per-stage time of decode, detect, crop, embed and match, and end to end per frame, for every "
-                    "available runtime x precision x threads, interleaved in one run. Warm-up, then --runs timed "
-                    "runs; median, p95, min; load and first-frame time and peak RSS from a fresh process each.",
-        formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--bbt", type=Path, default=None, help="bbt folder with group/ (default: beside --data)")
-    p.add_argument("--runs", type=int, help="timed runs per configuration (default 200 in the full profile)")
-    p.add_argument("--warmup", type=int, help="untimed warm-up runs per configuration")
-    p.add_argument("--threads", nargs="+", help="thread counts, e.g. 1 2 all")
-    p.add_argument("--runtimes", nargs="+", help="litert tflite_runtime tensorflow onnxruntime (missing ones are "
-                                                  "skipped with a note)")
-    p.add_argument("--precisions", nargs="+", help="int8 float32 int8_pruned")
-    p.add_argument("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)")
-    p.add_argument("--write-reference", action="store_true",
-                   help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)")
-    p.add_argument("--reference", type=Path, help="reference file to check against (default: this device's)")
-    p.add_argument("--fail-on-drift", action="store_true", help="exit 3 if a median drifted beyond the tolerance")
+    for bench in BENCHMARKS:
+        extra = {"formatter_class": argparse.RawDescriptionHelpFormatter} if bench.raw_description else {}
+        p = common_args(sub.add_parser(bench.name, help=bench.help, description=bench.description, **extra))
+        for flags, kwargs in bench.options:
+            p.add_argument(*flags, **kwargs)
 
-    p = common_args(sub.add_parser(
-        "accuracy", help="LFW 10-fold and DevTest accuracy, ROC AUC, TAR@FAR, ROC/DET plots, operating points",
-        description="Every model variant (precision x detector): LFW 10-fold accuracy on pairs.txt, pairsDevTest "
-                    "accuracy at the manifest's threshold (calibrated on DevTrain), ROC AUC, TAR at FAR 1e-3 and "
-                    "1e-4 on a large impostor set, ROC and DET plots, and an operating-point table for installers."))
-    p.add_argument("--precisions", nargs="+")
-    p.add_argument("--detectors", nargs="+", help="short_range full_range")
-    p.add_argument("--no-cache", action="store_true", help="do not reuse embeddings cached in <out>/cache")
-
-    p = common_args(sub.add_parser(
-        "identify", help="closed/open-set identification on LFW, vs linear SVM and k-NN",
-        description="People with >= 10 LFW images form the gallery (k = 1, 3, 5 enrolled photos each), their other "
-                    "photos are probes, single-photo people are distractors. Top-1 accuracy, per-identity "
-                    "precision/recall/F1, confusion-matrix heatmap, open-set FPIR/FNIR, and nearest-gallery cosine "
-                    "against scikit-learn linear SVM and k-NN on the same embeddings."))
-    p.add_argument("--precisions", nargs="+")
-    p.add_argument("--no-cache", action="store_true")
-
-    p = common_args(sub.add_parser(
-        "gallery", help="match latency and memory for 1k/10k/100k embeddings, float32 vs float16 vs int8",
-        description="Gallery scaling: match latency (median/p95) and memory of the embedding store for growing "
-                    "galleries, float32 against compact float16 and int8 stores, and their top-1 agreement with "
-                    "float32. Real LFW embeddings seed a Gaussian model of the embedding space for large sizes."))
-    p.add_argument("--sizes", nargs="+", type=int)
-
-    p = common_args(sub.add_parser(
-        "preprocess", help="CLAHE / equalization / gamma on dark and low-contrast LFW pairs",
-        description="LFW pairs with brightness and contrast degraded, with and without equalization, CLAHE and "
-                    "auto gamma: accuracy at the manifest threshold, best accuracy, TAR at FAR 1e-3 (DevTest-"
-                    "sized sets resolve FAR down to ~2e-3), faces not found."))
-    p.add_argument("--no-cache", action="store_true")
-
-    p = common_args(sub.add_parser(
-        "peers", help="edgeface int8 vs face_recognition (dlib) on the same LFW pairs, in one run",
-        description="Peer comparison on the same LFW pairs and images, interleaved per image: cross-validated "
-                    "accuracy, ROC AUC, TAR at FAR 1e-3, per-image time. Needs pip install 'edgeface[peers]' "
-                    "(face_recognition, face-recognition-models, dlib-bin); never a core dependency."))
-
+    # "all" takes only the common options and --bbt; every other benchmark's option keeps its default
     p = common_args(sub.add_parser("all", help="every benchmark above, in order (the docs' tables and plots)"))
     p.add_argument("--bbt", type=Path, default=None)
-    for name in ("runs", "warmup", "threads", "runtimes", "precisions", "detectors", "sizes", "reference", "scenes"):
-        p.set_defaults(**{name: None})
-    p.set_defaults(write_reference=False, fail_on_drift=False, no_cache=False)
+    p.set_defaults(**{_dest(flags): kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
+                      for bench in BENCHMARKS for flags, kwargs in bench.options if _dest(flags) != "bbt"})
     return parser
 
 
@@ -127,24 +114,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from .common import BenchmarkError
 
-    names = ["latency", "accuracy", "identify", "gallery", "preprocess", "peers"] if args.bench == "all" \
-        else [args.bench]
+    benches = [b for b in BENCHMARKS if args.bench in ("all", b.name)]
     status = 0
-    for name in names:
+    for bench in benches:
         try:
-            rc = RUNNERS[name](args)
+            rc = (bench.runner or run_benchmark)(bench, args)
         except BenchmarkError as exc:
-            print(f"edgeface bench {name}: error: {exc}", file=sys.stderr)
+            print(f"edgeface bench {bench.name}: error: {exc}", file=sys.stderr)
             rc = 2
         status = max(status, rc)
     return status
 
 
-def _settings(section: str, args, overrides: dict) -> dict:
+def _settings(bench: Benchmark, args) -> dict:
+    """The runs.json settings of ``bench`` for ``--profile``, with the options given on the command line."""
     from .common import load_runs
 
-    s = load_runs(section, args.profile)
-    s.update({k: v for k, v in overrides.items() if v is not None})
+    s = load_runs(bench.name, args.profile)
+    given = {k: getattr(args, k) for k in bench.overrides}
+    s.update({k: v for k, v in given.items() if v is not None})
     return s
 
 
@@ -153,11 +141,31 @@ def _report(paths: dict, md: str) -> None:
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
-def run_latency(args) -> int:
+def run_benchmark(bench: Benchmark, args) -> int:
+    """Run ``bench`` with its settings, write <out>/<name>.json, .md and its plots, print the table."""
+    from . import common
+
+    module = importlib.import_module(f".{bench.module}", __package__)
+    s = _settings(bench, args)
+    if bench.cached:
+        result = module.run(args.models, args.data, s, args.out, cache=not args.no_cache,
+                            show_progress=not args.no_progress)
+    else:
+        result = module.run(args.models, args.data, s, show_progress=not args.no_progress)
+    md = module.markdown(result)
+    paths = common.write_outputs(args.out, bench.name, result, md)
+    if bench.plots:
+        paths.update(module.plots(result, args.out))
+    elif bench.plot_if is None or result.get(bench.plot_if):
+        paths["png"] = module.plot(result, args.out / f"{bench.name}.png")
+    _report(paths, md)
+    return 0
+
+
+def run_latency(bench: Benchmark, args) -> int:
     from . import common, latency
 
-    s = _settings("latency", args, {"runs": args.runs, "warmup": args.warmup, "threads": args.threads,
-                                     "runtimes": args.runtimes, "precisions": args.precisions})
+    s = _settings(bench, args)
     if args.scenes:
         s["scenes"] = [sc for sc in s["scenes"] if sc["name"] in args.scenes]
         if not s["scenes"]:
@@ -183,73 +191,71 @@ def run_latency(args) -> int:
     return 0
 
 
-def run_accuracy(args) -> int:
-    from . import accuracy, common
+_PRECISIONS = _opt("--precisions", nargs="+")
 
-    s = _settings("accuracy", args, {"precisions": args.precisions, "detectors": args.detectors})
-    result = accuracy.run(args.models, args.data, s, args.out, cache=not args.no_cache,
-                          show_progress=not args.no_progress)
-    md = accuracy.markdown(result)
-    paths = common.write_outputs(args.out, "accuracy", result, md)
-    paths["png"] = accuracy.plot(result, args.out / "accuracy.png")
-    _report(paths, md)
-    return 0
-
-
-def run_identify(args) -> int:
-    from . import common, identify
-
-    s = _settings("identify", args, {"precisions": args.precisions})
-    result = identify.run(args.models, args.data, s, args.out, cache=not args.no_cache,
-                          show_progress=not args.no_progress)
-    md = identify.markdown(result)
-    paths = common.write_outputs(args.out, "identify", result, md)
-    paths.update(identify.plots(result, args.out))
-    _report(paths, md)
-    return 0
-
-
-def run_gallery(args) -> int:
-    from . import common, gallery_scaling
-
-    s = _settings("gallery", args, {"sizes": args.sizes})
-    result = gallery_scaling.run(args.models, args.data, s, show_progress=not args.no_progress)
-    md = gallery_scaling.markdown(result)
-    paths = common.write_outputs(args.out, "gallery", result, md)
-    paths["png"] = gallery_scaling.plot(result, args.out / "gallery.png")
-    _report(paths, md)
-    return 0
-
-
-def run_preprocess(args) -> int:
-    from . import common, preprocess_study
-
-    s = _settings("preprocess", args, {})
-    result = preprocess_study.run(args.models, args.data, s, args.out, cache=not args.no_cache,
-                                  show_progress=not args.no_progress)
-    md = preprocess_study.markdown(result)
-    paths = common.write_outputs(args.out, "preprocess", result, md)
-    paths["png"] = preprocess_study.plot(result, args.out / "preprocess.png")
-    _report(paths, md)
-    return 0
-
-
-def run_peers(args) -> int:
-    from . import common, peers
-
-    s = _settings("peers", args, {})
-    result = peers.run(args.models, args.data, s, show_progress=not args.no_progress)
-    md = peers.markdown(result)
-    paths = common.write_outputs(args.out, "peers", result, md)
-    if result.get("peers"):
-        paths["png"] = peers.plot(result, args.out / "peers.png")
-    _report(paths, md)
-    return 0
-
-
-RUNNERS = {"latency": run_latency, "accuracy": run_accuracy, "identify": run_identify, "gallery": run_gallery,
-           "preprocess": run_preprocess, "peers": run_peers}
-
+# Every subcommand but "all", in the order "all" runs them; what each measures by default is in runs.json.
+BENCHMARKS = (
+    Benchmark(
+        "latency", "latency", runner=run_latency, raw_description=True,
+        help="per-stage latency, runtime x precision x threads side by side",
+        description="Per-stage time of decode, detect, crop, embed and match, and end to end per frame, for every "
+                    "available runtime x precision x threads, interleaved in one run. Warm-up, then --runs timed "
+                    "runs; median, p95, min; load and first-frame time and peak RSS from a fresh process each.",
+        options=(
+            _opt("--bbt", type=Path, default=None, help="bbt folder with group/ (default: beside --data)"),
+            _opt("--runs", type=int, help="timed runs per configuration (default 200 in the full profile)"),
+            _opt("--warmup", type=int, help="untimed warm-up runs per configuration"),
+            _opt("--threads", nargs="+", help="thread counts, e.g. 1 2 all"),
+            _opt("--runtimes", nargs="+", help="litert tflite_runtime tensorflow onnxruntime (missing ones are "
+                                               "skipped with a note)"),
+            _opt("--precisions", nargs="+", help="int8 float32 int8_pruned"),
+            _opt("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)"),
+            _opt("--write-reference", action="store_true",
+                 help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)"),
+            _opt("--reference", type=Path, help="reference file to check against (default: this device's)"),
+            _opt("--fail-on-drift", action="store_true", help="exit 3 if a median drifted beyond the tolerance"),
+        ),
+        overrides=("runs", "warmup", "threads", "runtimes", "precisions")),
+    Benchmark(
+        "accuracy", "accuracy", cached=True,
+        help="LFW 10-fold and DevTest accuracy, ROC AUC, TAR@FAR, ROC/DET plots, operating points",
+        description="Every model variant (precision x detector): LFW 10-fold accuracy on pairs.txt, pairsDevTest "
+                    "accuracy at the manifest's threshold (calibrated on DevTrain), ROC AUC, TAR at FAR 1e-3 and "
+                    "1e-4 on a large impostor set, ROC and DET plots, and an operating-point table for installers.",
+        options=(_PRECISIONS, _opt("--detectors", nargs="+", help="short_range full_range"),
+                 _opt("--no-cache", action="store_true", help="do not reuse embeddings cached in <out>/cache")),
+        overrides=("precisions", "detectors")),
+    Benchmark(
+        "identify", "identify", cached=True, plots=True,
+        help="closed/open-set identification on LFW, vs linear SVM and k-NN",
+        description="People with >= 10 LFW images form the gallery (k = 1, 3, 5 enrolled photos each), their other "
+                    "photos are probes, single-photo people are distractors. Top-1 accuracy, per-identity "
+                    "precision/recall/F1, confusion-matrix heatmap, open-set FPIR/FNIR, and nearest-gallery cosine "
+                    "against scikit-learn linear SVM and k-NN on the same embeddings.",
+        options=(_PRECISIONS, _opt("--no-cache", action="store_true")),
+        overrides=("precisions",)),
+    Benchmark(
+        "gallery", "gallery_scaling",
+        help="match latency and memory for 1k/10k/100k embeddings, float32 vs float16 vs int8",
+        description="Gallery scaling: match latency (median/p95) and memory of the embedding store for growing "
+                    "galleries, float32 against compact float16 and int8 stores, and their top-1 agreement with "
+                    "float32. Real LFW embeddings seed a Gaussian model of the embedding space for large sizes.",
+        options=(_opt("--sizes", nargs="+", type=int),),
+        overrides=("sizes",)),
+    Benchmark(
+        "preprocess", "preprocess_study", cached=True,
+        help="CLAHE / equalization / gamma on dark and low-contrast LFW pairs",
+        description="LFW pairs with brightness and contrast degraded, with and without equalization, CLAHE and "
+                    "auto gamma: accuracy at the manifest threshold, best accuracy, TAR at FAR 1e-3 (DevTest-"
+                    "sized sets resolve FAR down to ~2e-3), faces not found.",
+        options=(_opt("--no-cache", action="store_true"),)),
+    Benchmark(
+        "peers", "peers", plot_if="peers",
+        help="edgeface int8 vs face_recognition (dlib) on the same LFW pairs, in one run",
+        description="Peer comparison on the same LFW pairs and images, interleaved per image: cross-validated "
+                    "accuracy, ROC AUC, TAR at FAR 1e-3, per-image time. Needs pip install 'edgeface[peers]' "
+                    "(face_recognition, face-recognition-models, dlib-bin); never a core dependency."),
+)
 
 if __name__ == "__main__":
     sys.exit(main())
