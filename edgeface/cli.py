@@ -80,11 +80,17 @@ def cmd_prune(args) -> int:
         return 2
     try:
         options = PruneOptions(target_sparsity=args.sparsity, schedule=args.schedule, steps=args.steps,
-                               batch_size=args.batch_size, num_crops=args.crops, pqat_steps=args.pqat_steps)
+                               batch_size=args.batch_size, num_crops=args.crops, pqat_steps=args.pqat_steps,
+                               pqat_learning_rate=args.pqat_lr)
     except ValueError as exc:
         _error(str(exc))
         return 2
-    report = prune_embedder(args.models, args.out or args.models, options, save_float=args.float)
+    try:
+        report = prune_embedder(args.models, args.out or args.models, options, save_float=args.float,
+                                pruned_model=args.from_pruned)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     m = report["models"]
     _emit(args, report, f"pruned {report['family']} to {report['kernel_sparsity']['overall']:.1%} kernel sparsity: "
                         f"{m['pruned_int8']['file']} gzip {m['pruned_int8']['gzip_bytes'] / 1e6:.1f} MB "
@@ -93,40 +99,47 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def cmd_detect(args) -> int:
-    rec = _recognizer(args)
+def _each_image(args, analyse, describe) -> int:
+    """Run ``analyse(image)`` on every file of ``args.images`` and print ``describe(path, result)``.
+
+    ``describe`` returns the (JSON payload, text line) pair for :func:`_emit`. A file that cannot be read, or
+    that ``analyse`` rejects with ValueError, gets a one-line error and the run goes on with the others; the
+    exit status is 1 when any file failed, else 0.
+    """
     failed = 0
     for path in args.images:
         try:
-            faces = rec.detect(_read(path))
+            result = analyse(_read(path))
         except ValueError as exc:
             _error(str(exc))
             failed += 1
             continue
+        _emit(args, *describe(path, result))
+    return 1 if failed else 0
+
+
+def cmd_detect(args) -> int:
+    def describe(path, faces):
         payload = {"image": path, "faces": [f.to_json() for f in faces]}
         text = f"{path}: {len(faces)} face(s)" + "".join(
             f"\n  box {[round(float(v)) for v in f.box]} score {f.score:.3f}" for f in faces)
-        _emit(args, payload, text)
-    return 1 if failed else 0
+        return payload, text
+
+    return _each_image(args, _recognizer(args).detect, describe)
 
 
 def cmd_embed(args) -> int:
     rec = _recognizer(args)
-    failed = 0
-    for path in args.images:
-        try:
-            pairs = rec.embed(_read(path))
-        except ValueError as exc:
-            _error(str(exc))
-            failed += 1
-            continue
+
+    def describe(path, pairs):
         payload = {"image": path, "faces": [dict(f.to_json(), embedding=[round(float(v), 6) for v in e])
                                              for f, e in pairs]}
         text = f"{path}: {len(pairs)} face(s), {rec.embedder.dim}-d embeddings" + "".join(
             f"\n  box {[round(float(v)) for v in f.box]} embedding[:4] {[round(float(v), 3) for v in e[:4]]}"
             for f, e in pairs)
-        _emit(args, payload, text)
-    return 1 if failed else 0
+        return payload, text
+
+    return _each_image(args, rec.embed, describe)
 
 
 def cmd_verify(args) -> int:
@@ -187,22 +200,17 @@ def cmd_enroll(args) -> int:
 
 def cmd_identify(args) -> int:
     rec = _recognizer(args)
-    failed = 0
+
+    def describe(path, ids):
+        payload = {"image": path, "threshold": rec.min_cosine_similarity, "faces": [
+            dict(i.face.to_json(), name=i.name, similarity=round(i.similarity, 4)) for i in ids]}
+        text = f"{path}: {len(ids)} face(s)" + "".join(
+            f"\n  {i.name or 'unknown':20} similarity {i.similarity:.3f} box "
+            f"{[round(float(v)) for v in i.face.box]}" for i in ids)
+        return payload, text
+
     with _gallery(args, rec) as g:
-        for path in args.images:
-            try:
-                ids = rec.identify(_read(path), g)
-            except ValueError as exc:
-                _error(str(exc))
-                failed += 1
-                continue
-            payload = {"image": path, "threshold": rec.min_cosine_similarity, "faces": [
-                dict(i.face.to_json(), name=i.name, similarity=round(i.similarity, 4)) for i in ids]}
-            text = f"{path}: {len(ids)} face(s)" + "".join(
-                f"\n  {i.name or 'unknown':20} similarity {i.similarity:.3f} box "
-                f"{[round(float(v)) for v in i.face.box]}" for i in ids)
-            _emit(args, payload, text)
-    return 1 if failed else 0
+        return _each_image(args, lambda image: rec.identify(image, g), describe)
 
 
 def cmd_gallery(args) -> int:
@@ -320,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crops", type=int, default=2000, help="LFW DevTrain face crops to train on (default 2000)")
-    p.add_argument("--pqat-steps", type=int, default=0, help="prune-preserving QAT steps after pruning")
+    p.add_argument("--pqat-steps", type=int, default=0, help="prune-preserving QAT steps after pruning "
+                                                               "(quantizer ranges seeded from the calibration crops)")
+    p.add_argument("--pqat-lr", type=float, default=None, help="PQAT learning rate (default: a tenth of pruning's)")
+    p.add_argument("--from-pruned", metavar="H5", help="start from a previous run's <family>_float32_prunedNN.h5 "
+                                                       "(skips pruning; e.g. to add --pqat-steps)")
     p.add_argument("--float", action="store_true", help="also write the pruned float32 model")
     p.add_argument("--json", action="store_true", help="print the pruning report as JSON")
     p.set_defaults(func=cmd_prune)
