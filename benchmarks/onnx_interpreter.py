@@ -46,6 +46,9 @@ class OnnxInterpreter:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # no busy-waiting after a run: the benchmark interleaves many sessions, and a pool spinning after its run
+        # would steal the core from the next configuration
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self._inputs = tflite_interpreter.get_input_details()
         self._outputs = tflite_interpreter.get_output_details()

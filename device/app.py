@@ -56,6 +56,48 @@ def manifest_threshold(embedder, operating_point: str) -> float:
     return float(points[operating_point]["min_cosine_similarity"])
 
 
+def stranger_match_rate(far: float, comparisons: int) -> float:
+    """Chance that one crop of a stranger matches *someone* in a gallery: ``1 - (1 - far) ** comparisons``.
+
+    ``far`` is the pair false accept rate of the threshold (the manifest's ``far_0.001`` point: 1 in 1,000
+    different-person pairs score above it) and ``comparisons`` the number of enrolled embeddings, because the
+    gallery answers with the best of all of them. It assumes independent comparisons, so read it as the size
+    of the effect, not a measurement: ``edgeface bench identify`` measures FPIR on LFW. 8 people x 5 photos at
+    FAR 1e-3 gives about 4% per stranger crop; the k-of-n vote over a visit lowers it, a stricter
+    ``operating_point`` (``far_0.0001``) lowers it about tenfold.
+
+    >>> round(stranger_match_rate(0.001, 40), 3)
+    0.039
+    """
+    if not 0.0 <= far <= 1.0:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    if comparisons < 0:
+        raise ValueError(f"comparisons must be >= 0, got {comparisons}")
+    return 1.0 - (1.0 - far) ** comparisons
+
+
+def operating_point_far(cfg: DeviceConfig) -> Optional[float]:
+    """The pair FAR that the configured threshold was calibrated for (``far_0.001`` -> 0.001), if known."""
+    r = cfg.recognition
+    if r.min_cosine_similarity is not None or not r.operating_point.startswith("far_"):
+        return None
+    try:
+        return float(r.operating_point[4:])
+    except ValueError:
+        return None
+
+
+def gallery_risk_note(cfg: DeviceConfig, embeddings: int) -> Optional[str]:
+    """One line on how likely a stranger's crop matches someone, for the start log and ``doctor``."""
+    far = operating_point_far(cfg)
+    if far is None or embeddings == 0:
+        return None
+    rate = stranger_match_rate(far, embeddings)
+    return (f"{embeddings} enrolled embeddings at {cfg.recognition.operating_point}: a stranger's crop matches "
+            f"someone with probability ~{100 * rate:.1f}% (1-(1-FAR)^N); the k-of-n vote must then agree"
+            + ("; consider operating_point = \"far_0.0001\"" if rate > 0.01 and far > 1e-4 else ""))
+
+
 def door_threshold(cfg: DeviceConfig, rec) -> float:
     """``[recognition] min_cosine_similarity``, or the manifest's value for ``operating_point``."""
     r = cfg.recognition
@@ -145,6 +187,9 @@ class DoorApp:
             self.gallery = open_gallery(cfg.gallery.path, self.rec)
             self.source = source if source is not None else make_source(cfg.source)
             self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock)
+            note = gallery_risk_note(cfg, sum(p.num_embeddings for p in self.gallery.people()))
+            if note:
+                (log.warning if "consider" in note else log.info)("%s", note)
         except (StartupError, DoorError, EventLogError, ManifestError, OSError, ValueError, ImportError) as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - gallery errors and the like

@@ -180,9 +180,15 @@ def doctor(cfg) -> list[dict]:
         ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
         with Gallery(cfg.gallery.path, meta.embedder_id, meta.dim) as g:
             people = len(g)
+            embeddings = sum(p.num_embeddings for p in g.people())
         add("gallery", ok and people > 0, f"{cfg.gallery.path}: {people} people, embedder {meta.embedder_id}"
             + ("" if ok else f" - DOES NOT MATCH the models' {rec.embedder_id}: re-enroll")
             + ("" if people else " - empty: enroll people first"))
+        from .app import gallery_risk_note
+
+        note = gallery_risk_note(cfg, embeddings)
+        if note:
+            add("threshold", True, note)  # advice, not a fault
     except Exception as exc:  # noqa: BLE001
         add("gallery", False, str(exc))
     from .sources import SourceError, make_source, picamera2_available

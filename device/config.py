@@ -78,9 +78,10 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class RecognitionConfig:
     operating_point: str = _f("far_0.001", "which calibrated threshold of the embedder manifest to use when "
-                                           "min_cosine_similarity is unset: far_0.001 / far_0.01 (false accept "
-                                           "rate 1e-3 / 1e-2 on LFW DevTrain pairs: for a door) or accuracy "
-                                           "(accuracy-optimal)", choices=("far_0.001", "far_0.01", "accuracy"))
+                                           "min_cosine_similarity is unset: far_0.0001 / far_0.001 / far_0.01 "
+                                           "(false accept rate per pair on LFW DevTrain; a gallery of N embeddings "
+                                           "multiplies it by about N, see `doctor`) or accuracy (accuracy-optimal)",
+                              choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy"))
     min_cosine_similarity: Optional[float] = _f(
         None, "a face matches an enrolled person at or above this cosine similarity (unset: the embedder "
               "manifest's calibrated value for operating_point)", -1.0, 1.0)

@@ -313,3 +313,28 @@ def test_event_log_retention_and_snapshots(tmp_path):
         assert rows[-1].identity is None and rows[-1].score is None
     conn = sqlite3.connect(tmp_path / "ev.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# -- gallery size vs threshold -------------------------------------------------------------------------------------
+def test_stranger_match_rate_grows_with_the_gallery_and_names_bad_input():
+    from edgeface.device.app import stranger_match_rate
+
+    assert stranger_match_rate(0.001, 0) == 0.0
+    assert stranger_match_rate(0.001, 1) == pytest.approx(0.001)
+    assert stranger_match_rate(0.001, 40) == pytest.approx(0.0392, abs=5e-4)
+    assert stranger_match_rate(0.0001, 40) < stranger_match_rate(0.001, 40) / 9
+    with pytest.raises(ValueError, match="far"):
+        stranger_match_rate(1.5, 10)
+    with pytest.raises(ValueError, match="comparisons"):
+        stranger_match_rate(0.001, -1)
+
+
+def test_gallery_risk_note_advises_a_stricter_point_only_when_it_matters():
+    from edgeface.device.app import gallery_risk_note
+
+    big = gallery_risk_note(C.from_dict({"recognition": {"operating_point": "far_0.001"}}), 40)
+    assert "~3.9%" in big and "far_0.0001" in big
+    assert "consider" not in gallery_risk_note(C.from_dict({"recognition": {"operating_point": "far_0.001"}}), 5)
+    assert "consider" not in gallery_risk_note(C.from_dict({"recognition": {"operating_point": "far_0.0001"}}), 40)
+    fixed = C.from_dict({"recognition": {"min_cosine_similarity": 0.6}})
+    assert gallery_risk_note(fixed, 40) is None  # a hand-set threshold has no calibrated FAR to reason from
