@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # "all" takes only the common options and --bbt; every other benchmark's option keeps its default
     p = common_args(sub.add_parser("all", help="every benchmark above, in order (the docs' tables and plots)"))
-    p.add_argument("--bbt", type=Path, default=None)
+    p.add_argument("--bbt", type=Path, default=None,
+                   help="bbt folder with group/ for the latency group scene (default: beside --data)")
     p.set_defaults(**{_dest(flags): kwargs.get("default", False if kwargs.get("action") == "store_true" else None)
                       for bench in BENCHMARKS for flags, kwargs in bench.options if _dest(flags) != "bbt"})
     return parser
@@ -232,7 +233,8 @@ BENCHMARKS = (
                     "photos are probes, single-photo people are distractors. Top-1 accuracy, per-identity "
                     "precision/recall/F1, confusion-matrix heatmap, open-set FPIR/FNIR, and nearest-gallery cosine "
                     "against scikit-learn linear SVM and k-NN on the same embeddings.",
-        options=(_PRECISIONS, _opt("--no-cache", action="store_true")),
+        options=(_PRECISIONS, _opt("--no-cache", action="store_true",
+                                   help="do not reuse embeddings cached in <out>/cache")),
         overrides=("precisions",)),
     Benchmark(
         "gallery", "gallery_scaling",
@@ -248,7 +250,8 @@ BENCHMARKS = (
         description="LFW pairs with brightness and contrast degraded, with and without equalization, CLAHE and "
                     "auto gamma: accuracy at the manifest threshold, best accuracy, TAR at FAR 1e-3 (DevTest-"
                     "sized sets resolve FAR down to ~2e-3), faces not found.",
-        options=(_opt("--no-cache", action="store_true"),)),
+        options=(_opt("--no-cache", action="store_true",
+                      help="do not reuse embeddings cached in <out>/cache"),)),
     Benchmark(
         "peers", "peers", plot_if="peers",
         help="edgeface int8 vs face_recognition (dlib) on the same LFW pairs, in one run",
