@@ -12,7 +12,9 @@ Pipeline (:func:`prune_embedder`, CLI ``edgeface prune``):
    ``Dense`` wrapped by tfmot's ``prune_low_magnitude`` (BatchNorm frozen in inference mode, Dropout off);
 4. :func:`distill_pruned`: recovery by distillation, loss ``1 - cos(student, teacher)`` on the crops while
    the sparsity ramps to the target (polynomial schedule) or is applied at once (constant schedule);
-5. optional prune-preserving QAT (:func:`apply_pqat`, tfmot's ``Default8BitPrunePreserveQuantizeScheme``);
+5. optional prune-preserving QAT (:func:`apply_pqat`, tfmot's ``Default8BitPrunePreserveQuantizeScheme``)
+   with every quantizer range seeded from a float calibration pass (:func:`seed_quantization_ranges`; tfmot's
+   own [-6, 6] start clips FaceNet's activations);
 6. :func:`strip_pruning_model`, then :func:`quantize_int8` with the converter settings of
    :mod:`embedder` (per-channel int8 keeps exact zeros, so the sparsity survives post-training quantization),
    a manifest with ``embedder.pruning`` and a threshold calibrated on LFW DevTrain pairs.
@@ -56,9 +58,9 @@ class PruneOptions:
     ``frequency`` steps); ``constant`` prunes to the target at step 0 and then only recovers.
     ``steps``, ``batch_size``, ``learning_rate`` (Adam, cosine decay to 0): the distillation.
     ``num_crops``: LFW DevTrain face crops (``holdout`` of them are never trained on: the cosine check).
-    ``pqat_steps``: prune-preserving QAT steps after pruning (0: post-training int8 only). Experimental:
-    60 steps on the full FaceNet did not converge (loss 0.80: tfmot's activation ranges start at [-6, 6] and
-    follow an EMA with decay 0.999; they need initialising from a calibration pass first). Post-training int8
+    ``pqat_steps``: prune-preserving QAT steps after pruning (0: post-training int8 only); the quantizer
+    ranges are seeded from the calibration crops first (unseeded, tfmot's [-6, 6] ranges clipped FaceNet:
+    cosine 0.23 after 60 steps). ``pqat_learning_rate``: default ``learning_rate / 10``. Post-training int8
     already keeps the zeros exactly.
     """
     target_sparsity: float = 0.5
@@ -71,6 +73,7 @@ class PruneOptions:
     num_crops: int = 2000
     holdout: int = 200
     pqat_steps: int = 0
+    pqat_learning_rate: Optional[float] = None
     seed: int = 0
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -97,12 +100,20 @@ class PruneOptions:
             bad("learning_rate", "must be in (0, 1)")
         if not isinstance(self.ramp_fraction, (int, float)) or not 0.0 < self.ramp_fraction <= 1.0:
             bad("ramp_fraction", "must be in (0, 1]")
+        if self.pqat_learning_rate is not None and (not isinstance(self.pqat_learning_rate, (int, float))
+                                                    or not 0.0 < self.pqat_learning_rate < 1.0):
+            bad("pqat_learning_rate", "must be in (0, 1) or None (learning_rate / 10)")
         if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
             bad("frequency", "must be a positive integer or None")
 
     @property
     def update_frequency(self) -> int:
         return self.frequency or max(1, self.steps // 30)
+
+    @property
+    def pqat_rate(self) -> float:
+        """PQAT fine-tunes an already recovered model: by default a tenth of the pruning learning rate."""
+        return float(self.pqat_learning_rate or self.learning_rate / 10)
 
     @property
     def end_step(self) -> int:
@@ -293,6 +304,16 @@ def strip_pruning_model(pruned):
     return _tfmot().sparsity.keras.strip_pruning(pruned)
 
 
+def load_pruned_model(path: str | os.PathLike):
+    """A stripped pruned model saved by :func:`prune_embedder` (``<family>_float32_pruned<NN>.h5``)."""
+    from .facenet_keras import ScaleSum
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such pruned model")
+    return _keras().models.load_model(path, custom_objects={"ScaleSum": ScaleSum}, compile=False)
+
+
 def kernel_sparsity(model) -> dict:
     """Zero fraction of every Conv2D/Dense kernel: ``{"overall": f, "min": f, "max": f, "layers": {...}}``."""
     layers = {}
@@ -370,14 +391,14 @@ def _dataset(crops: np.ndarray, targets: np.ndarray, batch_size: int, seed: int)
 
 
 def distill(model, crops: np.ndarray, targets: np.ndarray, steps: int, options: PruneOptions,
-            callbacks: Sequence = (), desc: str = "distilling") -> list[float]:
+            callbacks: Sequence = (), desc: str = "distilling", learning_rate: Optional[float] = None) -> list[float]:
     """Train ``model`` for ``steps`` steps to reproduce ``targets`` (teacher embeddings); returns losses."""
     keras = _keras()
     if len(crops) != len(targets):
         raise ValueError(f"{len(crops)} crops but {len(targets)} teacher embeddings")
     if len(crops) < options.batch_size:
         raise ValueError(f"{len(crops)} crops are fewer than batch_size={options.batch_size}")
-    lr = keras.optimizers.schedules.CosineDecay(float(options.learning_rate), steps)
+    lr = keras.optimizers.schedules.CosineDecay(float(learning_rate or options.learning_rate), steps)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=cosine_distance)
     progress = _Progress(steps, desc)
     model.fit(_dataset(crops, targets, options.batch_size, options.seed), epochs=1, steps_per_epoch=steps,
@@ -395,11 +416,14 @@ def distill_pruned(pruned, crops: np.ndarray, targets: np.ndarray, options: Prun
 # --------------------------------------------------------------------------- prune-preserving QAT
 
 
-def apply_pqat(stripped):
+def apply_pqat(stripped, calibration: Optional[np.ndarray] = None, batch_size: int = 16):
     """Prune-preserving quantization-aware copy of a stripped (sparse) model (tfmot PQAT scheme).
 
     Conv+BN+ReLU are folded as the TFLite converter does; the residual ``ScaleSum`` layers get their output
-    quantized. The sparsity masks of the kernels are kept fixed during training.
+    quantized. The sparsity masks of the kernels are kept fixed during training. With ``calibration``
+    (uint8 crops) the quantization ranges are seeded by :func:`seed_quantization_ranges` first; without it
+    every activation range starts at tfmot's [-6, 6] (FaceNet's activations are far larger: the QAT model is
+    then useless until thousands of EMA steps have moved the ranges).
     """
     keras = _keras()
     tfmot = _tfmot()
@@ -426,17 +450,174 @@ def apply_pqat(stripped):
         def get_config(self):
             return {}
 
+    ordered_concat = _ordered_concatenate_class()
+
     def annotate(layer):
         if isinstance(layer, ScaleSum):
             return quant.quantize_annotate_layer(layer, quantize_config=OutputOnly())
+        if type(layer) is keras.layers.Concatenate:
+            # tfmot's ConcatTransform reorders a Concatenate's inputs (tensorflow/model-optimization#1061:
+            # FaceNet's Mixed_6a/Mixed_7a came out as [maxpool, conv branches...], channels permuted); a
+            # subclass is not matched by that transform, and its output is quantized like ScaleSum's
+            return quant.quantize_annotate_layer(ordered_concat.from_config(layer.get_config()),
+                                                 quantize_config=OutputOnly())
         if isinstance(layer, keras.layers.InputLayer):
             return layer
         return quant.quantize_annotate_layer(layer)
 
     annotated = keras.models.clone_model(stripped, clone_function=annotate)
     annotated.set_weights(stripped.get_weights())
-    with quant.quantize_scope({"OutputOnly": OutputOnly, "ScaleSum": ScaleSum}):
-        return quant.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    with quant.quantize_scope({"OutputOnly": OutputOnly, "ScaleSum": ScaleSum,
+                               "OrderedConcatenate": ordered_concat}):
+        qat = quant.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    check_same_wiring(stripped, qat)
+    if calibration is not None:
+        seed_quantization_ranges(qat, calibration, batch_size=batch_size)
+    return qat
+
+
+_ORDERED_CONCAT = []
+
+
+def _ordered_concatenate_class():
+    """``keras.layers.Concatenate`` under another class name (so tfmot's Concat transforms leave it alone)."""
+    if not _ORDERED_CONCAT:
+        keras = _keras()
+
+        class OrderedConcatenate(keras.layers.Concatenate):
+            pass
+
+        _ORDERED_CONCAT.append(OrderedConcatenate)
+    return _ORDERED_CONCAT[0]
+
+
+def _wiring(model) -> dict:
+    """``{layer name: [inbound layer names]}`` of ``model`` itself (from its config: a layer shared with
+    another model has that model's nodes too)."""
+    out = {}
+    for entry in model.get_config()["layers"]:
+        names = []
+        for node in entry.get("inbound_nodes", []):
+            names += [item[0] for item in (node if isinstance(node, list) else node.get("args", []))
+                      if isinstance(item, (list, tuple))]
+        out[entry["config"]["name"]] = names
+    return out
+
+
+def check_same_wiring(model, qat, prefix: str = "quant_") -> None:
+    """Raise ``ValueError`` unless every layer of ``qat`` takes its inputs in ``model``'s order.
+
+    tfmot's layout transforms rebuild the graph; a reordered multi-input layer (a Concatenate) permutes
+    channels, and nothing downstream can learn that back.
+    """
+    original, rewired = _wiring(model), _wiring(qat)
+    for name, want in original.items():
+        got = rewired.get(prefix + name)
+        if got is None or len(want) < 2:
+            continue
+        got = [n[len(prefix):] if n.startswith(prefix) else n for n in got]
+        if got != want:
+            raise ValueError(f"quantization-aware model rewired {name!r}: inputs {got}, expected {want}")
+
+
+def _range_quantizer_classes():
+    q = _tfmot().quantization.keras.quantizers
+    return q.MovingAverageQuantizer, q.AllValuesQuantizer
+
+
+def _observed_range(x, per_axis: bool, symmetric: bool, num_bits: int, narrow_range: bool):
+    """min/max of ``x`` as tfmot's range quantizers would set them (0 always inside, symmetric if asked)."""
+    x = np.asarray(x)
+    axes = tuple(range(x.ndim - 1)) if per_axis and x.ndim >= 2 else None
+    lo, hi = x.min(axis=axes), x.max(axis=axes)
+    if symmetric:
+        ratio = -1.0 if narrow_range else -((1 << num_bits) - 2) / (1 << num_bits)
+        return np.minimum(lo, hi / ratio), np.maximum(hi, lo * ratio)
+    return np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+
+
+def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
+                             input_range: Optional[tuple] = None) -> dict:
+    """Initialise every quantizer range of a tfmot QAT model from a float calibration pass.
+
+    tfmot creates each activation range as [-6, 6] and moves it by an EMA (decay 0.999) during training, so
+    activations beyond +-6 (most of FaceNet's) stay clipped for thousands of steps. This runs ``crops``
+    (uint8, normalized as the embedder does) through ``qat`` with every activation quantizer
+    (``MovingAverageQuantizer``, ``AllValuesQuantizer``) replaced by an identity that records the min/max of
+    what it sees, i.e. the float model's activation ranges, which is what post-training int8 calibrates on;
+    those min/max are assigned to the quantizers' ``*_min``/``*_max`` variables. The input quantizer gets
+    ``input_range`` (default: the normalized uint8 pixel range, exactly what the int8 model's uint8 input
+    covers). Weight quantizers (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the
+    current kernels. The model's weights and BatchNorm statistics are not touched.
+
+    Returns ``{"activations": n, "weights": n, "input": (lo, hi), "largest": max |range|}``.
+    """
+    import tensorflow as tf
+
+    if not len(crops):
+        raise ValueError("seeding quantization ranges needs calibration crops; got none")
+    if not tf.executing_eagerly():
+        raise RuntimeError("seed_quantization_ranges must run eagerly")
+    classes = _range_quantizer_classes()
+    seen: dict = {}
+
+    def record(self, inputs, training, weights, **kwargs):
+        lo, hi = _observed_range(inputs.numpy(), self.per_axis, self.symmetric, self.num_bits, self.narrow_range)
+        key = weights["min_var"].ref()
+        if key in seen:
+            lo, hi = np.minimum(seen[key][0], lo), np.maximum(seen[key][1], hi)
+        seen[key] = (lo, hi, weights["min_var"], weights["max_var"])
+        return inputs
+
+    saved = {cls: cls.__dict__["__call__"] for cls in classes}
+    try:
+        for cls in classes:
+            cls.__call__ = record
+        for s in range(0, len(crops), batch_size):
+            qat(_normalize(crops[s:s + batch_size]), training=False)
+    finally:
+        for cls, call in saved.items():
+            cls.__call__ = call
+    if not seen:
+        raise ValueError(f"model {qat.name!r} has no activation quantizer to seed")
+    for lo, hi, min_var, max_var in seen.values():
+        min_var.assign(np.broadcast_to(lo, min_var.shape).astype(np.float32))
+        max_var.assign(np.broadcast_to(hi, max_var.shape).astype(np.float32))
+
+    if input_range is None:
+        input_range = ((0.0 - embedder.MEAN) / embedder.STD, (255.0 - embedder.MEAN) / embedder.STD)
+    inputs_seeded = 0
+    weights_seeded = 0
+    for layer in qat.layers:
+        if type(layer).__name__ == "QuantizeLayer":  # the model input's quantizer
+            qv = getattr(layer, "quantizer_vars", None)
+            if qv:
+                qv["min_var"].assign(float(input_range[0]))
+                qv["max_var"].assign(float(input_range[1]))
+                inputs_seeded += 1
+        for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
+            quantizer(weight, True, weights=qvars)  # LastValueQuantize: assigns the kernel's (masked) range
+            weights_seeded += 1
+    largest = max(float(np.max(np.abs(np.concatenate([np.ravel(lo), np.ravel(hi)]))))
+                  for lo, hi, _, _ in seen.values())
+    log.info("seeded %d activation ranges (largest |range| %.1f), %d weight ranges, %d input quantizer(s) "
+             "from %d crops", len(seen), largest, weights_seeded, inputs_seeded, len(crops))
+    return {"activations": len(seen), "weights": weights_seeded, "inputs": inputs_seeded,
+            "input_range": [float(input_range[0]), float(input_range[1])], "largest": round(largest, 3)}
+
+
+def qat_kernels(qat) -> dict:
+    """``{layer name: float kernel}`` of the Conv2D/Dense layers inside a QAT model's wrappers."""
+    keras = _keras()
+    out = {}
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and type(inner) in (keras.layers.Conv2D, keras.layers.Dense):
+            # the wrapper replaces inner.kernel by its fake-quantized tensor; the variable is in _weight_vars
+            for weight, _, _ in layer._weight_vars:
+                if weight.name.split("/")[-1].startswith("kernel"):
+                    out[inner.name] = weight.numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- int8 export
@@ -554,12 +735,16 @@ def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int
 def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    options: PruneOptions = PruneOptions(), lfw_root: Optional[str | os.PathLike] = None,
                    cache_dir: Optional[str | os.PathLike] = None, calibration: Optional[np.ndarray] = None,
-                   calibrate_threshold: bool = True, save_float: bool = False) -> dict:
+                   calibrate_threshold: bool = True, save_float: bool = False,
+                   pruned_model: Optional[str | os.PathLike] = None) -> dict:
     """Prune the int8 embedder of ``models_dir`` (its float detector makes the crops) into ``out_dir``.
 
     Writes ``<family>_int8_pruned<NN>.tflite`` + manifest (and ``..._float32_pruned<NN>`` with
     ``save_float``) and ``pruning-<NN>.json``, a report with sparsity, raw and gzip sizes, cosine to the float
     teacher on held-out crops and the training losses. Returns that report.
+
+    ``pruned_model``: the ``<family>_float32_pruned<NN>.h5`` a previous run wrote (same family, same sparsity):
+    pruning and distillation are skipped, e.g. to add prune-preserving QAT (``options.pqat_steps``) to it.
     """
     from edgeface.calibration_data import builder
     from edgeface.manifest import read_manifest, resolve_models
@@ -587,29 +772,55 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     targets = teacher_embeddings(teacher, crops, cache / f"teacher-{key}.npy")
     log.info("%d crops (%d train, %d held out), teacher %s", len(crops), len(train), len(held), family)
 
-    pruned = prune_low_magnitude_model(teacher, options)
-    losses = distill_pruned(pruned, train, targets[: len(train)], options)
-    stripped = strip_pruning_model(pruned)
-    sparsity = kernel_sparsity(stripped)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"pruned{int(round(options.target_sparsity * 100))}"
     stem = family.replace("-", "_")
-    stripped.save(out_dir / f"{stem}_float32_{tag}.h5", include_optimizer=False)  # for PQAT / further tuning
-    pqat_losses = []
-    export = stripped
-    if options.pqat_steps:
-        qat = apply_pqat(stripped)
-        pqat_losses = distill(qat, train, targets[: len(train)], options.pqat_steps, options,
-                              desc="prune-preserving QAT")
-        export = qat
+    t_train = time.time()
+    if pruned_model is None:
+        pruned = prune_low_magnitude_model(teacher, options)
+        losses = distill_pruned(pruned, train, targets[: len(train)], options)
+        stripped = strip_pruning_model(pruned)
+        stripped.save(out_dir / f"{stem}_float32_{tag}.h5", include_optimizer=False)  # for PQAT / further tuning
+    else:  # a previous run's stripped model: skip pruning (e.g. to add PQAT)
+        stripped = load_pruned_model(pruned_model)
+        losses = []
+    train_seconds = time.time() - t_train
+    sparsity = kernel_sparsity(stripped)
+    if pruned_model is not None and abs(sparsity["overall"] - options.target_sparsity) > 0.02:
+        raise ValueError(f"{pruned_model}: kernel sparsity {sparsity['overall']:.3f}, not the target "
+                         f"{options.target_sparsity}")
     if calibration is None:
         calibration = calibration_crops(det_float, recipe)
+    pqat_losses = []
+    pqat = None
+    export = stripped
+    if options.pqat_steps:
+        t_pqat = time.time()
+        qat = apply_pqat(stripped)
+        seeding = seed_quantization_ranges(qat, np.asarray(calibration), batch_size=options.batch_size)
+        seeded_cos = cosine_stats(embed_keras(qat, held, desc="held-out seeded QAT"), targets[len(train):])
+        log.info("seeded QAT model, before training: cosine to the float teacher %s", seeded_cos)
+        zeros_before = sum(int(np.count_nonzero(k == 0)) for k in qat_kernels(qat).values())
+        pqat_losses = distill(qat, train, targets[: len(train)], options.pqat_steps, options,
+                              desc="prune-preserving QAT", learning_rate=options.pqat_rate)
+        kernels = qat_kernels(qat)
+        zeros_after = sum(int(np.count_nonzero(k == 0)) for k in kernels.values())
+        pqat = {"seeding": seeding, "seeded_keras_cosine": seeded_cos,
+                "trained_keras_cosine": cosine_stats(embed_keras(qat, held, desc="held-out trained QAT"),
+                                                     targets[len(train):]),
+                "kernel_zeros_before": zeros_before, "kernel_zeros_after": zeros_after,
+                "kernel_sparsity_after": round(zeros_after / sum(k.size for k in kernels.values()), 4),
+                "learning_rate": options.pqat_rate, "seconds": round(time.time() - t_pqat, 1)}
+        export = qat
 
     pruning = {"target_sparsity": float(options.target_sparsity), "schedule": options.schedule,
                "kernel_sparsity": round(sparsity["overall"], 4), "kernels": sparsity["kernels"],
                "recovery": f"distillation from the float {family}, cosine loss, {options.steps} steps x "
                            f"{options.batch_size} crops of {len(train)} LFW peopleDevTrain faces",
-               "pqat_steps": options.pqat_steps, "tool": f"tensorflow-model-optimization "
+               "pqat_steps": options.pqat_steps,
+               **({"pqat": "tfmot Default8BitPrunePreserveQuantizeScheme, quantizer ranges seeded from a float "
+                           "calibration pass, cosine loss"} if options.pqat_steps else {}),
+               "tool": f"tensorflow-model-optimization "
                                                          f"{common.package_version('tensorflow-model-optimization')}"}
     base_float = read_manifest(emb_float)
     written = {}
@@ -626,8 +837,12 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     teacher_held = targets[len(train):]
     report = {"family": family, "options": options.describe(), "kernel_sparsity": {
         k: v for k, v in sparsity.items() if k != "layers"}, "losses": {
-        "first": round(float(np.mean(losses[:10])), 4), "last": round(float(np.mean(losses[-10:])), 4),
+        "first": round(float(np.mean(losses[:10])), 4) if losses else None,
+        "last": round(float(np.mean(losses[-10:])), 4) if losses else None,
+        "pqat_first": round(float(np.mean(pqat_losses[:10])), 4) if pqat_losses else None,
         "pqat_last": round(float(np.mean(pqat_losses[-10:])), 4) if pqat_losses else None},
+        "train_seconds": round(train_seconds, 1), "pruned_from": str(pruned_model) if pruned_model else None,
+        "pqat": pqat,
         "cosine_to_teacher": {"pruned_keras_float": cosine_stats(embed_keras(stripped, held), teacher_held)},
         "models": {}}
     for precision, path in [("unpruned_int8", emb_int8), *[(f"pruned_{p}", w) for p, w in written.items()]]:

@@ -42,8 +42,11 @@ def test_bad_inputs_raise_value_errors(tmp_path):
         prune.quantize_int8(no_kernels, [])
 
 
-def _mini_facenet(dim: int = 32):
-    """Inception-ResNet in miniature: the layer types of the FaceNet rebuilds, a few thousand weights."""
+def _mini_facenet(dim: int = 32, reduction: bool = False):
+    """Inception-ResNet in miniature: the layer types of the FaceNet rebuilds, a few thousand weights.
+
+    ``reduction``: add a Mixed_6a-like block, Concatenate([conv branch, max pool]) (the shape tfmot's
+    ConcatTransform reorders)."""
     from edgeface.converters.facenet_keras import ScaleSum
 
     tf_keras.utils.set_random_seed(0)
@@ -57,6 +60,12 @@ def _mini_facenet(dim: int = 32):
     b = L.Activation("relu")(b)
     up = L.Conv2D(16, 1, name="Block35_1_Conv2d_1x1")(b)
     x = ScaleSum(0.17, name="Block35_1_ScaleSum")([x, up])
+    if reduction:
+        b0 = L.Conv2D(8, 3, strides=2, use_bias=False, name="Mixed_6a_Branch_0_Conv2d_1a_3x3")(x)
+        b0 = L.BatchNormalization(scale=False, name="Mixed_6a_Branch_0_Conv2d_1a_3x3_BatchNorm")(b0)
+        b0 = L.Activation("relu", name="Mixed_6a_Branch_0_Conv2d_1a_3x3_Activation")(b0)
+        b1 = L.MaxPooling2D(3, strides=2, name="Mixed_6a_Branch_2_MaxPool_1a_3x3")(x)
+        x = L.Concatenate(name="Mixed_6a")([b0, b1])
     x = L.GlobalAveragePooling2D(name="AvgPool")(x)
     x = L.Dropout(0.2, name="Dropout")(x)
     x = L.Dense(dim, use_bias=False, name="Bottleneck")(x)
@@ -143,3 +152,75 @@ def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
                               for c in crops])
     assert keras_raw.shape == ref.shape == (4, 512)
     assert np.abs(keras_raw - ref).max() <= 1e-4
+
+
+def test_pqat_seeded_ranges_match_float_and_keep_zeros(models_dir, devtrain_crops, tmp_path):
+    """PQAT on a model whose activations exceed tfmot's initial [-6, 6] ranges: seeding the quantizer ranges
+    from a float calibration pass makes the QAT model match the float one before any training; a few PQAT
+    steps keep the kernels' zeros, and the int8 TFLite keeps them too and stays close to float."""
+    teacher = _mini_facenet(reduction=True)
+    first = teacher.get_layer("Conv2d_1a_3x3")
+    first.set_weights([first.get_weights()[0] * 40.0])  # activations ~ +-50: clipped by an unseeded [-6, 6]
+    options = prune.PruneOptions(target_sparsity=0.5, schedule="constant", steps=2, batch_size=8, frequency=1,
+                                 learning_rate=1e-4)
+    targets = prune.embed_keras(teacher, devtrain_crops)
+    pruned = prune.prune_low_magnitude_model(teacher, options)
+    prune.distill_pruned(pruned, devtrain_crops, targets, options)
+    stripped = prune.strip_pruning_model(pruned)
+    assert prune.kernel_sparsity(stripped)["overall"] > 0.45
+    calib, held = devtrain_crops[:16], devtrain_crops[16:]
+    reference = prune.embed_keras(stripped, held)
+
+    unseeded = prune.apply_pqat(stripped)
+    concat = unseeded.get_layer("quant_Mixed_6a")  # inputs in the original order (tfmot#1061 worked around)
+    assert [n.name for n in concat.inbound_nodes[0].inbound_layers] == [
+        "quant_Mixed_6a_Branch_0_Conv2d_1a_3x3_Activation", "quant_Mixed_6a_Branch_2_MaxPool_1a_3x3"]
+    cos_unseeded = prune.cosine_stats(prune.embed_keras(unseeded, held), reference)["mean"]
+    qat = prune.apply_pqat(stripped, calibration=calib, batch_size=8)
+    cos_seeded = prune.cosine_stats(prune.embed_keras(qat, held), reference)
+    assert cos_seeded["mean"] >= 0.98 and cos_seeded["mean"] > cos_unseeded + 0.05, (cos_seeded, cos_unseeded)
+    # the first layer's output range was seeded from what the float model produces (not left at +-6)
+    seeded = {w.name: float(w.numpy()) for l in qat.layers for w in l.weights
+              if w.name.endswith("_max:0") and "Conv2d_1a_3x3" in w.name and w.shape == ()}
+    assert seeded and max(seeded.values()) > 6.0, seeded
+    with pytest.raises(ValueError, match="calibration crops"):
+        prune.seed_quantization_ranges(qat, calib[:0])
+
+    zeros = {k: v == 0 for k, v in prune.qat_kernels(qat).items()}
+    losses = prune.distill(qat, devtrain_crops, prune.embed_keras(stripped, devtrain_crops), 4, options,
+                           desc="pqat", learning_rate=1e-4)
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    for name, kernel in prune.qat_kernels(qat).items():
+        assert np.all(kernel[zeros[name]] == 0), f"{name}: PQAT moved pruned weights"
+    assert prune.cosine_stats(prune.embed_keras(qat, held), reference)["mean"] >= 0.97
+
+    path = tmp_path / "mini_pqat.tflite"
+    path.write_bytes(prune.quantize_int8(qat, list(calib)))
+    assert prune.tflite_weight_sparsity(path)["overall"] >= 0.45
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and out["dtype"] == np.int8
+    got = []
+    for crop in held:
+        it.set_tensor(inp["index"], crop[None])
+        it.invoke()
+        scale, zero = out["quantization"]
+        got.append((it.get_tensor(out["index"])[0].astype(np.float32) - zero) * scale)
+    assert prune.cosine_stats(np.stack(got), reference)["mean"] >= 0.95
+
+
+def test_check_same_wiring_catches_reordered_inputs():
+    L = tf_keras.layers
+
+    def model(order):
+        x = tf_keras.Input((4, 4, 2), name="input_1")
+        a = L.Conv2D(2, 1, name="a")(x)
+        b = L.MaxPooling2D(1, name="b")(x)
+        return tf_keras.Model(x, L.Concatenate(name="cat")([a, b][::order]))
+
+    prune.check_same_wiring(model(1), model(1), prefix="")
+    with pytest.raises(ValueError, match="rewired 'cat'"):
+        prune.check_same_wiring(model(1), model(-1), prefix="")
