@@ -143,6 +143,7 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
         own, (boxes, scores) = _raw_run(det.interpreter, tensor, forced, det_outs)
         arrays[f"det_in:{i}"], arrays[f"det_boxes:{i}"], arrays[f"det_scores:{i}"] = own, boxes, scores
     meta["seconds_detector_raw"] = round(time.perf_counter() - t, 2)
+    _progress(f"raw detector on {len(images)} images: {meta['seconds_detector_raw']} s")
 
     # 2. the public pipeline: enroll portraits 1-3 of each person, identify everything else
     t = time.perf_counter()
@@ -172,6 +173,7 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
         meta["enrolled"] = {p.name: p.num_embeddings for p in gallery.people()}
     det.tiles = 1
     meta["seconds_pipeline"] = round(time.perf_counter() - t, 2)
+    _progress(f"pipeline (enroll + identify, {len(crops)} faces): {meta['seconds_pipeline']} s")
 
     # 3. raw embedder outputs on the reference's face crops
     t = time.perf_counter()
@@ -195,11 +197,16 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
         arrays[f"emb_out:{j}"] = out_q
     meta["crops"] = crop_meta
     meta["seconds_embedder_raw"] = round(time.perf_counter() - t, 2)
+    _progress(f"raw embedder on {n} crops: {meta['seconds_embedder_raw']} s")
     meta["seconds_total"] = round(time.perf_counter() - t0, 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, meta=np.array(json.dumps(meta)), **{k.replace(":", "__"): v
                                                                    for k, v in arrays.items()})
     return meta
+
+
+def _progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
 
 
 def _load(path: Path) -> dict:

@@ -120,6 +120,22 @@ for m in proc dev; do
   fi
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# Trust what the host trusts (a TLS-inspecting proxy's CA on some networks): append the host bundle's
+# certificates that the root's bundle lacks. Certificates only; no pip setting crosses into the root.
+"$HOST_PYTHON" - /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt" <<'PY'
+import re, sys
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+try:
+    host = pem.findall(open(sys.argv[1]).read())
+except OSError:
+    sys.exit(0)
+have = set(pem.findall(open(sys.argv[2]).read()))
+extra = [c for c in host if c not in have]
+if extra:
+    with open(sys.argv[2], "a") as f:
+        f.write("\n" + "\n".join(extra) + "\n")
+    print(f"added {len(extra)} host CA certificate(s) to the root's bundle")
+PY
 
 # Inside the root: nothing from the host's environment except what is listed here.
 #   in_root [NAME=VALUE ...] -- COMMAND [ARG ...]
