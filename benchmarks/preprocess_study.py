@@ -35,24 +35,10 @@ def degrade(image: np.ndarray, kind: str) -> np.ndarray:
 
 
 def enhance(image: np.ndarray, kind: str) -> np.ndarray:
-    import cv2
+    """The pipeline's own option (:func:`edgeface.preprocess.enhance`): the study measures what devices run."""
+    from edgeface.preprocess import enhance as core_enhance
 
-    if kind == "none":
-        return image
-    if kind == "equalize":
-        ycc = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
-        ycc[..., 0] = cv2.equalizeHist(ycc[..., 0])
-        return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
-    if kind == "clahe":
-        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
-        lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lab[..., 0])
-        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
-    if kind == "gamma":
-        luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean() / 255.0
-        g = np.log(0.5) / np.log(np.clip(luma, 1e-3, 0.999))
-        lut = np.clip(((np.arange(256) / 255.0) ** g) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return cv2.LUT(image, lut)
-    raise ValueError(f"unknown enhancement {kind!r}")
+    return core_enhance(image, kind)
 
 
 def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, show_progress: bool = True) -> dict:

@@ -112,7 +112,7 @@ def load_recognizer(cfg: DeviceConfig):
 
     m = cfg.models
     det, emb = resolve_models(m.dir, m.precision)
-    common = dict(precision=m.precision,
+    common = dict(precision=m.precision, enhance=cfg.recognition.enhance,
                   min_detection_score=m.min_detection_score, threads=m.threads or None)
     if m.accelerator == "edgetpu":
         if m.precision != "int8":

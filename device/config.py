@@ -95,6 +95,10 @@ class RecognitionConfig:
                                        "this fraction (\"clearly better\")", 0.0, 10.0)
     max_embeds_per_track: int = _f(12, "stop embedding an undecided track after this many crops (it stays "
                                        "unknown)", 1, 1000)
+    enhance: str = _f("none", "brighten frames before detection and embedding: none, or equalize for a dark or "
+                              "backlit entrance (measured: dark hazy faces 51% -> 98% pair accuracy, good ones "
+                              "unchanged; edgeface bench preprocess). Enrollment uses the same setting",
+                      choices=("none", "equalize", "clahe", "gamma"))
 
 
 @dataclass(frozen=True)

@@ -215,18 +215,25 @@ class FaceLoop:
             self.timer.add("frame", time.perf_counter() - t_frame)
 
     def _detect(self, image: np.ndarray, detect_image: Optional[np.ndarray]) -> list[Face]:
+        # images arrive prepared (enhanced) by _process: call the detector itself, not rec.detect
         if detect_image is None:
-            faces = self.rec.detect(image)
+            faces = self.rec.detector.detect(image)
         else:  # picamera2: detect on the low-resolution stream, map to the main stream
             sy = image.shape[0] / detect_image.shape[0]
             sx = image.shape[1] / detect_image.shape[1]
             scale = np.array([sx, sy], np.float32)
             faces = [Face(f.box * np.tile(scale, 2), f.score, f.keypoints * scale)
-                     for f in self.rec.detect(detect_image)]
+                     for f in self.rec.detector.detect(detect_image)]
         faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return faces[:self.cfg.tracker.max_tracks]
 
     def _process(self, frame: Frame, image, detect_image, now: float) -> list[Decision]:
+        prepare = getattr(self.rec, "prepare", None)
+        if prepare is not None and getattr(self.rec, "enhance", "none") != "none":
+            t = time.perf_counter()
+            image = prepare(image)  # the same image feeds detection, crops and snapshots
+            detect_image = None if detect_image is None else prepare(detect_image)
+            self.timer.add("enhance", time.perf_counter() - t)
         t = time.perf_counter()
         faces = self._detect(image, detect_image)
         self.timer.add("detect", time.perf_counter() - t)

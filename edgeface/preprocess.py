@@ -211,3 +211,40 @@ def align_face(image: np.ndarray, points: np.ndarray, template: np.ndarray, size
     """Warp ``image`` so that landmark ``points`` land on ``template`` (given for a ``size`` crop)."""
     m = similarity_transform(points, template)
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+ENHANCEMENTS = ("none", "equalize", "clahe", "gamma")
+
+
+def enhance(image: np.ndarray, method: str = "none") -> np.ndarray:
+    """Brighten or stretch a dark or flat RGB uint8 image before detection and embedding.
+
+    ``equalize``: histogram equalization of the luma (YCrCb). ``clahe``: contrast-limited adaptive equalization
+    of the LAB lightness (clip 2, 8x8 tiles). ``gamma``: a gamma that brings the mean luma to 0.5. ``none``
+    returns ``image`` itself.
+
+    Which to use (``edgeface bench preprocess``, int8, all 1,000 LFW DevTest pairs, probe degraded, both images
+    enhanced): ``equalize`` is the one to turn on for a dark entrance or a backlit door. It recovers an
+    unlit-and-hazy probe from 51.5 % to 97.7 % accuracy and a dark one from 93.1 % to 98.0 %, and costs
+    nothing on good images (98.1 -> 98.3 %). ``clahe`` is as good on dark or hazy images alone but fails when
+    both combine (76 %); ``gamma`` hurts on low contrast. Enroll with the same setting as the door uses.
+    """
+    if method not in ENHANCEMENTS:
+        raise ValueError(f"unknown enhancement {method!r}; choose one of {', '.join(ENHANCEMENTS)}")
+    if method == "none":
+        return image
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"enhance needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    if method == "equalize":
+        ycc = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
+        ycc[..., 0] = cv2.equalizeHist(ycc[..., 0])
+        return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+    if method == "clahe":
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(lab[..., 0])
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean() / 255.0
+    g = np.log(0.5) / np.log(np.clip(luma, 1e-3, 0.999))
+    lut = np.clip(((np.arange(256) / 255.0) ** g) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import preprocess
 from .detect import Face, FaceDetector
 from .embed import FaceEmbedder
 from .manifest import resolve_models
@@ -50,12 +51,18 @@ class FaceRecognizer:
       tiles: 1 (default) for faces that fill a good part of the frame (a door camera, a portrait); 2 or 3
         to also find small faces in large frames such as group photos (costs tiles**2 + 1 detector runs).
       threads: CPU threads per interpreter; accelerator: ``"edgetpu"`` for Coral.
+      enhance: ``"none"`` (default) or ``"equalize"`` for dark or backlit scenes (see
+        :func:`edgeface.preprocess.enhance` for the measured effect); applied to every image before detection
+        and cropping. Enroll and recognize with the same setting.
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, precision: str = "int8",
                  min_cosine_similarity: Optional[float] = None, min_detection_score: Optional[float] = None,
                  threads: Optional[int] = None, accelerator: Optional[str] = None, tiles: int = 1,
-                 detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None):
+                 detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None,
+                 enhance: str = "none"):
+        if enhance not in preprocess.ENHANCEMENTS:
+            raise ValueError(f"unknown enhance {enhance!r}; choose one of {', '.join(preprocess.ENHANCEMENTS)}")
         if detector_path is None or embedder_path is None:
             det, emb = resolve_models(models_dir or default_models_dir(), precision)
             detector_path, embedder_path = detector_path or det, embedder_path or emb
@@ -68,23 +75,31 @@ class FaceRecognizer:
             raise ValueError(f"min_cosine_similarity must be in [-1, 1], got {min_cosine_similarity}")
         self.min_cosine_similarity = float(min_cosine_similarity)
         self.precision = precision
+        self.enhance = enhance
 
     @property
     def embedder_id(self) -> str:
         """Embedding-space id stored in galleries (float and int8 of one upstream model share it)."""
         return self.embedder.space_id
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The image the models see: ``image`` after the ``enhance`` option (itself when it is ``"none"``)."""
+        return preprocess.enhance(image, self.enhance)
+
     def detect(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[Face]:
         """Faces in an RGB uint8 image, best first, in image pixels."""
-        return self.detector.detect(image, max_faces)
+        return self.detector.detect(self.prepare(image), max_faces)
 
     def embed_face(self, image: np.ndarray, face: Face) -> np.ndarray:
         """L2-normalized embedding of one detected face (cropped per the embedder's recipe)."""
+        image = self.prepare(image)
         return self.embedder.embed_crop(self.embedder.crop(image, face.box, face.keypoints))
 
     def embed(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[tuple[Face, np.ndarray]]:
         """Every face (best first) with its embedding."""
-        return [(f, self.embed_face(image, f)) for f in self.detect(image, max_faces)]
+        image = self.prepare(image)
+        return [(f, self.embedder.embed_crop(self.embedder.crop(image, f.box, f.keypoints)))
+                for f in self.detector.detect(image, max_faces)]
 
     def verify(self, image1: np.ndarray, image2: np.ndarray) -> Verification:
         """Are the best faces of two images the same person? No face in either image -> ``same=False``."""

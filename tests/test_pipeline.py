@@ -103,6 +103,26 @@ def test_int8_embeddings_close_to_float(models_dir, data_root):
     assert np.mean(cos) >= 0.98 and min(cos) >= 0.9
 
 
+def test_equalize_option_recovers_dark_hazy_probes(models_dir, data_root):
+    """The `enhance="equalize"` option measured by `edgeface bench preprocess`, on real pairs: a probe darkened
+    and flattened (an unlit, hazy entrance) fails verification without it and passes with it."""
+    from edgeface import evaluate
+    from edgeface.benchmarks.preprocess_study import degrade
+    from edgeface.recognizer import FaceRecognizer
+
+    pairs = [p for p in evaluate.read_pairs(data_root / "lfw" / "pairsDevTest.txt") if p.same][:6]
+    plain, equalized = FaceRecognizer(models_dir), FaceRecognizer(models_dir, enhance="equalize")
+    with pytest.raises(ValueError, match="sharpen"):
+        FaceRecognizer(models_dir, enhance="sharpen")
+    passed = {"plain": 0, "equalized": 0}
+    for p in pairs:
+        enrolled = read_image(lfw_image(p.name1, p.n1))
+        probe = degrade(read_image(lfw_image(p.name2, p.n2)), "dark_low_contrast")
+        passed["plain"] += plain.verify(enrolled, probe).same
+        passed["equalized"] += equalized.verify(enrolled, probe).same
+    assert passed["equalized"] == len(pairs) and passed["plain"] <= 2, passed
+
+
 def test_lfw_devtest_quick_accuracy(recognizer):
     from edgeface.lfw import evaluate_lfw
 

@@ -105,3 +105,18 @@ def test_crop_rect_stretches_and_shifts():
     assert crop[:, :, 0].mean() == pytest.approx(255 * 0.75, abs=8)
     with pytest.raises(ValueError):
         preprocess.crop_rect(img, [80, 80, 80, 120], 1, 1, 0, 40)
+
+
+def test_enhance_brightens_dark_images_and_names_bad_input():
+    from edgeface.preprocess import ENHANCEMENTS, enhance
+
+    rng = np.random.default_rng(5)
+    dark = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8)
+    assert enhance(dark, "none") is dark
+    for method in ENHANCEMENTS[1:]:
+        out = enhance(dark, method)
+        assert out.shape == dark.shape and out.dtype == np.uint8 and out.mean() > dark.mean() + 20, method
+    with pytest.raises(ValueError, match="sharpen"):
+        enhance(dark, "sharpen")
+    with pytest.raises(ValueError, match="RGB uint8"):
+        enhance(dark.astype(np.float32), "equalize")
