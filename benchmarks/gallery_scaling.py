@@ -117,7 +117,7 @@ def markdown(result: dict) -> str:
                            f"{result['dim']}-d embeddings, {PER_PERSON} per person; gallery drawn from a Gaussian fitted "
                            f"to {result['real_embeddings'] // 2} real LFW embeddings, probes are other real ones.")]
     lines.append(common.md_table(
-        ["embeddings", "store", "MB", "match median ms", "p95", "min", "top-1 = float32", "max |score diff|"],
+        ["embeddings", "store", "MB", "match median ms", "p95", "min", "top-1 = float32", "max abs score diff"],
         [[r["embeddings"], r["store"], r["mb"], r["match_ms"]["median"], r["match_ms"]["p95"], r["match_ms"]["min"],
           r["top1_agreement_with_float32"], r["max_score_diff"]] for r in result["rows"]]))
     return "\n".join(lines)
