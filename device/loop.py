@@ -25,7 +25,7 @@ from .tracker import IoUTracker, Track
 
 log = logging.getLogger(__name__)
 
-STAGES = ("source", "check", "detect", "track", "quality", "embed", "match", "decide", "log")
+STAGES = ("source", "check", "enhance", "detect", "track", "quality", "embed", "match", "decide", "log")
 
 
 class StageTimer:

@@ -202,6 +202,47 @@ def test_bad_frames_are_skipped_and_logged(demo, models_dir, tmp_path, caplog):
         assert reason in text
 
 
+class _Dark:
+    """The demo camera in an unlit, hazy entrance: every frame darkened and flattened (benchmarks' degradation)."""
+
+    def __init__(self, src):
+        self.src, self.name = src, "dark-camera"
+
+    def open(self):
+        self.src.open()
+
+    def read(self):
+        from edgeface.benchmarks.preprocess_study import degrade
+
+        f = self.src.read()
+        if f is not None:
+            f.image = degrade(f.image, "dark_low_contrast")
+        return f
+
+    def close(self):
+        self.src.close()
+
+
+def test_enhance_equalize_lets_the_door_see_in_the_dark(demo, models_dir, tmp_path):
+    """[recognition] enhance = "equalize" at a dark door: enrolled people who are not recognised in the dark
+    frames are recognised with it, and no stranger is let in either way."""
+    work, r = demo
+    enrolled = [v for v in r["visits"] if v["kind"] == "enrolled"]
+    last = enrolled[5]["frames"][1]  # the first six enrolled visits and whatever comes between them
+    grants = {}
+    for enhance in ("none", "equalize"):
+        with _app(work, models_dir, tmp_path / enhance, MockFactory(), recognition={"enhance": enhance}) as app:
+            app.loop.run(_Dark(_Slice(VideoFileSource(work / "door_demo.avi"), 0, last)), threaded=False)
+            grants[enhance] = [d for d in app.loop.decisions if d.decision == "grant"]
+            if enhance == "equalize":
+                assert app.loop.timer.summary()["enhance"]["n"] > 0
+    names = {v["person"] for v in enrolled}
+    for enhance, decided in grants.items():
+        assert all(d.identity in names for d in decided), (enhance, decided)
+    counts = {k: len(v) for k, v in grants.items()}
+    assert counts["equalize"] >= 5 and counts["none"] <= 1, counts  # measured: 6 of 6 visits vs 0
+
+
 @pytest.mark.parametrize("damage", ["truncated", "swapped", "no_manifest", "other_embedder_gallery", "no_gallery",
                                     "corrupt_gallery"])
 def test_start_fails_clearly_and_door_stays_locked(demo, models_dir, tmp_path, damage):
