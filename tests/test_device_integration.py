@@ -236,9 +236,13 @@ def test_enhance_equalize_lets_the_door_see_in_the_dark(demo, models_dir, tmp_pa
             grants[enhance] = [d for d in app.loop.decisions if d.decision == "grant"]
             if enhance == "equalize":
                 assert app.loop.timer.summary()["enhance"]["n"] > 0
-    names = {v["person"] for v in enrolled}
+    def visit_at(frame):
+        return next((v for v in r["visits"] if v["frames"][0] <= frame <= v["frames"][1]), None)
+
     for enhance, decided in grants.items():
-        assert all(d.identity in names for d in decided), (enhance, decided)
+        for d in decided:  # every grant is an enrolled person's own visit (not a stranger, not a photo)
+            v = visit_at(d.frame)
+            assert v is not None and v["kind"] == "enrolled" and v["person"] == d.identity, (enhance, d, v)
     counts = {k: len(v) for k, v in grants.items()}
     assert counts["equalize"] >= 5 and counts["none"] <= 1, counts  # measured: 6 of 6 visits vs 0
 
