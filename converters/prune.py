@@ -818,7 +818,8 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     pruning = {"target_sparsity": float(options.target_sparsity), "schedule": options.schedule,
                "kernel_sparsity": round(sparsity["overall"], 4), "kernels": sparsity["kernels"],
                "recovery": f"distillation from the float {family}, cosine loss, {options.steps} steps x "
-                           f"{options.batch_size} crops of {len(train)} LFW peopleDevTrain faces",
+                           f"{options.batch_size} crops of {len(train)} LFW peopleDevTrain faces"
+                           if pruned_model is None else f"a previous run's pruned model ({Path(pruned_model).name})",
                "pqat_steps": options.pqat_steps,
                **({"pqat": "tfmot Default8BitPrunePreserveQuantizeScheme, quantizer ranges seeded from a float "
                            "calibration pass, cosine loss"} if options.pqat_steps else {}),
