@@ -43,7 +43,7 @@ def enhance(image: np.ndarray, kind: str) -> np.ndarray:
 
 def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, show_progress: bool = True) -> dict:
     from edgeface import evaluate
-    from edgeface.lfw import pair_files, pair_scores
+    from edgeface.lfw import pair_scores
     from edgeface.manifest import read_manifest
 
     lfw = Path(lfw)
@@ -71,12 +71,7 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
             probe = common.embed_paths(rec, seconds, cache_dir / f"emb_{key}_{deg}_{enh}.npz" if cache_dir else None,
                                        transform=lambda im, d=deg, e=enh: enhance(degrade(im, d), e),
                                        desc=f"{enh} {deg}", show_progress=show_progress)
-            s = np.full(len(pairs), np.nan)
-            for k, p in enumerate(pairs):
-                a = clean.get(evaluate.lfw_image_path(lfw, p.name1, p.n1))
-                b = probe.get(evaluate.lfw_image_path(lfw, p.name2, p.n2))
-                if a is not None and b is not None:
-                    s[k] = float(np.dot(a, b))
+            s = pair_scores(pairs, clean, lfw, second=probe)
             rows.append({"degradation": deg, "enhancement": enh,
                          "accuracy_at_manifest_threshold": evaluate.accuracy_at(s, same, thr),
                          "best_accuracy_optimistic": evaluate.accuracy_at(s, same, evaluate.best_threshold(s, same)),

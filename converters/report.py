@@ -109,12 +109,9 @@ def pair_crops(lfw: Path, pairs_file: Path, float_detector: Path, recipe: dict, 
 
 
 def verification(pairs, crops: dict, embeddings: dict, lfw: Path, threshold: float) -> dict:
-    scores = np.full(len(pairs), np.nan)
-    for k, p in enumerate(pairs):
-        a = embeddings.get(evaluate.lfw_image_path(lfw, p.name1, p.n1))
-        b = embeddings.get(evaluate.lfw_image_path(lfw, p.name2, p.n2))
-        if a is not None and b is not None:
-            scores[k] = float(a @ b)
+    from edgeface.lfw import pair_scores
+
+    scores = pair_scores(pairs, embeddings, lfw)
     same = np.array([p.same for p in pairs])
     summary = evaluate.summarize(scores, same)
     return {"pairs": len(pairs), "different_pairs": int((~same).sum()), "failed_pairs": summary["failed_pairs"],

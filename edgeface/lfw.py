@@ -77,12 +77,18 @@ def crop_files(detect: Callable[[np.ndarray], Sequence["Face"]], paths: Iterable
             for path, image, face in central_faces(detect, progress(list(paths)))}
 
 
-def pair_scores(pairs: Sequence[evaluate.Pair], embeddings: dict, lfw_root: str | os.PathLike) -> np.ndarray:
-    """Cosine similarity per pair; NaN where a face is missing (counted as an error by the metrics)."""
+def pair_scores(pairs: Sequence[evaluate.Pair], embeddings: dict, lfw_root: str | os.PathLike,
+                second: Optional[dict] = None) -> np.ndarray:
+    """Cosine similarity per pair; NaN where a face is missing (counted as an error by the metrics).
+
+    ``second``: embeddings for each pair's second image when they differ from the first's (a degraded probe
+    against a clean enrollment photo); default ``embeddings`` for both.
+    """
+    second = embeddings if second is None else second
     scores = np.full(len(pairs), np.nan)
     for k, p in enumerate(pairs):
         a = embeddings.get(evaluate.lfw_image_path(lfw_root, p.name1, p.n1))
-        b = embeddings.get(evaluate.lfw_image_path(lfw_root, p.name2, p.n2))
+        b = second.get(evaluate.lfw_image_path(lfw_root, p.name2, p.n2))
         if a is not None and b is not None:
             scores[k] = float(np.dot(a, b))
     return scores

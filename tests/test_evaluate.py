@@ -257,3 +257,16 @@ def test_first_pairs_takes_both_kinds():
     assert ev.first_pairs(pairs, None) == pairs
     with pytest.raises(ValueError, match="limit"):
         ev.first_pairs(pairs, 1)
+
+
+def test_pair_scores_with_separate_second_image_embeddings(tmp_path) -> None:
+    from edgeface.lfw import pair_scores
+
+    pairs = [ev.Pair("A", 1, "A", 2, True, 0), ev.Pair("A", 1, "B", 1, False, 0)]
+    path = lambda n, k: ev.lfw_image_path(tmp_path, n, k)  # noqa: E731
+    e = np.eye(3, dtype=np.float32)
+    clean = {path("A", 1): e[0], path("A", 2): e[0], path("B", 1): e[1]}
+    probe = {path("A", 2): e[1], path("B", 1): None}
+    np.testing.assert_allclose(pair_scores(pairs, clean, tmp_path), [1.0, 0.0])
+    same_probe = pair_scores(pairs, clean, tmp_path, second=probe)
+    assert same_probe[0] == pytest.approx(0.0) and math.isnan(same_probe[1])  # the probe's face was not found
