@@ -57,17 +57,12 @@ def detector_inputs(files, size: int, mean: float, std: float) -> list[np.ndarra
 def face_crops(files, float_detector: str | os.PathLike, recipe: dict) -> list[np.ndarray]:
     """The subject's face (LFW central face) of each file, cropped with ``recipe`` by the float detector."""
     from edgeface.detect import FaceDetector
-    from edgeface.embed import face_crop
-    from edgeface.lfw import central_face
+    from edgeface.lfw import crop_files
 
-    det = FaceDetector(float_detector)
-    crops = []
-    for f in common.progress(list(files), "held-out face crops"):
-        image = preprocess.read_image(f)
-        faces = det.detect(image)
-        i = central_face(faces, image.shape)
-        if i is not None:
-            crops.append(face_crop(image, faces[i].box, faces[i].keypoints, recipe))
+    files = list(files)
+    by_file = crop_files(FaceDetector(float_detector).detect, files, recipe,
+                         lambda fs: common.progress(fs, "held-out face crops"))
+    crops = [c for c in by_file.values() if c is not None]  # unreadable files are logged and skipped
     if not crops:
-        raise ValueError(f"no face found by {Path(float_detector).name} in {len(list(files))} held-out images")
+        raise ValueError(f"no face found by {Path(float_detector).name} in {len(files)} held-out images")
     return crops

@@ -174,8 +174,7 @@ def make_face_crops(files: Sequence[Path], detector_path: str | os.PathLike, rec
     the files, the detector's sha256 and the recipe.
     """
     from edgeface.detect import FaceDetector
-    from edgeface.embed import face_crop
-    from edgeface.lfw import central_face
+    from edgeface.lfw import crop_files
     from edgeface.manifest import sha256_file
 
     key = hashlib.sha256(json.dumps([[str(f) for f in files], sha256_file(detector_path),
@@ -184,17 +183,8 @@ def make_face_crops(files: Sequence[Path], detector_path: str | os.PathLike, rec
     if path is not None and path.is_file():
         return np.load(path)
     det = FaceDetector(detector_path)
-    crops = []
-    for f in common.progress(files, "cropping DevTrain faces"):
-        try:
-            image = preprocess.read_image(f)
-        except preprocess.ImageError as exc:
-            log.warning("skipping %s", exc)
-            continue
-        faces = det.detect(image)
-        i = central_face(faces, image.shape)
-        if i is not None:
-            crops.append(face_crop(image, faces[i].box, faces[i].keypoints, recipe))
+    by_file = crop_files(det.detect, files, recipe, lambda fs: common.progress(fs, "cropping DevTrain faces"))
+    crops = [c for c in by_file.values() if c is not None]  # unreadable files are logged and skipped
     if not crops:
         raise ValueError(f"no face found in any of the {len(files)} training images")
     out = np.stack(crops).astype(np.uint8)

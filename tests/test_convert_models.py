@@ -58,6 +58,17 @@ def real_crops(models_dir, lfw, index):
     return heldout.face_crops(heldout.devtest_images(lfw, 8), models_dir / index["float32"]["detector"], recipe)
 
 
+def test_held_out_crops_skip_an_unreadable_file(models_dir, lfw, index, tmp_path):
+    from edgeface.converters import heldout
+
+    recipe = read_manifest(models_dir / index["float32"]["embedder"])["embedder"]["crop"]
+    good = heldout.devtest_images(lfw, 2)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    crops = heldout.face_crops([good[0], bad, good[1]], models_dir / index["float32"]["detector"], recipe)
+    assert len(crops) == 2 and all(c.shape == (recipe["size"], recipe["size"], 3) for c in crops)
+
+
 # --------------------------------------------------------------------------- Keras rebuild parity
 @pytest.mark.parametrize("spec_name", ["short_range", "full_range"])
 def test_blazeface_keras_rebuild_matches_the_upstream_tflite(spec_name, lfw):
