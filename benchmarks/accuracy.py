@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -179,7 +178,7 @@ def markdown(result: dict) -> str:
               None if o["threshold"] is None else round(o["threshold"], 4), round(o["tar"], 4),
               f"{o['far']:.2e}", round(o["frr"], 4)] for o in r["operating_points"]]))
     if result["notes"]:
-        lines.append("\nNotes:\n" + "\n".join(f"* {n}" for n in result["notes"]))
+        lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)
 
 

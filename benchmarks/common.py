@@ -190,6 +190,11 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
 
 # --------------------------------------------------------------------------- LFW
 
+def notes_markdown(notes: Sequence[str]) -> str:
+    """The "Notes:" list closing a benchmark's markdown ("" when there are none)."""
+    return ("\nNotes:\n" + "\n".join(f"* {n}" for n in notes)) if notes else ""
+
+
 def progress(iterable: Iterable, desc: str, total: Optional[int] = None, enabled: bool = True):
     """tqdm progress bar on stderr (when tqdm is installed and ``enabled``)."""
     if not enabled:

@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
         lines.append(df.head(8).to_markdown(index=False) if _has_tabulate() else
                      common.md_table(list(df.columns), df.head(8).values.tolist()))
     if result["notes"]:
-        lines.append("\nNotes:\n" + "\n".join(f"* {n}" for n in result["notes"]))
+        lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)
 
 

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -434,7 +433,7 @@ def markdown(result: dict) -> str:
         lines.append(f"\nDrift against reference {d['reference_device']} ({d['reference_date']}): "
                      f"{d['drifted']} of {d['compared']} medians outside ±{int(100 * d['tolerance'])}%.")
     if result["notes"]:
-        lines.append("\nNotes:\n" + "\n".join(f"* {n}" for n in result["notes"]))
+        lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)
 
 

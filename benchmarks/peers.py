@@ -139,7 +139,7 @@ def markdown(result: dict) -> str:
             lines.append(f"\nface_recognition at its documented tolerance 0.6: "
                          f"{100 * r['accuracy_at_library_default_0.6']:.2f}%; versions {r['versions']}.")
     if result["notes"]:
-        lines.append("\nNotes:\n" + "\n".join(f"* {n}" for n in result["notes"]))
+        lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)
 
 

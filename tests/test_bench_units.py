@@ -103,3 +103,8 @@ def test_bench_cli_help_and_delegation():
     r = subprocess.run([sys.executable, "-m", "edgeface.cli", "bench", "latency", "--models", "/nonexistent",
                         "--no-progress"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "models.json" in r.stderr
+
+
+def test_notes_markdown():
+    assert common.notes_markdown([]) == ""
+    assert common.notes_markdown(["a", "b"]) == "\nNotes:\n* a\n* b"
