@@ -90,24 +90,30 @@ class FaceRecognizer:
         """Faces in an RGB uint8 image, best first, in image pixels."""
         return self.detector.detect(self.prepare(image), max_faces)
 
+    def _embed_prepared(self, image: np.ndarray, face: Face) -> np.ndarray:
+        return self.embedder.embed_crop(self.embedder.crop(image, face.box, face.keypoints))
+
     def embed_face(self, image: np.ndarray, face: Face) -> np.ndarray:
         """L2-normalized embedding of one detected face (cropped per the embedder's recipe)."""
-        image = self.prepare(image)
-        return self.embedder.embed_crop(self.embedder.crop(image, face.box, face.keypoints))
+        return self._embed_prepared(self.prepare(image), face)
 
     def embed(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[tuple[Face, np.ndarray]]:
         """Every face (best first) with its embedding."""
         image = self.prepare(image)
-        return [(f, self.embedder.embed_crop(self.embedder.crop(image, f.box, f.keypoints)))
-                for f in self.detector.detect(image, max_faces)]
+        return [(f, self._embed_prepared(image, f)) for f in self.detector.detect(image, max_faces)]
 
     def verify(self, image1: np.ndarray, image2: np.ndarray) -> Verification:
         """Are the best faces of two images the same person? No face in either image -> ``same=False``."""
-        e1, e2 = self.embed(image1, 1), self.embed(image2, 1)
-        counts = (len(self.detect(image1)) if e1 else 0, len(self.detect(image2)) if e2 else 0)
-        if not e1 or not e2:
+        counts, best = [], []
+        for image in (image1, image2):  # detect once per image: all faces counted, the best one embedded
+            image = self.prepare(image)
+            faces = self.detector.detect(image)
+            counts.append(len(faces))
+            best.append(self._embed_prepared(image, faces[0]) if faces else None)
+        counts = tuple(counts)
+        if best[0] is None or best[1] is None:
             return Verification(counts, float("nan"), self.min_cosine_similarity, False)
-        sim = float(np.dot(e1[0][1], e2[0][1]))
+        sim = float(np.dot(best[0], best[1]))
         return Verification(counts, sim, self.min_cosine_similarity, sim >= self.min_cosine_similarity)
 
     def identify(self, image: np.ndarray, gallery) -> list[Identity]:
