@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeface import blazeface
-from edgeface.detect import detector_input, faces_from_outputs
+from edgeface.detect import detector_input
 from edgeface.manifest import sha256_file, write_manifest
 
 from . import common

@@ -38,7 +38,7 @@ def graph_scope(layer_name: str) -> str:
     if m:
         kind, idx, rest = m.groups()
         repeat = {"35": "Repeat", "17": "Repeat_1", "8": "Repeat_2"}[kind]
-        block = f"Block8" if (kind == "8" and idx == "6") else f"{repeat}/block{kind}_{idx}"
+        block = "Block8" if (kind == "8" and idx == "6") else f"{repeat}/block{kind}_{idx}"
         return f"{_ROOT}/{block}/{_branch_path(rest)}"
     m = re.fullmatch(r"(Mixed_6a|Mixed_7a)_(.+)", layer_name)
     if m:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
+from edgeface.preprocess import ENHANCEMENTS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - 3.9/3.10 only
@@ -98,7 +100,7 @@ class RecognitionConfig:
     enhance: str = _f("none", "brighten frames before detection and embedding: none, or equalize for a dark or "
                               "backlit entrance (measured: dark hazy faces 51% -> 98% pair accuracy, good ones "
                               "unchanged; edgeface bench preprocess). Enrollment uses the same setting",
-                      choices=("none", "equalize", "clahe", "gamma"))
+                      choices=ENHANCEMENTS)
 
 
 @dataclass(frozen=True)

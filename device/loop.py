@@ -19,7 +19,7 @@ import numpy as np
 from edgeface.detect import Face
 
 from . import quality as quality_mod
-from .decision import LivenessCheck, NoLiveness, Vote, VoteBox, make_liveness
+from .decision import LivenessCheck, Vote, VoteBox, make_liveness
 from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
 from .tracker import IoUTracker, Track
 
