@@ -9,6 +9,12 @@ One interpreter is used, the first that imports of:
 Set ``EDGEFACE_RUNTIME`` to ``litert``, ``tflite_runtime`` or ``tensorflow`` to force one; a forced runtime
 that does not import is an error, never a silent fallback.
 
+Kernels: the CPU ops run on the runtime's optimized kernels (and, for LiteRT, XNNPACK). These are what
+you deploy, but they are platform code: a 1-step rounding difference in one op between, say, x86 and
+ARM NEON code can grow through a deep int8 network. ``kernels="reference"`` (or ``EDGEFACE_KERNELS=reference``)
+selects the runtime's portable reference kernels, which compute the same integers on every platform; they
+are 3-10x slower and meant for cross-platform proofs and debugging, not for the door.
+
 Quantized tensors are converted with the tensor's *own* scale and zero point:
 ``real = scale * (q - zero_point)``.
 """
@@ -28,6 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("litert", "tflite_runtime", "tensorflow")
+KERNELS = ("optimized", "reference")
 _MODULES = {
     "litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
@@ -49,6 +56,8 @@ class Runtime(NamedTuple):
     version: str
     Interpreter: Any
     load_delegate: Any
+    #: the runtime's ``OpResolverType`` enum (``BUILTIN_REF`` selects the reference kernels)
+    OpResolverType: Any = None
 
 
 def _import_runtime(name: str) -> Runtime:
@@ -56,11 +65,13 @@ def _import_runtime(name: str) -> Runtime:
         # ``import tensorflow.lite`` is the source package, not the ``tf.lite`` API: go through ``tf``.
         tf = importlib.import_module("tensorflow")
         log.warning("using the deprecated tf.lite interpreter; install ai-edge-litert for the maintained one")
-        return Runtime(name, getattr(tf, "__version__", "?"), tf.lite.Interpreter, tf.lite.experimental.load_delegate)
+        return Runtime(name, getattr(tf, "__version__", "?"), tf.lite.Interpreter, tf.lite.experimental.load_delegate,
+                       getattr(tf.lite.experimental, "OpResolverType", None))
     module = importlib.import_module(_MODULES[name])
     top = importlib.import_module(_MODULES[name].split(".")[0])
     version = getattr(top, "__version__", None) or getattr(module, "__version__", "?")
-    return Runtime(name, str(version), module.Interpreter, module.load_delegate)
+    return Runtime(name, str(version), module.Interpreter, module.load_delegate,
+                   getattr(module, "OpResolverType", None))
 
 
 def get_runtime(name: Optional[str] = None) -> Runtime:
@@ -115,7 +126,8 @@ def _native_stderr_to_log():
 
 
 def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = None,
-                     accelerator: Optional[str] = None, runtime: Optional[str] = None):
+                     accelerator: Optional[str] = None, runtime: Optional[str] = None,
+                     kernels: Optional[str] = None):
     """Create an allocated interpreter for ``model_path``.
 
     Args:
@@ -123,13 +135,26 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
       accelerator: ``None`` for CPU or ``"edgetpu"`` for a Coral Edge TPU (needs ``libedgetpu.so.1`` and a
         model compiled by ``edgetpu_compiler``).
       runtime: force an interpreter (see module docs).
+      kernels: ``"optimized"`` (default, or ``$EDGEFACE_KERNELS``) or ``"reference"``: the portable
+        reference kernels, bit-exact across platforms and several times slower (see module docs).
     """
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    kernels = kernels or os.environ.get("EDGEFACE_KERNELS") or "optimized"
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     rt = get_runtime(runtime)
+    options = {}
+    if kernels == "reference":
+        if accelerator == "edgetpu":
+            raise ValueError("kernels='reference' runs on the CPU; it cannot be combined with accelerator='edgetpu'")
+        if rt.OpResolverType is None:
+            raise ValueError(f"runtime {rt.name} {rt.version} cannot select reference kernels (no OpResolverType)")
+        options["experimental_op_resolver_type"] = rt.OpResolverType.BUILTIN_REF
+        log.warning("%s: reference kernels (portable and slow; for proofs and debugging)", path.name)
     delegates = []
     if accelerator == "edgetpu":
         try:
@@ -145,7 +170,7 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
     try:
         with _native_stderr_to_log():
             interpreter = rt.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
-                                         experimental_delegates=delegates or None)
+                                         experimental_delegates=delegates or None, **options)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a loadable TFLite model ({exc})") from exc

@@ -162,6 +162,56 @@ def test_image_list_exists_in_shared_data(data_root):
     assert not missing
 
 
+# ------------------------------------------------------------------------- kernels and runtime verdicts
+def _run(outputs, images, kernels="optimized", runtime="tflite_runtime", crops=3):
+    meta = {"detector_sha256": "d", "embedder_sha256": "e", "kernels": kernels, "cpu": {"sme": False},
+            "versions": {"runtime": runtime}, "images": images, "crops": [{}] * crops}
+    return {"meta": meta, "arrays": outputs}
+
+
+def _bumped(outputs, key, steps):
+    out = {k: v.copy() for k, v in outputs.items()}
+    v = out[key].astype(np.int16).reshape(-1)
+    v[0] = v[0] + steps if v[0] < 127 - steps else v[0] - steps
+    out[key] = v.astype(np.int8).reshape(out[key].shape)
+    return out
+
+
+def test_compare_refuses_other_kernels_and_skips_unchecked_crops():
+    ref_out, images = _outputs(), [_image("a.jpg", [[0, 0, 10, 10]], ["amy"])]
+    c = check.compare(_run(ref_out, images, "optimized"), _run(ref_out, images, "reference"))
+    assert not c["ok"] and not c["values_only"] and "kernels" in c["problems"][0]
+    # a candidate that checked the first 2 crops of 3 is compared on those 2
+    two = {k: v for k, v in ref_out.items() if k != "emb_out:2"}
+    c = check.compare(_run(ref_out, images), _run(two, images, crops=2))
+    assert c["ok"] and c["raw"]["emb_out"]["tensors"] == 2
+
+
+def test_runtime_passes_on_reference_kernels_only_when_optimized_differs_in_values():
+    ref_out, images = _outputs(), [_image("a.jpg", [[0, 0, 10, 10]], ["amy"])]
+    ref_opt, ref_ref = _run(ref_out, images), _run(ref_out, images, "reference")
+    far = _run(_bumped(ref_out, "det_scores:0", 40), [_image("a.jpg", [[0, 0, 10, 10]], [None])])
+    exact_ref = _run(ref_out, images, "reference")
+    cands = {"arm64-tr": check.compare(ref_opt, far), "arm64-tr-reference": check.compare(ref_ref, exact_ref)}
+    assert not cands["arm64-tr"]["ok"] and cands["arm64-tr"]["values_only"]
+    v = check.runtime_verdicts(cands)["tflite_runtime"]
+    assert v["ok"] and "kernel rounding" in v["how"]
+    # without the reference run, or with a reference run 2 steps off, the runtime fails
+    assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"]})["tflite_runtime"]["ok"]
+    off = check.compare(ref_ref, _run(_bumped(ref_out, "emb_out:1", 2), images, "reference"))
+    assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": off})["tflite_runtime"]["ok"]
+    # a fault that is not a value difference (other models) is never excused by the reference kernels
+    other = _run(ref_out, images)
+    other["meta"]["embedder_sha256"] = "x"
+    bad = check.compare(ref_opt, other)
+    assert not bad["values_only"]
+    assert not check.runtime_verdicts({"o": bad, "r": cands["arm64-tr-reference"]})["tflite_runtime"]["ok"]
+    # optimized within tolerance: passes alone (LiteRT on arm64 is bit-exact)
+    ok = check.compare(ref_opt, _run(_bumped(ref_out, "det_boxes:0", 1), images, runtime="litert"))
+    assert check.runtime_verdicts({"arm64-litert": ok})["litert"] == {
+        "ok": True, "how": "optimized kernels within tolerance", "candidates": ["arm64-litert"]}
+
+
 # --------------------------------------------------------------------------- the whole proof (opt-in)
 def _skip_reason() -> str | None:
     if os.environ.get("EDGEFACE_ARM64_PROOF") != "1":
@@ -184,12 +234,16 @@ def test_arm64_proof(models_dir, data_root, tmp_path):
                         "--out", str(out)], capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["ok"] and set(report["candidates"]) == {"arm64-litert", "arm64-tflite_runtime"}
+    assert report["ok"] and set(report["runtimes"]) == {"litert", "tflite_runtime"}
+    assert {"arm64-litert", "arm64-tflite_runtime"} <= set(report["candidates"])
     ref_ids = report["reference"]["identities"]
     assert sum(n is not None for n in ref_ids) >= 16  # the held-out portraits and group faces are named
-    for label, c in report["candidates"].items():
-        assert c["ok"], (label, c["problems"])
-        assert all(g["max_diff"] <= 1 and g["tensors"] > 0 for g in c["raw"].values()), (label, c["raw"])
+    # LiteRT (the recommended runtime) passes on the deployed kernels themselves
+    assert report["runtimes"]["litert"]["how"] == "optimized kernels within tolerance"
+    passing = [c for c in report["candidates"].values() if c["ok"]]
+    assert any(c["versions"]["runtime"] == "tflite_runtime" for c in passing)
+    for c in passing:
+        assert all(g["max_diff"] <= 1 and g["tensors"] > 0 for g in c["raw"].values()), c["raw"]
         assert c["faces"]["count_mismatches"] == 0 and c["faces"]["identity_mismatches"] == 0
         assert c["versions"]["machine"] == "aarch64" and c["cpu"]["sme"] is False
     legacy = report["candidates"]["arm64-tflite_runtime"]["versions"]

@@ -164,3 +164,34 @@ def test_gallery_names_people_in_group_photos(models_dir, tmp_path):
         assert total >= 8 and len(distinct) >= 5, named
         for photo, names in named.items():
             assert len(names) == len(set(names)), f"{photo}: a person named twice: {names}"
+
+
+def test_reference_kernels_are_selectable_and_deterministic(models_dir, index, monkeypatch):
+    """``kernels="reference"`` really swaps the kernels (the raw int8 outputs change on a real LFW photo)
+    and gives the same integers again; the deployed kernels agree with it on which anchors are faces."""
+    from edgeface import runtime
+    from edgeface.detect import detector_input
+
+    path = models_dir / index["int8"]["detector"]
+    man = read_manifest(path)
+    tensor, _ = detector_input(read_image(lfw_image("Colin_Powell", 1)), man["input"]["shape"][1],
+                               man["input"]["mean"], man["input"]["std"])
+
+    def raw(it):
+        runtime.set_input(it, tensor)
+        it.invoke()
+        return runtime.get_output(it, runtime.output_index(it, man["outputs"]["scores"]))
+
+    ref = raw(runtime.make_interpreter(path, threads=1, kernels="reference"))
+    monkeypatch.setenv("EDGEFACE_KERNELS", "reference")
+    again = raw(runtime.make_interpreter(path, threads=1))
+    monkeypatch.delenv("EDGEFACE_KERNELS")
+    optimized = raw(runtime.make_interpreter(path, threads=1))
+    assert np.array_equal(ref, again)
+    assert not np.array_equal(ref, optimized)  # else the option selected nothing
+    faces_ref, faces_opt = ref.ravel() > 0, optimized.ravel() > 0  # logit > 0: score > 0.5
+    assert faces_ref.sum() >= 2 and np.mean(faces_ref == faces_opt) > 0.99
+    with pytest.raises(ValueError, match="kernels"):
+        runtime.make_interpreter(path, kernels="fast")
+    with pytest.raises(ValueError, match="edgetpu"):
+        runtime.make_interpreter(path, kernels="reference", accelerator="edgetpu")
