@@ -3,7 +3,6 @@ format and Keras layer errors, atomic writes."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

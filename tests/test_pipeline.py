@@ -1,5 +1,4 @@
 """Integration: the real built models on real photos from ../shared/data."""
-import json
 
 import numpy as np
 import pytest
