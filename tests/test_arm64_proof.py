@@ -212,6 +212,57 @@ def test_runtime_passes_on_reference_kernels_only_when_optimized_differs_in_valu
         "ok": True, "how": "optimized kernels within tolerance", "candidates": ["arm64-litert"]}
 
 
+# ------------------------------------------------------------------------------------- single ops
+@pytest.fixture(scope="module")
+def ops_dir(models_dir, data_root, tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    out = tmp_path_factory.mktemp("ops")
+    check.split(models_dir, data_root, out)
+    return out
+
+
+def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_dir):
+    """Op k run alone on its recorded inputs gives the same integers as inside the whole model (same kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    index = json.loads((ops_dir / "ops.json").read_text())
+    det = index["models"]["detector"]
+    assert len(det["ops"]) == 73 and det["samples"] == 3 and len(index["models"]["embedder"]["ops"]) > 100
+    with np.load(ops_dir / "inputs.npz") as z:
+        inputs = {k.replace("__", ":"): z[k] for k in z.files}
+    builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    whole = Interpreter(model_path=str(models_dir / det["file"]), experimental_preserve_all_tensors=True,
+                        experimental_op_resolver_type=builtin, num_threads=1)
+    whole.allocate_tensors()
+    whole.set_tensor(whole.get_input_details()[0]["index"], inputs["detector:0:0:0"])
+    whole.invoke()
+    ops = whole._get_ops_details()
+    for op in det["ops"]:
+        single = Interpreter(model_path=str(ops_dir / op["file"]), experimental_op_resolver_type=builtin, num_threads=1)
+        single.allocate_tensors()
+        for j, d in enumerate(single.get_input_details()):
+            single.set_tensor(d["index"], inputs[f"detector:{op['op']}:0:{j}"])
+        single.invoke()
+        got = single.get_tensor(single.get_output_details()[0]["index"])
+        assert op["name"] == ops[op["op"]]["op_name"]
+        assert np.array_equal(got, whole.get_tensor(ops[op["op"]]["outputs"][0])), op
+
+
+def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
+    """On this machine, the deployed kernels (LiteRT + XNNPACK) and the reference kernels agree op by op
+    within one step, although the whole int8 detector's outputs differ by tens of steps between them."""
+    opt, ref = tmp_path / "opt.npz", tmp_path / "ref.npz"
+    check.ops_run(ops_dir, opt, "optimized")
+    check.ops_run(ops_dir, ref, "reference")
+    index = json.loads((ops_dir / "ops.json").read_text())
+    same = check.compare_ops(index, check._load_ops(opt), check._load_ops(opt))
+    assert same["ok"] and same["worst"]["steps"] == 0
+    c = check.compare_ops(index, check._load_ops(opt), check._load_ops(ref))
+    assert c["ok"], c["problems"]
+    assert c["worst"]["steps"] == 1  # the kernels do differ: the check is not comparing a run with itself
+    assert c["roles"]["detector"]["ops"] == 73
+
+
 # --------------------------------------------------------------------------- the whole proof (opt-in)
 def _skip_reason() -> str | None:
     if os.environ.get("EDGEFACE_ARM64_PROOF") != "1":

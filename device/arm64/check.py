@@ -226,8 +226,163 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
     return meta
 
 
+# --------------------------------------------------------------------------------------- per-op check
+#: images whose detector tensors feed the single-op detector models; crops of the first faces feed the embedder's
+OP_IMAGES = ("bbt/amy/amy4.png", "bbt/group/bbt1.jpg", "lfw/images_deepfunneled/Colin_Powell/Colin_Powell_0001.jpg")
+OP_CROPS = 2
+
+
+def _single_op_model(model, k: int):
+    """A copy of ``model`` (a flatbuffer ``ModelT``) with only operator ``k`` of subgraph 0: its variable
+    inputs become the model's inputs, its outputs the model's outputs; constants keep their buffers."""
+    import copy
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    sg = model.subgraphs[0]
+    op = sg.operators[k]
+    used = [t for t in list(op.inputs) + list(op.outputs) if t >= 0]
+    used = list(dict.fromkeys(used))
+    new_index = {t: i for i, t in enumerate(used)}
+    buffers = [schema.BufferT()]
+    tensors = []
+    for t in used:
+        tensor = copy.copy(sg.tensors[t])
+        data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+        if data is not None and len(data):
+            buffers.append(model.buffers[tensor.buffer])
+            tensor.buffer = len(buffers) - 1
+        else:
+            tensor.buffer = 0
+        tensors.append(tensor)
+    new_op = copy.copy(op)
+    new_op.inputs = [new_index[t] if t >= 0 else -1 for t in op.inputs]
+    new_op.outputs = [new_index[t] for t in op.outputs]
+    new_op.intermediates = []
+    variable = [t for t in dict.fromkeys(op.inputs) if t >= 0 and tensors[new_index[t]].buffer == 0]
+    sub = schema.SubGraphT()
+    sub.tensors, sub.operators, sub.name = tensors, [new_op], f"op{k}"
+    sub.inputs = [new_index[t] for t in variable]
+    sub.outputs = list(new_op.outputs)
+    out = schema.ModelT()
+    out.version, out.operatorCodes, out.buffers, out.subgraphs = model.version, model.operatorCodes, buffers, [sub]
+    out.description = f"edgeface arm64 proof: op {k} of {sg.name or 'subgraph 0'}"
+    return out, variable
+
+
+def split(models: Path, data: Path, out: Path) -> dict:
+    """(x86 host, needs TensorFlow) Write one single-op model per operator of both int8 models, and the
+    inputs each op sees on real images (recorded with LiteRT's preserve_all_tensors). ``ops-run`` then runs
+    each op alone on those inputs, so the comparison measures one kernel at a time."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgeface import FaceRecognizer, read_image, runtime
+    from edgeface.detect import detector_input
+    from edgeface.preprocess import normalize
+
+    rec = FaceRecognizer(models, precision="int8", threads=1)
+    det, emb = rec.detector, rec.embedder
+    samples = {"detector": [], "embedder": []}
+    for rel in OP_IMAGES:
+        image = read_image(data / rel)
+        samples["detector"].append(detector_input(image, det.input_size, det.mean, det.std)[0])
+        for face, _ in rec.embed(image)[:1]:
+            if len(samples["embedder"]) < OP_CROPS:
+                samples["embedder"].append(normalize(emb.crop(image, face.box, face.keypoints), emb.mean, emb.std)[None])
+    arrays, index = {}, {"models": {}}
+    files = json.loads((models / "models.json").read_text())["int8"]
+    for role in ("detector", "embedder"):
+        model_path = models / files[role]
+        it = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=1,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+        recorded = []  # per sample: every tensor's value after the invoke
+        for x in samples[role]:
+            runtime.set_input(it, x)
+            it.invoke()
+            recorded.append({t["index"]: it.get_tensor(t["index"]).copy() for t in it.get_tensor_details()})
+        fb = flatbuffer_utils.read_model(str(model_path))
+        folder = out / role
+        folder.mkdir(parents=True, exist_ok=True)
+        ops = []
+        for k, op in enumerate(fb.subgraphs[0].operators):
+            single, variable = _single_op_model(fb, k)
+            flatbuffer_utils.write_model(single, str(folder / f"op{k:03d}.tflite"))
+            name = it._get_ops_details()[k]["op_name"]
+            ops.append({"op": k, "name": name, "file": f"{role}/op{k:03d}.tflite", "inputs": len(variable)})
+            for si, tensors in enumerate(recorded):
+                for j, t in enumerate(variable):
+                    arrays[f"{role}:{k}:{si}:{j}"] = tensors[t]
+        index["models"][role] = {"file": model_path.name, "ops": ops, "samples": len(recorded)}
+    np.savez_compressed(out / "inputs.npz", **{k.replace(":", "__"): v for k, v in arrays.items()})
+    (out / "ops.json").write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def ops_run(ops_dir: Path, out: Path, kernels: str = "optimized") -> dict:
+    """Run every single-op model written by :func:`split` on its recorded inputs with this platform's
+    interpreter; write the raw outputs to ``out`` (npz, keys ``role:op:sample:output``)."""
+    from edgeface import runtime
+
+    index = json.loads((ops_dir / "ops.json").read_text())
+    with np.load(ops_dir / "inputs.npz") as z:
+        inputs = {k.replace("__", ":"): z[k] for k in z.files}
+    arrays = {}
+    t0 = time.perf_counter()
+    for role, m in index["models"].items():
+        for op in m["ops"]:
+            it = runtime.make_interpreter(ops_dir / op["file"], threads=1, kernels=kernels)
+            ins, outs = it.get_input_details(), it.get_output_details()
+            for si in range(m["samples"]):
+                for j, d in enumerate(ins):
+                    it.set_tensor(d["index"], inputs[f"{role}:{op['op']}:{si}:{j}"])
+                it.invoke()
+                for o, d in enumerate(outs):
+                    arrays[f"{role}:{op['op']}:{si}:{o}"] = it.get_tensor(d["index"]).copy()
+    meta = {"versions": _versions(), "cpu": cpu_features(), "kernels": kernels,
+            "seconds": round(time.perf_counter() - t0, 2)}
+    np.savez_compressed(out, meta=np.array(json.dumps(meta)), **{k.replace(":", "__"): v for k, v in arrays.items()})
+    return meta
+
+
+def compare_ops(index: dict, reference: dict, candidate: dict, tolerance: int = 1) -> dict:
+    """Per op, the largest |difference| in quantization steps between two :func:`ops_run` results."""
+    problems, worst = [], {"steps": 0, "op": None}
+    per_role = {}
+    for role, m in index["models"].items():
+        counts = {"ops": len(m["ops"]), "identical": 0, "max_diff": 0}
+        for op in m["ops"]:
+            diffs = []
+            for key in [k for k in reference["arrays"] if k.startswith(f"{role}:{op['op']}:")]:
+                if key not in candidate["arrays"]:
+                    problems.append(f"{key}: missing in the candidate")
+                    continue
+                a, b = reference["arrays"][key], candidate["arrays"][key]
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    problems.append(f"{key}: reference {a.dtype}{a.shape} vs candidate {b.dtype}{b.shape}")
+                    continue
+                diffs.append(int(np.abs(a.astype(np.int64) - b.astype(np.int64)).max()) if a.size else 0)
+            d = max(diffs, default=0)
+            counts["identical"] += d == 0
+            counts["max_diff"] = max(counts["max_diff"], d)
+            if d > worst["steps"]:
+                worst = {"steps": d, "op": f"{role} op {op['op']} {op['name']}"}
+            if d > tolerance:
+                problems.append(f"{role} op {op['op']} {op['name']}: {d} steps > {tolerance}")
+        per_role[role] = counts
+    return {"ok": not problems, "problems": problems, "roles": per_role, "worst": worst,
+            "versions": candidate["meta"]["versions"], "kernels": candidate["meta"]["kernels"]}
+
+
 def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def _load_ops(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {"meta": json.loads(str(z["meta"])),
+                "arrays": {k.replace("__", ":"): z[k] for k in z.files if k != "meta"}}
 
 
 def _load(path: Path) -> dict:
@@ -396,8 +551,12 @@ def runtime_verdicts(candidates: dict[str, dict]) -> dict[str, dict]:
 
 
 def report(references: list[Path], candidates: dict[str, Path], out: Optional[Path], tolerance: int = 1,
-           extra: Optional[dict] = None) -> int:
-    """Compare every candidate with the reference run of the same kernels; print a table, write ``out``."""
+           extra: Optional[dict] = None, ops_dir: Optional[Path] = None, ops_reference: Optional[Path] = None,
+           ops_candidates: Optional[dict[str, Path]] = None) -> int:
+    """Compare every candidate with the reference run of the same kernels; print a table, write ``out``.
+
+    With ``ops_dir`` / ``ops_reference`` / ``ops_candidates`` (from ``split`` and ``ops-run``), every single
+    op is compared too, and a runtime whose single ops are not within ``tolerance`` fails."""
     refs = {}
     for path in references:
         r = _load(path)
@@ -428,6 +587,23 @@ def report(references: list[Path], candidates: dict[str, Path], out: Optional[Pa
             continue
         result["candidates"][label] = compare(refs[k][1], cand, tolerance)
     result["runtimes"] = runtime_verdicts(result["candidates"])
+    if ops_candidates:
+        index = json.loads((ops_dir / "ops.json").read_text())
+        oref = _load_ops(ops_reference)
+        result["ops"] = {"reference": {"file": str(ops_reference), **oref["meta"]}, "candidates": {}}
+        for label, path in ops_candidates.items():
+            if not Path(path).is_file():
+                result["ops"]["candidates"][label] = {"ok": False, "problems": [f"{path}: no result (the run failed)"]}
+                continue
+            c = compare_ops(index, oref, _load_ops(path), tolerance)
+            result["ops"]["candidates"][label] = c
+            rt = c["versions"]["runtime"]
+            verdict = result["runtimes"].setdefault(rt, {"ok": True, "how": "", "candidates": []})
+            if c["ok"]:
+                verdict["how"] += f"; every single op within {tolerance} step(s) of x86 ({label})"
+            else:
+                verdict["ok"] = False
+                verdict["how"] += f"; single ops out of tolerance ({label})"
     result["ok"] = bool(candidates) and all(v["ok"] for v in result["runtimes"].values())
     if extra:
         result.update(extra)
@@ -462,6 +638,15 @@ def report(references: list[Path], candidates: dict[str, Path], out: Optional[Pa
             print(f"{tag} {label}: {p}", file=sys.stderr)
         if len(c["problems"]) > 20:
             print(f"{tag} {label}: ... {len(c['problems']) - 20} more in the report", file=sys.stderr)
+    for label, c in (result.get("ops") or {}).get("candidates", {}).items():
+        if "roles" not in c:
+            print(f"single ops {label}: FAIL: {'; '.join(c['problems'])}")
+            continue
+        roles = ", ".join(f"{r}: {v['ops']} ops, {v['identical']} identical, max {v['max_diff']}"
+                          for r, v in c["roles"].items())
+        print(f"single ops {label} ({c['kernels']} kernels): {roles} -> {'PASS' if c['ok'] else 'FAIL'}")
+        for p in c["problems"][:20]:
+            print(f"FAIL single ops {label}: {p}", file=sys.stderr)
     for rt, verdict in result["runtimes"].items():
         print(f"{rt}: {'PASS' if verdict['ok'] else 'FAIL'} ({verdict['how']})")
     if out:
@@ -484,6 +669,15 @@ def main(argv=None) -> int:
     s.add_argument("--max-crops", type=int, help="raw embedder check on the first N faces only")
     s.add_argument("--kernels", choices=KERNELS, default="optimized",
                    help="optimized (deployed) or reference (portable, bit-exact across platforms, slow)")
+    s = sub.add_parser("split", help="(x86, needs TensorFlow) one model per op of both int8 models, with "
+                                     "the inputs each op sees on real images")
+    s.add_argument("--models", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True, help="a folder")
+    s = sub.add_parser("ops-run", help="run every single-op model of `split` on its recorded inputs")
+    s.add_argument("--ops", type=Path, required=True, help="the folder written by split")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--kernels", choices=KERNELS, default="optimized")
     s = sub.add_parser("compare", help="compare candidate runs with the reference run")
     s.add_argument("--reference", type=Path, action="append", required=True,
                    help="an x86 run; give one per kernels setting the candidates use")
@@ -491,6 +685,9 @@ def main(argv=None) -> int:
     s.add_argument("--report", type=Path)
     s.add_argument("--tolerance", type=int, default=1, help="quantization steps (default 1)")
     s.add_argument("--extra", type=Path, help="a JSON object merged into the report (timings, disk use)")
+    s.add_argument("--ops", type=Path, help="the folder written by split (for --ops-candidate)")
+    s.add_argument("--ops-reference", type=Path, help="the x86 ops-run result")
+    s.add_argument("--ops-candidate", action="append", default=[], metavar="LABEL=FILE")
     a = p.parse_args(argv)
     if a.cmd == "images":
         missing = []
@@ -509,14 +706,33 @@ def main(argv=None) -> int:
               f"{len(meta['images'])} images, {sum(len(i['boxes']) for i in meta['images'])} faces, "
               f"{len(meta['crops'])} crops, {a.kernels} kernels, in {meta['seconds_total']} s -> {a.out}")
         return 0
-    candidates = {}
-    for item in a.candidate:
-        label, sep, path = item.partition("=")
-        if not sep:
-            p.error(f"--candidate wants LABEL=FILE, got {item!r}")
-        candidates[label] = Path(path)
+    if a.cmd == "split":
+        index = split(a.models, a.data, a.out)
+        print(", ".join(f"{r}: {len(m['ops'])} ops x {m['samples']} samples" for r, m in index["models"].items())
+              + f" -> {a.out}")
+        return 0
+    if a.cmd == "ops-run":
+        meta = ops_run(a.ops, a.out, a.kernels)
+        v = meta["versions"]
+        print(f"{v['machine']} {v['runtime']} {v['runtime_version']}: single ops ({a.kernels} kernels) in "
+              f"{meta['seconds']} s -> {a.out}")
+        return 0
+
+    def labelled(items, flag):
+        out = {}
+        for item in items:
+            label, sep, path = item.partition("=")
+            if not sep:
+                p.error(f"{flag} wants LABEL=FILE, got {item!r}")
+            out[label] = Path(path)
+        return out
+
+    candidates = labelled(a.candidate, "--candidate")
+    ops_candidates = labelled(a.ops_candidate, "--ops-candidate")
+    if ops_candidates and not (a.ops and a.ops_reference):
+        p.error("--ops-candidate needs --ops and --ops-reference")
     extra = json.loads(a.extra.read_text()) if a.extra and a.extra.is_file() else None
-    return report(a.reference, candidates, a.report, a.tolerance, extra)
+    return report(a.reference, candidates, a.report, a.tolerance, extra, a.ops, a.ops_reference, ops_candidates)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@
 #    match x86's reference kernels: the install is then proven exact and the optimized differences are the
 #    runtime's kernel rounding (check.py explains). The reference run checks the first --reference-crops
 #    (default 12) raw embedder crops; it takes about 10 more minutes under qemu.
+#  * Single ops: every op of both int8 models runs alone on the inputs it sees on real images (recorded on
+#    x86), on x86 and on arm64, and must be within one step: this compares one kernel at a time.
 # Exit status: 0 when every check passes, 1 when a check fails, 2 for a setup error.
 set -euo pipefail
 
@@ -41,7 +43,7 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_PYTHON="${PYTHON:-python3}"
 NICE="${EDGEFACE_NICE:-nice -n 19}"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "prove.sh: error: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -196,11 +198,18 @@ PYTHONPATH="$REPO" EDGEFACE_RUNTIME=litert $NICE "$HOST_PYTHON" "$HERE/check.py"
   --data "$ROOT$WORK/data" --threads "$THREADS" --out "$OUT/x86-litert.npz" 2>&1 | tee "$OUT/x86-litert.log"
 cp "$OUT/x86-litert.npz" "$ROOT$WORK/x86-litert.npz"
 rm -f "$OUT/x86-litert-reference.npz"  # made below when a runtime needs it, for these models
+# single ops: one model per op of both int8 models plus the inputs each op sees (host, TensorFlow), run here
+# and on arm64, so each kernel is compared alone
+PYTHONPATH="$REPO" $NICE "$HOST_PYTHON" "$HERE/check.py" split --models "$ROOT$WORK/models" --data "$ROOT$WORK/data" \
+  --out "$ROOT$WORK/ops" 2>&1 | { grep -v -e '^I0000' -e '^WARNING: All log' -e '^To enable' || true; } | tee "$OUT/split.log"
+PYTHONPATH="$REPO" EDGEFACE_RUNTIME=litert $NICE "$HOST_PYTHON" "$HERE/check.py" ops-run --ops "$ROOT$WORK/ops" \
+  --out "$OUT/x86-litert-ops.npz" 2>&1 | tee -a "$OUT/split.log"
 phase x86 "$t"
 
 # ------------------------------------------------------------------------ arm64: one venv per runtime
 CANDIDATES=()
 REFERENCES=()
+OPS_CANDIDATES=()
 for rt in $RUNTIMES; do
   case "$rt" in
     litert) extra=device ;;
@@ -227,8 +236,14 @@ for rt in $RUNTIMES; do
   else
     echo "the check failed to run on arm64 with $rt (log: $OUT/arm64-$rt.log)" >&2
   fi
+  rm -f "$OUT/arm64-$rt-ops.npz"
+  if in_root EDGEFACE_RUNTIME="$rt" -- "$venv/bin/python" "$WORK/src/device/arm64/check.py" ops-run --ops "$WORK/ops" \
+       --out "$WORK/arm64-$rt-ops.npz" 2>&1 | tee -a "$OUT/arm64-$rt.log"; then
+    cp "$ROOT$WORK/arm64-$rt-ops.npz" "$OUT/arm64-$rt-ops.npz"
+  fi
   phase "run_$rt" "$t"
   CANDIDATES+=(--candidate "arm64-$rt=$OUT/arm64-$rt.npz")
+  OPS_CANDIDATES+=(--ops-candidate "arm64-$rt=$OUT/arm64-$rt-ops.npz")
 
   # reference kernels: when the optimized kernels are not within tolerance (auto), or always
   need_ref=0
@@ -272,4 +287,5 @@ DISK_MB=$(du -smx "$ROOT" | cut -f1)
 } > "$OUT/run.json"
 echo "== wall time ${SECONDS_OF[total]} s, root $DISK_MB MB"
 "$HOST_PYTHON" "$HERE/check.py" compare --reference "$OUT/x86-litert.npz" "${REFERENCES[@]}" "${CANDIDATES[@]}" \
+  --ops "$ROOT$WORK/ops" --ops-reference "$OUT/x86-litert-ops.npz" "${OPS_CANDIDATES[@]}" \
   --extra "$OUT/run.json" --report "$OUT/report.json"
