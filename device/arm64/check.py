@@ -3,12 +3,14 @@
 
 Runs unchanged on the x86 host and inside the arm64 (qemu-user) Raspberry Pi OS root. It uses only the
 edgeface public API (``FaceRecognizer``, ``Gallery``, ``read_image``, ``edgeface.runtime``,
-``edgeface.detect.detector_input``) and numpy::
+``edgeface.detect.detector_input``) and numpy (``split`` alone also needs TensorFlow, on x86)::
 
     check.py images --data DATA                      # the fixed image list (paths relative to DATA)
     check.py run --models M --data DATA --out x86.npz                       # reference (x86)
     check.py run --models M --data DATA --inputs x86.npz --out arm64.npz    # same input tensors as x86
     check.py run ... --kernels reference                                    # portable reference kernels
+    check.py split --models M --data DATA --out OPS        # (x86, TensorFlow) one model per op + its inputs
+    check.py ops-run --ops OPS --out ops-x86.npz           # every op alone, on this platform
     check.py compare --reference x86.npz [--reference x86-ref.npz] --candidate litert=arm64.npz [...] \
                      --report report.json
 
@@ -30,7 +32,10 @@ steps). ``--kernels reference`` runs the portable reference kernels instead, whi
 integers on every platform. So a **runtime** passes ``compare`` when its optimized-kernel run passes, or
 when its reference-kernel run passes and its optimized-kernel run differs only in values (raw steps, faces,
 identities), not in models, CPU or errors: then the install computes exactly what x86 computes, and what is
-left is the runtime's kernel rounding, which the report lists. The exit status is 1 if any runtime fails.
+left is the runtime's kernel rounding, which the report lists. With ``--ops-candidate`` every op of both
+models, run alone on the inputs it sees on real images (``split`` / ``ops-run``), must also be within
+``--tolerance`` of x86: the one-step bound is then checked kernel by kernel, where it is meaningful. The
+exit status is 1 if any runtime fails.
 """
 from __future__ import annotations
 
