@@ -150,7 +150,10 @@ def doctor(cfg) -> list[dict]:
     from edgeface import runtime
     try:
         rt = runtime.get_runtime()
-        add("runtime", True, f"{rt.name} {rt.version}")
+        kernels = os.environ.get("EDGEFACE_KERNELS") or "optimized"
+        add("runtime", kernels == "optimized", f"{rt.name} {rt.version}" + (
+            "" if kernels == "optimized" else
+            f"; EDGEFACE_KERNELS={kernels}: reference kernels are several times slower (for proofs, not the door)"))
     except runtime.RuntimeNotFoundError as exc:
         add("runtime", False, str(exc))
         rt = None

@@ -23,7 +23,9 @@ examples:
   edgeface identify --gallery people.db group.jpg
   edgeface eval lfw --data ../shared/data/lfw --pairs pairsDevTest.txt
   edgeface report --models models                  # fidelity of every variant against float32
-environment: EDGEFACE_MODELS (models folder), EDGEFACE_DATA (data root), EDGEFACE_RUNTIME (litert|tflite_runtime|tensorflow)
+environment: EDGEFACE_MODELS (models folder), EDGEFACE_DATA (data root), EDGEFACE_RUNTIME (litert|tflite_runtime|tensorflow),
+  EDGEFACE_KERNELS (optimized|reference: the runtime's portable reference kernels, bit-exact across platforms and
+  several times slower; for cross-platform checks, not for deployment)
 """
 
 

@@ -338,3 +338,17 @@ def test_gallery_risk_note_advises_a_stricter_point_only_when_it_matters():
     assert "consider" not in gallery_risk_note(C.from_dict({"recognition": {"operating_point": "far_0.0001"}}), 40)
     fixed = C.from_dict({"recognition": {"min_cosine_similarity": 0.6}})
     assert gallery_risk_note(fixed, 40) is None  # a hand-set threshold has no calibrated FAR to reason from
+
+
+def test_doctor_flags_reference_kernels(tmp_path, monkeypatch):
+    """EDGEFACE_KERNELS=reference left set on a door device is a fault: the door would run several times slower."""
+    from edgeface.device.cli import doctor
+
+    cfg = C.from_dict({"source": {"kind": "folder", "uri": str(tmp_path)},
+                       "models": {"dir": str(tmp_path / "none")}, "gallery": {"path": str(tmp_path / "g.db")},
+                       "door": {"pin_factory": "mock"}})
+    monkeypatch.delenv("EDGEFACE_KERNELS", raising=False)
+    assert next(c for c in doctor(cfg) if c["check"] == "runtime")["ok"]
+    monkeypatch.setenv("EDGEFACE_KERNELS", "reference")
+    check = next(c for c in doctor(cfg) if c["check"] == "runtime")
+    assert not check["ok"] and "EDGEFACE_KERNELS=reference" in check["detail"]

@@ -458,6 +458,7 @@ def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float =
     """
     problems: list[str] = []
     faces, ious, shifts, count_mismatches, name_mismatches = 0, [], [], 0, 0
+    candidate_faces = sum(len(c["boxes"]) for c in candidate)
     if [r["path"] for r in reference] != [c["path"] for c in candidate]:
         return {"ok": False, "problems": ["the image lists differ"], "images": 0, "faces": 0,
                 "count_mismatches": None, "identity_mismatches": None, "min_iou": None, "max_box_shift_px": None}
@@ -488,7 +489,7 @@ def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float =
                 problems.append(f"{r['path']}: face {i} is {r['names'][i]!r} on the reference, "
                                 f"{c['names'][j]!r} on the candidate")
     return {"ok": not problems, "problems": problems, "images": len(reference), "faces": faces,
-            "count_mismatches": count_mismatches, "identity_mismatches": name_mismatches,
+            "candidate_faces": candidate_faces, "count_mismatches": count_mismatches, "identity_mismatches": name_mismatches,
             "min_iou": round(min(ious), 4) if ious else None,
             "max_box_shift_px": round(max(shifts), 3) if shifts else None}
 
@@ -622,19 +623,19 @@ def report(references: list[Path], candidates: dict[str, Path], out: Optional[Pa
           f"{len(rm['crops'])} embedder crops; kernels: {', '.join(refs)}")
     print("max |int8 diff| in quantization steps (elements that differ / compared); tolerance "
           f"{tolerance}")
-    head = f"{'candidate':<28} {'kernels':<9} {'runtime':<22} {'numpy':<7} {'det boxes':<18} {'det scores':<16} " \
+    head = f"{'candidate':<32} {'kernels':<9} {'runtime':<22} {'numpy':<7} {'det boxes':<18} {'det scores':<16} " \
            f"{'embeddings':<14} {'faces':<6} {'identities':<10} result"
     print(head)
     for label, c in result["candidates"].items():
         if "raw" not in c:
-            print(f"{label:<28} FAIL: {'; '.join(c['problems'])}")
+            print(f"{label:<32} FAIL: {'; '.join(c['problems'])}")
             continue
         cv = c["versions"]
         f = c["faces"]
         same_ids = f["count_mismatches"] == 0 and f["identity_mismatches"] == 0
-        print(f"{label:<28} {c['kernels']:<9} {cv['runtime'] + ' ' + cv['runtime_version']:<22} {cv['numpy']:<7} "
+        print(f"{label:<32} {c['kernels']:<9} {cv['runtime'] + ' ' + cv['runtime_version']:<22} {cv['numpy']:<7} "
               f"{_fmt_group(c['raw']['det_boxes']):<18} {_fmt_group(c['raw']['det_scores']):<16} "
-              f"{_fmt_group(c['raw']['emb_out']):<14} {str(f['faces']):<6} "
+              f"{_fmt_group(c['raw']['emb_out']):<14} {str(f.get('candidate_faces', f['faces'])):<6} "
               f"{'same' if same_ids else 'DIFFER':<10} {'PASS' if c['ok'] else 'FAIL'}")
     for label, c in result["candidates"].items():
         excused = result["runtimes"].get(c.get("versions", {}).get("runtime"), {}).get("ok") and not c["ok"]
