@@ -159,7 +159,7 @@ def doctor(cfg) -> list[dict]:
         rt = None
     if rt is not None:
         try:
-            rt.load_delegate(runtime.EDGETPU_LIBRARY)
+            runtime.load_edgetpu_delegate(rt)
             add("edgetpu", True, f"{runtime.EDGETPU_LIBRARY} loads (Coral present)")
         except Exception as exc:  # noqa: BLE001
             needed = cfg.models.accelerator == "edgetpu" and not cfg.models.allow_cpu_fallback

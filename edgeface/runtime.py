@@ -21,6 +21,7 @@ Quantized tensors are converted with the tensor's *own* scale and zero point:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import os
@@ -125,6 +126,23 @@ def _native_stderr_to_log():
                     print(line, file=sys.stderr)
 
 
+def load_edgetpu_delegate(rt: Runtime):
+    """The Edge TPU delegate of runtime ``rt``; :class:`DelegateError` (with what to install) when it cannot load.
+
+    The shared library is opened first, so a missing ``libedgetpu.so.1`` is reported without the runtime's
+    half-built delegate object printing "Exception ignored in Delegate.__del__" later.
+    """
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+        return rt.load_delegate(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise DelegateError(
+            f"could not load the Edge TPU delegate {EDGETPU_LIBRARY}: {exc}. Install the Edge TPU runtime "
+            "(Debian package libedgetpu1-std), plug in the Coral device, and use a model compiled by "
+            "edgetpu_compiler (*_edgetpu.tflite)"
+        ) from exc
+
+
 def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = None,
                      accelerator: Optional[str] = None, runtime: Optional[str] = None,
                      kernels: Optional[str] = None):
@@ -157,14 +175,7 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
         log.warning("%s: reference kernels (portable and slow; for proofs and debugging)", path.name)
     delegates = []
     if accelerator == "edgetpu":
-        try:
-            delegates.append(rt.load_delegate(EDGETPU_LIBRARY))
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise DelegateError(
-                f"could not load the Edge TPU delegate {EDGETPU_LIBRARY}: {exc}. Install the Edge TPU runtime "
-                "(Debian package libedgetpu1-std), plug in the Coral device, and use a model compiled by "
-                "edgetpu_compiler (*_edgetpu.tflite)"
-            ) from exc
+        delegates.append(load_edgetpu_delegate(rt))
     elif accelerator not in (None, "cpu"):
         raise ValueError(f"unknown accelerator {accelerator!r}; use None, 'cpu' or 'edgetpu'")
     try:

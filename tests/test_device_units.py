@@ -340,6 +340,7 @@ def test_gallery_risk_note_advises_a_stricter_point_only_when_it_matters():
     assert gallery_risk_note(fixed, 40) is None  # a hand-set threshold has no calibrated FAR to reason from
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_doctor_flags_reference_kernels(tmp_path, monkeypatch):
     """EDGEFACE_KERNELS=reference left set on a door device is a fault: the door would run several times slower."""
     from edgeface.device.cli import doctor

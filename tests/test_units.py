@@ -121,3 +121,21 @@ def test_make_interpreter_errors(tmp_path):
         runtime.make_interpreter(junk)
     with pytest.raises(ValueError, match="accelerator"):
         runtime.make_interpreter(junk, accelerator="gpu")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_missing_edgetpu_library_is_a_clear_error(tmp_path):
+    """No libedgetpu here: a DelegateError saying what to install, and no "Exception ignored" noise after it."""
+    import ctypes
+    import gc
+
+    try:
+        ctypes.CDLL(runtime.EDGETPU_LIBRARY)
+        pytest.skip("an Edge TPU runtime is installed on this machine")
+    except OSError:
+        pass
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\0" * 64)
+    with pytest.raises(runtime.DelegateError, match="libedgetpu1-std"):
+        runtime.make_interpreter(model, accelerator="edgetpu")
+    gc.collect()
