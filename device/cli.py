@@ -150,14 +150,17 @@ def doctor(cfg) -> list[dict]:
     from edgeface import runtime
     try:
         rt = runtime.get_runtime()
-        kernels = os.environ.get("EDGEFACE_KERNELS") or "optimized"
-        add("runtime", kernels == "optimized", f"{rt.name} {rt.version}" + (
-            "" if kernels == "optimized" else
-            f"; EDGEFACE_KERNELS={kernels}: reference kernels are several times slower (for proofs, not the door)"))
     except runtime.RuntimeNotFoundError as exc:
         add("runtime", False, str(exc))
         rt = None
     if rt is not None:
+        try:
+            kernels = runtime.get_kernels()
+            problem = None if kernels == "optimized" else (
+                f"EDGEFACE_KERNELS={kernels}: reference kernels are several times slower (for proofs, not the door)")
+        except ValueError as exc:
+            problem = str(exc)
+        add("runtime", problem is None, f"{rt.name} {rt.version}" + ("" if problem is None else f"; {problem}"))
         try:
             runtime.load_edgetpu_delegate(rt)
             add("edgetpu", True, f"{runtime.EDGETPU_LIBRARY} loads (Coral present)")

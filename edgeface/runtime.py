@@ -126,6 +126,14 @@ def _native_stderr_to_log():
                     print(line, file=sys.stderr)
 
 
+def get_kernels(kernels: Optional[str] = None) -> str:
+    """The kernel set to use: ``kernels``, ``$EDGEFACE_KERNELS`` or ``"optimized"``; an unknown name is an error."""
+    kernels = kernels or os.environ.get("EDGEFACE_KERNELS") or "optimized"
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r} (argument or EDGEFACE_KERNELS); choose one of {', '.join(KERNELS)}")
+    return kernels
+
+
 def load_edgetpu_delegate(rt: Runtime):
     """The Edge TPU delegate of runtime ``rt``; :class:`DelegateError` (with what to install) when it cannot load.
 
@@ -161,9 +169,7 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
         raise FileNotFoundError(f"model file not found: {path}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    kernels = kernels or os.environ.get("EDGEFACE_KERNELS") or "optimized"
-    if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    kernels = get_kernels(kernels)
     rt = get_runtime(runtime)
     options = {}
     if kernels == "reference":

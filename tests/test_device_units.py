@@ -353,3 +353,6 @@ def test_doctor_flags_reference_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEFACE_KERNELS", "reference")
     check = next(c for c in doctor(cfg) if c["check"] == "runtime")
     assert not check["ok"] and "EDGEFACE_KERNELS=reference" in check["detail"]
+    monkeypatch.setenv("EDGEFACE_KERNELS", "fast")  # a typo is named, not taken for "reference"
+    check = next(c for c in doctor(cfg) if c["check"] == "runtime")
+    assert not check["ok"] and "unknown kernels 'fast'" in check["detail"]
