@@ -540,7 +540,7 @@ def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
     covers). Weight quantizers (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the
     current kernels. The model's weights and BatchNorm statistics are not touched.
 
-    Returns ``{"activations": n, "weights": n, "input": (lo, hi), "largest": max |range|}``.
+    Returns ``{"activations": n, "weights": n, "inputs": n, "input_range": [lo, hi], "largest": max |range|}``.
     """
     import tensorflow as tf
 
