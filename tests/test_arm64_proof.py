@@ -212,6 +212,19 @@ def test_runtime_passes_on_reference_kernels_only_when_optimized_differs_in_valu
         "ok": True, "how": "optimized kernels within tolerance", "candidates": ["arm64-litert"]}
 
 
+def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEFACE_KERNELS", "optimized")  # run() sets it for its interpreters; undone after
+    with pytest.raises(SystemExit) as exc:
+        check.main(["compare", "--reference", str(tmp_path / "none.npz"), "--candidate", f"a={tmp_path}/b.npz"])
+    assert exc.value.code == 2 and "--reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        check.main(["ops-run", "--ops", str(tmp_path), "--out", str(tmp_path / "o.npz")])
+    assert exc.value.code == 2 and "no ops.json" in capsys.readouterr().err
+    assert check.main(["run", "--models", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "check.py run: error:" in err and "models.json" in err and "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------------- single ops
 @pytest.fixture(scope="module")
 def ops_dir(models_dir, data_root, tmp_path_factory):

@@ -701,6 +701,20 @@ def main(argv=None) -> int:
     s.add_argument("--ops-reference", type=Path, help="the x86 ops-run result")
     s.add_argument("--ops-candidate", action="append", default=[], metavar="LABEL=FILE")
     a = p.parse_args(argv)
+    for flag in ("reference", "inputs", "ops_reference"):
+        for path in (getattr(a, flag, None) or []) if flag == "reference" else [getattr(a, flag, None)]:
+            if path is not None and not path.is_file():
+                p.error(f"--{flag.replace('_', '-')} {path}: no such file")
+    if getattr(a, "ops", None) is not None and not (a.ops / "ops.json").is_file():
+        p.error(f"--ops {a.ops}: no ops.json there (written by `check.py split`)")
+    try:
+        return _dispatch(p, a)
+    except (OSError, ValueError) as exc:  # a missing or wrong model / image folder: one line, not a traceback
+        print(f"check.py {a.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     if a.cmd == "images":
         missing = []
         for _, rel, _ in image_list():
