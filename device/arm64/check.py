@@ -688,18 +688,20 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True, help="a folder")
     s = sub.add_parser("ops-run", help="run every single-op model of `split` on its recorded inputs")
     s.add_argument("--ops", type=Path, required=True, help="the folder written by split")
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True, help="the raw outputs of every op (npz)")
     s.add_argument("--kernels", choices=KERNELS, default="optimized")
     s = sub.add_parser("compare", help="compare candidate runs with the reference run")
     s.add_argument("--reference", type=Path, action="append", required=True,
                    help="an x86 run; give one per kernels setting the candidates use")
-    s.add_argument("--candidate", action="append", default=[], metavar="LABEL=FILE")
-    s.add_argument("--report", type=Path)
+    s.add_argument("--candidate", action="append", default=[], metavar="LABEL=FILE",
+                   help="an arm64 run to judge (repeat); its kernels pick the --reference it is compared with")
+    s.add_argument("--report", type=Path, help="write the whole comparison here (JSON)")
     s.add_argument("--tolerance", type=int, default=1, help="quantization steps (default 1)")
     s.add_argument("--extra", type=Path, help="a JSON object merged into the report (timings, disk use)")
     s.add_argument("--ops", type=Path, help="the folder written by split (for --ops-candidate)")
     s.add_argument("--ops-reference", type=Path, help="the x86 ops-run result")
-    s.add_argument("--ops-candidate", action="append", default=[], metavar="LABEL=FILE")
+    s.add_argument("--ops-candidate", action="append", default=[], metavar="LABEL=FILE",
+                   help="an arm64 ops-run result (repeat); every op must be within --tolerance of the x86 one")
     a = p.parse_args(argv)
     for flag in ("reference", "inputs", "ops_reference"):
         for path in (getattr(a, flag, None) or []) if flag == "reference" else [getattr(a, flag, None)]:
