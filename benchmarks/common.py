@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ PACKAGES = ("edgeface", "numpy", "opencv-python-headless", "ai-edge-litert", "tf
             "onnxruntime", "scikit-learn", "pandas", "matplotlib", "dlib-bin", "dlib", "face-recognition")
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(EdgefaceError, RuntimeError):
     """A benchmark cannot run as asked (missing models, data or runtime); the message says what to do."""
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 
 from edgeface import preprocess
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ DEFAULT_SEED = 20260101
 DEFAULT_COUNT = 300
 
 
-class CalibrationError(ValueError):
+class CalibrationError(EdgefaceError, ValueError):
     """A calibration source that cannot give a usable representative dataset."""
 
 

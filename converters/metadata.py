@@ -30,6 +30,7 @@ from flatbuffers import table as fb_table
 from edgeface.manifest import INDEX, read_manifest, write_manifest
 
 from . import common
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ OUTPUT_DESCRIPTIONS = {
 }
 
 
-class MetadataError(ValueError):
+class MetadataError(EdgefaceError, ValueError):
     """Model metadata missing or malformed; the message names the file."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from edgeface.manifest import INDEX, read_manifest, write_manifest
 
 from . import common
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ ROLES = ("detector", "embedder")
 CONVERTED = ("float16", "dynamic_int8")
 
 
-class VariantError(ValueError):
+class VariantError(EdgefaceError, ValueError):
     """A variant that cannot be built; the message names the model or the missing piece."""
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(EdgefaceError, ValueError):
     """A source model in a format, or with a layer / op, the converter does not handle; names the file."""
 
 

@@ -18,13 +18,14 @@ from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
 from .sources import Backoff, ReconnectingSource, make_source
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
 EDGETPU_OP = "edgetpu-custom-op"
 
 
-class StartupError(RuntimeError):
+class StartupError(EdgefaceError, RuntimeError):
     """The device cannot start safely; the door stays locked."""
 
 

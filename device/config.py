@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from edgeface.preprocess import ENHANCEMENTS
+from edgeface.errors import EdgefaceError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,7 @@ else:  # pragma: no cover - 3.9/3.10 only
         tomllib = None
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgefaceError, ValueError):
     """An invalid configuration file or value; the message names the section and key."""
 
 

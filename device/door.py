@@ -11,11 +11,12 @@ import logging
 import threading
 import time
 from typing import Callable, Optional
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
 
-class DoorError(RuntimeError):
+class DoorError(EdgefaceError, RuntimeError):
     """The relay could not be set up (gpiozero missing, pin busy, no GPIO)."""
 
 

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from edgeface import _sqlite
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 COLUMNS = ("id", "ts", "time", "kind", "track", "identity", "score", "decision", "snapshot", "detail")
 
 
-class EventLogError(RuntimeError):
+class EventLogError(EdgefaceError, RuntimeError):
     """The event log cannot be opened or written."""
 
 

@@ -27,13 +27,14 @@ import cv2
 import numpy as np
 
 from edgeface.preprocess import read_image, to_rgb
+from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class SourceError(RuntimeError):
+class SourceError(EdgefaceError, RuntimeError):
     """The camera or stream failed (cannot open, read error, timeout)."""
 
 
@@ -55,7 +56,7 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-class FrameCheckError(ValueError):
+class FrameCheckError(EdgefaceError, ValueError):
     """A frame that cannot be used (empty, wrong dtype or size, corrupt)."""
 
 

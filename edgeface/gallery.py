@@ -40,6 +40,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from . import _sqlite
+from .errors import EdgefaceError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ CREATE INDEX embeddings_person ON embeddings(person_id);
 """
 
 
-class GalleryError(Exception):
+class GalleryError(EdgefaceError):
     """Base class for every error raised by this module."""
 
 

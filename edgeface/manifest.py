@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from .errors import EdgefaceError
 
 FORMAT = "edgeface-manifest/1"
 ROLES = ("detector", "embedder")
@@ -21,7 +22,7 @@ _OPTIONAL = {"detector", "embedder", "upstream", "calibration", "converter_versi
 _INPUT_KEYS = {"shape", "dtype", "color", "mean", "std"}
 
 
-class ManifestError(ValueError):
+class ManifestError(EdgefaceError, ValueError):
     """A missing, malformed or mismatched model manifest; the message names the file."""
 
 

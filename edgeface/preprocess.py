@@ -11,6 +11,7 @@ from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
+from .errors import EdgefaceError
 
 #: Largest image accepted by :func:`read_image`, in pixels (about 50 megapixels).
 MAX_PIXELS = 50_000_000
@@ -18,7 +19,7 @@ MAX_PIXELS = 50_000_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 
-class ImageError(ValueError):
+class ImageError(EdgefaceError, ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 

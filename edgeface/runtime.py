@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+from .errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ _MODULES = {
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
 
-class RuntimeNotFoundError(ImportError):
+class RuntimeNotFoundError(EdgefaceError, ImportError):
     """No TFLite interpreter could be imported."""
 
 
-class DelegateError(RuntimeError):
+class DelegateError(EdgefaceError, RuntimeError):
     """A hardware delegate (Edge TPU) could not be loaded."""
 
 
