@@ -27,6 +27,10 @@ def _error(msg: str) -> None:
     print(f"edgeface-device: error: {msg}", file=sys.stderr)
 
 
+def _warning(msg: str) -> None:
+    print(f"edgeface-device: warning: {msg}", file=sys.stderr, flush=True)
+
+
 def _load_config(args) -> config_mod.DeviceConfig:
     cfg = config_mod.load(args.config)
     over = {}
@@ -55,6 +59,8 @@ def cmd_run(args) -> int:
         cfg = cfg.replace(door={"enabled": False})
     video = cfg.source.kind in ("video", "folder") and not cfg.source.realtime
     app = DoorApp(cfg, clock="frame" if video else "wall")
+    if app.rec.door_threshold.warning:
+        _warning(app.rec.door_threshold.warning)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     display = None
@@ -141,11 +147,12 @@ def cmd_events(args) -> int:
 
 
 def doctor(cfg) -> list[dict]:
-    """Checks of runtime, delegate, models, gallery, camera, relay and display: [{check, ok, detail}]."""
+    """Checks of runtime, delegate, models, gallery, camera, relay and display: [{check, ok, detail}]
+    (``warning: True`` on a passing check that must be read, e.g. an allowed weak threshold)."""
     out = []
 
-    def add(check, ok, detail):
-        out.append({"check": check, "ok": bool(ok), "detail": detail})
+    def add(check, ok, detail, warn=False):
+        out.append({"check": check, "ok": bool(ok), "detail": detail, **({"warning": True} if warn else {})})
 
     from edgeface import runtime
     try:
@@ -176,7 +183,9 @@ def doctor(cfg) -> list[dict]:
         add("models", True, f"{Path(rec.detector.manifest['model_file']).name} + "
                             f"{rec.embedder.manifest['model_file']} ({cfg.models.precision}); sha256 verified; "
                             f"threshold min_cosine_similarity {rec.min_cosine_similarity:.4f} "
-                            f"({cfg.recognition.operating_point})")
+                            f"({rec.door_threshold.source})")
+        if rec.door_threshold.warning:
+            add("threshold", True, rec.door_threshold.warning, warn=True)
     except Exception as exc:  # noqa: BLE001
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
@@ -231,7 +240,8 @@ def cmd_doctor(args) -> int:
     cfg = _load_config(args)
     checks = doctor(cfg)
     for c in checks:
-        print(json.dumps(c) if args.json else f"{'ok ' if c['ok'] else 'BAD'} {c['check']:8} {c['detail']}")
+        status = "BAD" if not c["ok"] else "WRN" if c.get("warning") else "ok "
+        print(json.dumps(c) if args.json else f"{status} {c['check']:8} {c['detail']}")
     return 0 if all(c["ok"] for c in checks) else 1
 
 

@@ -87,7 +87,12 @@ class RecognitionConfig:
                               choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy"))
     min_cosine_similarity: Optional[float] = _f(
         None, "a face matches an enrolled person at or above this cosine similarity (unset: the embedder "
-              "manifest's calibrated value for operating_point)", -1.0, 1.0)
+              "manifest's calibrated value for operating_point). Below the manifest's far_0.01 value the device "
+              "refuses to start (see allow_weak_threshold)", -1.0, 1.0)
+    allow_weak_threshold: bool = _f(False, "accept a door threshold below the embedder manifest's far_0.01 value "
+                                           "(more than 1 in 100 strangers' faces match someone); run and doctor "
+                                           "then print a warning at every start. Also needed for "
+                                           "operating_point = \"accuracy\" when it lies below far_0.01")
     votes_needed: int = _f(3, "k: an identity is confirmed when k of the last n embedded crops of a track "
                               "agree on one person above min_cosine_similarity", 1, 50)
     vote_window: int = _f(5, "n: embedded crops of a track that vote (the last n)", 1, 50)

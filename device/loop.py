@@ -20,6 +20,7 @@ from edgeface.detect import Face
 
 from . import quality as quality_mod
 from .decision import LivenessCheck, Vote, VoteBox, make_liveness
+from .threshold import door_threshold
 from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
 from .tracker import IoUTracker, Track
 
@@ -114,19 +115,17 @@ class FaceLoop:
       events: an :class:`edgeface.device.events.EventLog` or None.
       liveness: the liveness hook (default from ``cfg.liveness``).
       clock: "frame" (door timing follows frame timestamps: video files) or "wall" (live cameras).
+      threshold: the door's min cosine similarity (default: :func:`edgeface.device.threshold.door_threshold`).
     """
 
     def __init__(self, recognizer, gallery, cfg, door=None, events=None,
-                 liveness: Optional[LivenessCheck] = None, clock: str = "wall"):
+                 liveness: Optional[LivenessCheck] = None, clock: str = "wall", threshold: Optional[float] = None):
         self.rec, self.gallery, self.cfg = recognizer, gallery, cfg
         self.door, self.events = door, events
         self.liveness = liveness if liveness is not None else make_liveness(cfg.liveness)
         self.clock = clock
-        if cfg.recognition.min_cosine_similarity is not None:
-            self.threshold = float(cfg.recognition.min_cosine_similarity)
-        else:
-            from .app import manifest_threshold
-            self.threshold = manifest_threshold(recognizer.embedder, cfg.recognition.operating_point)
+        # the policy (and its refusal of weak thresholds) lives in .threshold
+        self.threshold = float(threshold) if threshold is not None else door_threshold(cfg, recognizer.embedder).value
         self.tracker = IoUTracker(cfg.tracker.min_iou, cfg.tracker.max_missed_frames)
         self.timer = StageTimer()
         self.stats = collections.Counter()
@@ -136,6 +135,11 @@ class FaceLoop:
         self._rlog = _RateLimitedLog()
         self.last_faces: list[tuple[Track, TrackState]] = []
         self._last_index, self._last_time = 0, 0.0
+
+    @property
+    def last_frame_time(self) -> float:
+        """Time of the last good frame on the loop's clock (the door's clock for video sources)."""
+        return self._last_time
 
     # -- time ---------------------------------------------------------------
     def _now(self, frame: Optional[Frame]) -> float:
