@@ -152,9 +152,11 @@ class DoorApp:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - gallery errors and the like
             self._fail(exc)
-        self.events.log("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
-                                        f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
-                                        f"{self.loop.threshold:.4f}")
+        # a failing event log (full disk) does not stop the start: the loop reports it once a minute and opens
+        # the door only for decisions it could record
+        self.loop.log_event("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
+                                            f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
+                                            f"{self.loop.threshold:.4f}")
 
     def _fail(self, exc: Exception):
         msg = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"

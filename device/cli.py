@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import config as config_mod
+from .text import safe_text
 
 
 def _error(msg: str) -> None:
@@ -74,8 +75,8 @@ def cmd_run(args) -> int:
             display(frame, loop, decisions)
         for d in decisions:
             print(json.dumps(d.to_json()) if args.json else
-                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {d.identity or 'unknown':24} "
-                  f"{d.score:.3f}  {d.detail}", flush=True)
+                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {safe_text(d.identity or 'unknown'):24} "
+                  f"{d.score:.3f}  {safe_text(d.detail, 400)}", flush=True)
 
     try:
         loop = app.run(max_frames=args.max_frames, stop=lambda: bool(stopping) or bool(display and display.quit),
@@ -121,8 +122,8 @@ def cmd_enroll(args) -> int:
         print(json.dumps(result.to_json()))
     else:
         for source, reason in result.rejected:
-            _error(f"{source}: {reason}")
-        print(f"enrolled {len(result.accepted)} crop(s) of {args.name} ({result.total_embeddings} in "
+            _error(f"{safe_text(source, 400)}: {reason}")
+        print(f"enrolled {len(result.accepted)} crop(s) of {safe_text(args.name)} ({result.total_embeddings} in "
               f"{cfg.gallery.path}), {len(result.rejected)} rejected")
     return 0 if result.accepted and not result.rejected else 1
 
@@ -131,18 +132,16 @@ def cmd_events(args) -> int:
     from .events import EventLog
 
     cfg = _load_config(args)
-    if not Path(cfg.events.path).is_file():
-        _error(f"no event log at {cfg.events.path}")
-        return 2
-    with EventLog(cfg.events.path, retention_days=0, max_events=10**9) as ev:
+    with EventLog(cfg.events.path, readonly=True) as ev:  # reads only: never creates or changes the file
         rows = ev.events(limit=args.limit, kind=args.kind)
     for e in rows:
         if args.json:
             print(json.dumps(e.to_json()))
         else:
             score = "" if e.score is None else f"{e.score:.3f}"
-            print(f"{e.time}  {e.kind:15} {e.decision or '':8} {e.identity or ('unknown' if e.kind == 'access' else ''):24}"
-                  f" {score:6} {e.detail or ''}")
+            who = safe_text(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
+            print(f"{safe_text(e.time)}  {safe_text(e.kind):15} {safe_text(e.decision or ''):8} {who:24}"
+                  f" {score:6} {safe_text(e.detail or '', 400)}")
     return 0
 
 
@@ -206,6 +205,9 @@ def doctor(cfg) -> list[dict]:
             add("threshold", True, note)  # advice, not a fault
     except Exception as exc:  # noqa: BLE001
         add("gallery", False, str(exc))
+    from .events import check_event_log
+
+    add("events", *check_event_log(cfg.events.path, cfg.events.snapshot_dir or None))
     from .sources import SourceError, make_source, picamera2_available
 
     src = make_source(cfg.source)

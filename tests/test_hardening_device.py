@@ -32,7 +32,7 @@ def _lfw(data_root, person, n):
 @pytest.fixture(scope="module")
 def site(models_dir, data_root, tmp_path_factory):
     """A gallery with one enrolled person (5 LFW photos) and a folder "camera": 6 other photos of them, each shown
-    for 3 frames, then 3 photos of a stranger. Returns (work dir, gallery path, frames folder)."""
+    for 2 frames and followed by an empty frame, then 3 photos of a stranger likewise. Returns (work dir, gallery path, frames folder)."""
     from edgeface import FaceRecognizer, Gallery
     from edgeface.device.enroll import enroll_photos
 
@@ -45,11 +45,14 @@ def site(models_dir, data_root, tmp_path_factory):
     frames = work / "frames"
     frames.mkdir()
     shots = [_lfw(data_root, ENROLLED, i) for i in range(6, 12)] + [_lfw(data_root, STRANGER, i) for i in (1, 2, 3)]
+    blank = np.full((250, 250, 3), 128, np.uint8)  # an empty doorway between visitors: every track ends
     n = 0
     for shot in shots:
-        for _ in range(3):
+        for _ in range(2):
             shutil.copy(shot, frames / f"{n:04d}.jpg")
             n += 1
+        cv2.imwrite(str(frames / f"{n:04d}.jpg"), blank)
+        n += 1
     return work, gallery, frames
 
 
@@ -60,7 +63,8 @@ def _cfg(site, tmp_path, models_dir, **over):
                     events={"path": str(tmp_path / "events.db")},
                     source={"kind": "folder", "uri": str(frames), "fps": 10.0},
                     door={"pin_factory": "mock", "unlock_seconds": 0.1, "cooldown_seconds": 0.0},
-                    recognition={"votes_needed": 1, "vote_window": 1}, liveness={"check": "none"})
+                    recognition={"votes_needed": 1, "vote_window": 1}, liveness={"check": "none"},
+                    tracker={"max_missed_frames": 0})
     for k, v in over.items():
         sections.setdefault(k, {}).update(v)
     return DeviceConfig().replace(**sections)
@@ -124,3 +128,96 @@ def test_weak_door_thresholds_are_refused_unless_explicitly_allowed(site, models
     # a sane one starts without a warning
     run = _cli("-c", _toml(_cfg(site, tmp_path, models_dir), tmp_path / "ok.toml"), "run", "--max-frames", "3")
     assert run.returncode == 0 and "WEAK" not in run.stderr, run.stderr[-2000:]
+
+
+# -- 3. grants without an audit record --------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs; the tests run as root, as CI does)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` to the last byte, then free ``leave`` bytes."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"x" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def _grant_rows(db: Path) -> list[int]:
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT track FROM events WHERE kind = 'access' AND decision = 'grant'")]
+    finally:
+        conn.close()
+
+
+def test_full_disk_no_grant_without_its_event_and_no_snapshot_litter(site, models_dir, tmp_path, small_disk):
+    from edgeface.device.events import EventLog
+
+    db, snaps = small_disk / "events.db", small_disk / "snaps"
+    cfg = _cfg(site, tmp_path, models_dir, events={"path": str(db), "snapshot_dir": str(snaps)},
+               source={"loop": True}, door={"enabled": True})
+    toml = _toml(cfg, tmp_path / "device.toml")
+    EventLog(db, snapshot_dir=snaps).close()
+
+    def run(frames, fill_after_first_grant=False):
+        p = subprocess.Popen([sys.executable, "-m", "edgeface.device.cli", "-c", str(toml), "run", "--max-frames",
+                              str(frames)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        for line in p.stdout:
+            lines.append(line.split())
+            if fill_after_first_grant and line.startswith("frame ") and line.split()[4] == "grant":
+                _fill(small_disk)  # the disk fills up while the door is in use
+                fill_after_first_grant = False
+        err = p.stderr.read()
+        assert p.wait(timeout=300) == 0, err[-3000:]
+        lines = [ln for ln in lines if ln and ln[0] == "frame"]
+        return [int(ln[3]) for ln in lines if ln[4] == "grant"], [ln for ln in lines if ln[4] == "deny"], err
+
+    # 1. the disk fills up during the run: no grant is printed (no relay moves) without its committed event,
+    # the refusals are reported once (not once per decision), and no snapshot file is left half-written
+    granted, denied, err = run(150, fill_after_first_grant=True)
+    assert granted and len(denied) >= 3 and all("not writable" in " ".join(d) for d in denied), (granted, denied)
+    warnings = [ln for ln in err.splitlines() if "event log not writable" in ln]
+    assert len(warnings) == 1, err[-3000:]  # throttled: once a minute
+    doc = _cli("-c", toml, "doctor")
+    line = next(ln for ln in doc.stdout.splitlines() if " events " in ln)
+    assert line.startswith("BAD") and "door will not open" in line, doc.stdout
+    # 2. started on the full disk: it refuses to start (exit 2) if SQLite cannot even open the log, else it runs,
+    # granting only what it can still commit (WAL space SQLite reuses); a few lines say the disk is full
+    p = _cli("-c", toml, "run", "--max-frames", 30)
+    assert p.returncode in (0, 2), p.stderr
+    granted += [int(ln.split()[3]) for ln in p.stdout.splitlines() if ln.startswith("frame ") and ln.split()[4] == "grant"]
+    lines = p.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and all("disk full" in ln or "snapshot not saved" in ln for ln in lines), p.stderr
+    assert p.returncode == 0 or "door stays locked" in p.stderr
+    (small_disk / "filler").unlink()
+    assert sorted(granted) == sorted(_grant_rows(db))
+    assert not list(snaps.glob("*.tmp"))
+    conn = sqlite3.connect(db)
+    named = {os.path.basename(r[0]) for r in conn.execute("SELECT snapshot FROM events WHERE snapshot IS NOT NULL")}
+    conn.close()
+    assert {p.name for p in snaps.iterdir()} <= named
+    # 3. space again: grants are recorded again and doctor is content
+    before = len(_grant_rows(db))
+    granted, denied, err = run(30)
+    assert granted and not denied and len(_grant_rows(db)) == before + len(granted)
+    doc = _cli("-c", toml, "doctor")
+    assert next(ln for ln in doc.stdout.splitlines() if " events " in ln).startswith("ok")
