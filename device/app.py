@@ -111,6 +111,25 @@ def open_gallery(path: str, rec):
         raise StartupError(str(exc)) from exc
 
 
+def probe_file_source(source) -> None:
+    """A video file or image folder that cannot be read at start is a :class:`StartupError` (exit 2), not a
+    "camera lost" retried forever. Live cameras are not probed: they keep the reconnect backoff."""
+    from .sources import ImageFolderSource, SourceError, VideoFileSource
+
+    if not isinstance(source, (VideoFileSource, ImageFolderSource)):
+        return
+    try:
+        source.open()
+        if isinstance(source, VideoFileSource):
+            frame = source.read()
+            if frame is None or not getattr(frame.image, "size", 0):
+                raise SourceError(f"{source.name}: no readable frame (not a video, or empty)")
+    except SourceError as exc:
+        raise StartupError(str(exc)) from exc
+    finally:
+        source.close()
+
+
 class DoorApp:
     """The door access controller: ``with DoorApp(cfg) as app: app.run()``.
 
@@ -141,6 +160,8 @@ class DoorApp:
             self.rec = load_recognizer(cfg)
             self.gallery = open_gallery(cfg.gallery.path, self.rec)
             self.source = source if source is not None else make_source(cfg.source)
+            if source is None:
+                probe_file_source(self.source)
             self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock,
                                  threshold=self.rec.min_cosine_similarity)
             if self.rec.door_threshold.warning:

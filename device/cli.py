@@ -341,6 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from edgeface.errors import EdgefaceError
+
     from .app import StartupError
 
     try:
@@ -351,6 +353,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TimeoutError as exc:
         _error(str(exc))
         return 1
+    except EdgefaceError as exc:  # its message names the file and the problem
+        _error(str(exc))
+        return 2
     except Exception as exc:  # noqa: BLE001 - edgeface errors become one line
         if type(exc).__module__.startswith("edgeface") or isinstance(exc, (OSError, ValueError)):
             _error(f"{type(exc).__name__}: {exc}")

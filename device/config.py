@@ -298,17 +298,25 @@ def to_dict(cfg: DeviceConfig) -> dict:
 
 
 def load(path: Optional[str | os.PathLike] = None) -> DeviceConfig:
-    """Read and validate a TOML file (``None``: all defaults)."""
+    """Read and validate a UTF-8 TOML file (``None``: all defaults; a leading byte order mark is skipped)."""
     if path is None:
         return from_dict({})
     if tomllib is None:  # pragma: no cover
         raise ConfigError("reading TOML needs Python 3.11+ or the 'tomli' package")
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors write one): harmless, skipped
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        enc = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{path}: not UTF-8 text{enc}; save it as UTF-8 (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     try:

@@ -221,3 +221,141 @@ def test_full_disk_no_grant_without_its_event_and_no_snapshot_litter(site, model
     assert granted and not denied and len(_grant_rows(db)) == before + len(granted)
     doc = _cli("-c", toml, "doctor")
     assert next(ln for ln in doc.stdout.splitlines() if " events " in ln).startswith("ok")
+
+
+# -- 4. log forging through names --------------------------------------------------------------------------------------
+HOSTILE = "Colin\n2026-11-30T06:00:00.000+00:00  access          grant    mallory\x1b[2J\x1b[31m\u202e" + "x" * 10000
+
+
+def test_hostile_names_are_escaped_by_events_run_and_the_logs(site, models_dir, tmp_path):
+    work, gallery, frames = site
+    old = tmp_path / "old_gallery.db"  # an older gallery that accepted any name (enrollment validates them now)
+    shutil.copy(gallery, old)
+    conn = sqlite3.connect(old)
+    conn.execute("UPDATE people SET name = ?", (HOSTILE,))
+    conn.commit()
+    conn.close()
+    cfg = _cfg(site, tmp_path, models_dir, gallery={"path": str(old)})
+    toml = _toml(cfg, tmp_path / "device.toml")
+    run = _cli("-c", toml, "-v", "run", "--max-frames", 12)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ev = _cli("-c", toml, "events", "--limit", 100)
+    assert ev.returncode == 0, ev.stderr
+    for out in (run.stdout, run.stderr, ev.stdout):
+        assert "\x1b" not in out and "\u202e" not in out and "\r" not in out
+        assert not any(ln.startswith("2026-11-30T06:00:00.000") for ln in out.splitlines()), "a forged line"
+        assert max(len(ln) for ln in out.splitlines()) < 1000
+    grants = [ln for ln in run.stdout.splitlines() if ln.startswith("frame ") and " grant " in ln]
+    assert grants and all("Colin\\n2026-11-30" in ln and "\\x1b[2J" in ln and "(+" in ln for ln in grants)
+    assert sum(" access " in ln and " grant " in ln for ln in ev.stdout.splitlines()) == len(grants)
+    # JSON output keeps the stored name exactly (JSON escapes control characters itself)
+    js = _cli("-c", toml, "events", "--json", "--kind", "access")
+    assert {json.loads(ln)["identity"] for ln in js.stdout.splitlines()} >= {HOSTILE}
+
+
+# -- 6. world-readable biometric files ------------------------------------------------------------------------------
+def test_event_log_and_snapshots_are_private_and_loose_ones_are_tightened(site, models_dir, tmp_path, caplog):
+    from edgeface.device.events import EventLog
+
+    db, snaps = tmp_path / "data" / "events.db", tmp_path / "data" / "snaps"
+    cfg = _cfg(site, tmp_path, models_dir, events={"path": str(db), "snapshot_dir": str(snaps)})
+    toml = _toml(cfg, tmp_path / "device.toml")
+    code = "import os, sys; os.umask(0o022); from edgeface.device.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, "-c", str(toml), "run", "--max-frames", "12"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert mode(db) == 0o600 and mode(snaps) == 0o700, (oct(mode(db)), oct(mode(snaps)))
+    assert mode(db.parent) == 0o700  # created by the device
+    shots = list(snaps.iterdir())
+    assert shots and all(mode(s) == 0o600 for s in shots)
+    # files left readable by an older version are tightened on open, with a warning
+    os.chmod(db, 0o644)
+    os.chmod(snaps, 0o755)
+    os.chmod(shots[0], 0o644)
+    with caplog.at_level("WARNING", logger="edgeface.device"):
+        EventLog(db, snapshot_dir=snaps).close()
+    assert mode(db) == 0o600 and mode(snaps) == 0o700 and mode(shots[0]) == 0o600
+    assert sum("readable by others" in r.getMessage() for r in caplog.records) == 3
+    unit = (Path(__file__).resolve().parents[1] / "device" / "systemd" / "edgeface-door.service").read_text()
+    assert "\nUMask=0077\n" in unit
+
+
+# -- 7. retention ----------------------------------------------------------------------------------------------------
+def test_retention_bounds_hold_on_every_insert_and_orphan_snapshots_are_swept(tmp_path):
+    import signal
+    import time
+
+    from edgeface.device.events import EventLog
+
+    db, snaps = tmp_path / "ev.db", tmp_path / "snaps"
+    with EventLog(db, retention_days=1, max_events=100, snapshot_dir=snaps) as ev:
+        for i in range(250):
+            ev.log("access", track=i, decision="unknown", snapshot=np.full((8, 8, 3), i % 255, np.uint8))
+            assert ev.count() <= 100  # never above the bound, not only every 100 events
+        assert len(list(snaps.iterdir())) == 100  # the pruned events' snapshots went with them
+        ev.log("access", track=999, decision="grant", ts=time.time() - 2 * 86400)  # already too old
+        assert ev.count() == 100 and 999 not in [e.track for e in ev.events(limit=None)]
+    # a real process killed while logging with snapshots: whatever it left without an event row is swept at start
+    code = (f"from edgeface.device.events import EventLog\nimport numpy as np\n"
+            f"ev = EventLog({str(db)!r}, snapshot_dir={str(snaps)!r}, max_events=100)\n"
+            f"for i in range(10**6):\n    ev.log('access', track=i, decision='grant', "
+            f"snapshot=np.random.randint(0, 255, (160, 160, 3), np.uint8))\n    print(i, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for _ in range(150):
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (snaps / "20260101T000000_000000_t1.jpg").write_bytes(b"old orphan")  # as earlier versions left them
+    (snaps / "20260101T000000_000001_t1.tmp").write_bytes(b"")
+    (snaps / "notes.txt").write_text("not ours")
+    with EventLog(db, snapshot_dir=snaps, max_events=100) as ev:
+        named = {os.path.basename(e.snapshot) for e in ev.events(limit=None) if e.snapshot}
+        assert ev.count() <= 100
+    left = {p.name for p in snaps.iterdir()}
+    assert left - {"notes.txt"} <= named and "notes.txt" in left
+
+
+# -- 13. a missing or unreadable video/folder source ----------------------------------------------------------------
+@pytest.mark.parametrize("kind,what", [("video", "missing"), ("video", "garbage"), ("video", "folder"),
+                                       ("folder", "missing"), ("folder", "empty"), ("folder", "file")])
+def test_unreadable_file_source_is_one_line_and_exit_2(site, models_dir, tmp_path, kind, what):
+    target = tmp_path / "src"
+    if what == "garbage":
+        target = tmp_path / "clip.avi"
+        target.write_bytes(os.urandom(50000))
+    elif what in ("folder", "empty"):
+        target.mkdir()
+    elif what == "file":
+        target.write_text("not a folder")
+    cfg = _cfg(site, tmp_path, models_dir, source={"kind": kind, "uri": str(target)})
+    p = _cli("-c", _toml(cfg, tmp_path / "device.toml"), "run", timeout=60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "door stays locked" in lines[0], p.stderr
+    assert kind + ":" in lines[0]
+
+
+# -- 14. unclear messages -----------------------------------------------------------------------------------------------
+def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site, models_dir, tmp_path):
+    cfg = _cfg(site, tmp_path, models_dir, events={"path": "/etc/passwd/events.db"})
+    p = _cli("-c", _toml(cfg, tmp_path / "a.toml"), "run", "--max-frames", 3)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "/etc/passwd is a file, not a folder" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    # a UTF-8 byte order mark (Notepad) is accepted; UTF-16 is named
+    toml = _toml(_cfg(site, tmp_path, models_dir), tmp_path / "b.toml")
+    toml.write_bytes(b"\xef\xbb\xbf" + toml.read_bytes())
+    p = _cli("-c", toml, "run", "--max-frames", 3)
+    assert p.returncode == 0, p.stderr
+    toml.write_bytes(toml.read_bytes()[3:].decode().encode("utf-16"))
+    p = _cli("-c", toml, "doctor")
+    assert p.returncode == 2 and "not UTF-8 text (it looks like UTF-16)" in p.stderr, p.stderr
+    # `events` only reads: a 0-byte file stays 0 bytes, a missing one is not created
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path, message in ((empty, "is an empty file, not an edgeface event log"), (tmp_path / "none.db", "no event log")):
+        p = _cli("events", "--events-db", path)
+        assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert empty.stat().st_size == 0 and not (tmp_path / "none.db").exists()
