@@ -5,6 +5,7 @@
     edgeface-device -c device.toml enroll --name ada photo1.jpg photo2.jpg      # or --camera
     edgeface-device -c device.toml run                  # --dry-run: mock relay; --kiosk: overlay
     edgeface-device -c device.toml events --limit 20
+    edgeface-device -c device.toml gallery forget ada     # erase a person: embeddings, events, snapshots
     edgeface-device demo --models models --lfw ../shared/data/lfw/images_deepfunneled --work /tmp/door-demo
 
 Exit status: 0 ok, 1 some input rejected / demo criteria not met, 2 cannot start (the door stays locked).
@@ -142,6 +143,43 @@ def cmd_events(args) -> int:
             who = safe_text(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
             print(f"{safe_text(e.time)}  {safe_text(e.kind):15} {safe_text(e.decision or ''):8} {who:24}"
                   f" {score:6} {safe_text(e.detail or '', 400)}")
+    return 0
+
+
+def cmd_gallery(args) -> int:
+    from edgeface.gallery import Gallery
+
+    from .privacy import forget_person, rename_person
+
+    cfg = _load_config(args)
+    if args.action == "list":
+        with Gallery.open(cfg.gallery.path) as g:
+            people = g.people()
+        for p in people:
+            print(json.dumps(p._asdict()) if args.json else f"{safe_text(p.name):40} {p.num_embeddings:3d} embeddings"
+                                                             f"  enrolled {p.created}")
+        return 0
+    if args.action == "forget":
+        if len(args.names) != 1:
+            _error("gallery forget takes one NAME")
+            return 2
+        r = forget_person(args.names[0], cfg.gallery.path, cfg.events.path, cfg.events.snapshot_dir or None)
+        if args.json:
+            print(json.dumps(r.to_json()))
+        else:
+            print(f"forgot {safe_text(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
+                  f"event(s) from {cfg.events.path}, {r.snapshots} snapshot file(s)")
+        if not (r.embeddings or r.events or r.snapshots):
+            _error(f"nothing stored about {safe_text(r.name)}")
+            return 1
+        return 0
+    if len(args.names) != 2:
+        _error("gallery rename takes OLD NEW")
+        return 2
+    old, new = args.names
+    n = rename_person(old, new, cfg.gallery.path, cfg.events.path)
+    print(json.dumps({"old": old, "new": new, "events": n}) if args.json else
+          f"renamed {safe_text(old)} to {safe_text(new)} in {cfg.gallery.path} and in {n} event(s)")
     return 0
 
 
@@ -308,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kind", help="only this kind (access, camera_lost, error, ...)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_events)
+
+    sp = common(sub.add_parser(
+        "gallery", help="list, forget (erase) or rename enrolled people on the device",
+        description="list: enrolled people. forget NAME: erase a person - their embeddings, every access event "
+                    "naming them and those events' snapshots - and print what was removed (exit 1 if nothing was "
+                    "stored). rename OLD NEW: in the gallery and in every event, so the old name is not kept."))
+    sp.add_argument("action", choices=["list", "forget", "rename"])
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--events-db", help="override [events] path")
+    sp.set_defaults(func=cmd_gallery)
 
     sp = common(sub.add_parser("doctor", help="what runtime, delegate, camera, models and gallery are found"))
     sp.add_argument("--source", help="override [source] uri")

@@ -359,3 +359,52 @@ def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site,
         p = _cli("events", "--events-db", path)
         assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert empty.stat().st_size == 0 and not (tmp_path / "none.db").exists()
+
+
+# -- 5. a person can be erased ----------------------------------------------------------------------------------------
+def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves_no_old_name(site, models_dir,
+                                                                                              tmp_path):
+    work, gallery, frames = site
+    mine = tmp_path / "gallery.db"
+    shutil.copy(gallery, mine)
+    db, snaps = tmp_path / "events.db", tmp_path / "snaps"
+    cfg = _cfg(site, tmp_path, models_dir, gallery={"path": str(mine)},
+               events={"path": str(db), "snapshot_dir": str(snaps)})
+    toml = _toml(cfg, tmp_path / "device.toml")
+    assert _cli("-c", toml, "run").returncode == 0
+
+    def rows(sql, *args):
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    # rename: gallery and events, so the old name is kept nowhere
+    p = _cli("-c", toml, "gallery", "rename", ENROLLED, "Person_A")
+    assert p.returncode == 0, p.stderr
+    n = rows("SELECT COUNT(*) FROM events WHERE identity = 'Person_A'")[0][0]
+    assert n >= 4 and f"in {n} event(s)" in p.stdout
+    assert rows("SELECT COUNT(*) FROM events WHERE identity = ? OR detail LIKE ?", ENROLLED, f"%{ENROLLED}%")[0][0] == 0
+    # forget: embeddings, every event naming them, their snapshot files; strangers' records stay
+    theirs = {os.path.basename(r[0]) for r in rows("SELECT snapshot FROM events WHERE identity = 'Person_A'")}
+    others = {os.path.basename(r[0]) for r in rows("SELECT snapshot FROM events WHERE identity IS NOT 'Person_A' "
+                                                    "AND snapshot IS NOT NULL")}
+    assert theirs and others and theirs <= {p.name for p in snaps.iterdir()}
+    from edgeface import Gallery
+
+    with Gallery.open(mine) as g:
+        enrolled = next(p.num_embeddings for p in g.people() if p.name == "Person_A")
+    p = _cli("-c", toml, "gallery", "forget", "Person_A", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report == {"name": "Person_A", "embeddings": enrolled, "events": n, "snapshots": len(theirs)}
+    assert rows("SELECT COUNT(*) FROM events WHERE identity = 'Person_A'")[0][0] == 0
+    assert {p.name for p in snaps.iterdir()} == others
+    listed = _cli("-c", toml, "gallery", "list")
+    assert listed.returncode == 0 and "Person_A" not in listed.stdout
+    # nothing left to erase: said so, exit 1; wrong arity: one line, exit 2
+    p = _cli("-c", toml, "gallery", "forget", "Person_A")
+    assert p.returncode == 1 and "nothing stored about Person_A" in p.stderr
+    p = _cli("-c", toml, "gallery", "rename", "only-one")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
