@@ -14,6 +14,7 @@ from typing import Optional
 from edgeface.manifest import ManifestError, resolve_models
 
 from .config import DeviceConfig
+from .crypto import CryptoError, SealedGallery, make_cipher
 from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
@@ -148,6 +149,7 @@ class DoorApp:
         self.gallery = None
         self.rec = None
         self.loop: Optional[FaceLoop] = None
+        self._sealed: Optional[SealedGallery] = None
         try:
             if cfg.door.enabled:
                 if clock == "wall":
@@ -155,10 +157,18 @@ class DoorApp:
                 else:  # door time follows the video: lock() outside a frame uses the last frame's time
                     self.door = DoorController(cfg.door, clock=lambda: self.loop.last_frame_time if self.loop else 0.0,
                                                pin_factory=pin_factory, relock_timer=False)
+            self.cipher = make_cipher(cfg.encryption)  # None unless [encryption] enabled
             self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
-                                   cfg.events.snapshot_dir or None)
+                                   cfg.events.snapshot_dir or None, cipher=self.cipher)
             self.rec = load_recognizer(cfg)
-            self.gallery = open_gallery(cfg.gallery.path, self.rec)
+            if self.cipher is None:
+                self.gallery = open_gallery(cfg.gallery.path, self.rec)
+            else:  # decrypted into RAM for the run; the file on disk stays sealed
+                if not Path(cfg.gallery.path).is_file():
+                    raise StartupError(f"gallery {cfg.gallery.path} not found: enroll people first "
+                                       "(edgeface-device enroll)")
+                self._sealed = SealedGallery(cfg.gallery.path, self.cipher)
+                self.gallery = open_gallery(str(self._sealed.plain), self.rec)
             self.source = source if source is not None else make_source(cfg.source)
             if source is None:
                 probe_file_source(self.source)
@@ -169,7 +179,8 @@ class DoorApp:
             note = gallery_risk_note(cfg, sum(p.num_embeddings for p in self.gallery.people()))
             if note:
                 (log.warning if "consider" in note else log.info)("%s", note)
-        except (StartupError, DoorError, EventLogError, ManifestError, OSError, ValueError, ImportError) as exc:
+        except (StartupError, DoorError, EventLogError, CryptoError, ManifestError, OSError, ValueError,
+                ImportError) as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - gallery errors and the like
             self._fail(exc)
@@ -212,6 +223,9 @@ class DoorApp:
         if self.gallery is not None:
             self.gallery.close()
             self.gallery = None
+        if self._sealed is not None:  # the decrypted copy is deleted; nothing is written back
+            self._sealed.close(save=False)
+            self._sealed = None
 
     def __enter__(self) -> "DoorApp":
         return self

@@ -100,9 +100,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_enroll(args) -> int:
-    from edgeface.gallery import Gallery
-
     from .app import load_recognizer
+    from .crypto import gallery_file, make_cipher
     from .enroll import enroll_from_camera, enroll_photos
     from .sources import Backoff, ReconnectingSource, make_source
 
@@ -111,7 +110,8 @@ def cmd_enroll(args) -> int:
     if not args.camera and not args.photos:
         _error("give photos, or --camera to enroll from the camera")
         return 2
-    with Gallery(cfg.gallery.path, rec.embedder_id, rec.embedder.dim) as g:
+    with gallery_file(cfg.gallery.path, make_cipher(cfg.encryption), rec.embedder_id, rec.embedder.dim,
+                      write=True) as g:
         if args.camera:
             src = ReconnectingSource(make_source(cfg.source), Backoff(cfg.source.reopen_initial_seconds,
                                                                       cfg.source.reopen_max_seconds))
@@ -147,13 +147,20 @@ def cmd_events(args) -> int:
 
 
 def cmd_gallery(args) -> int:
-    from edgeface.gallery import Gallery
-
+    from .crypto import Cipher, encrypt_gallery_file, gallery_file, key_path, make_cipher, read_key
     from .privacy import forget_person, rename_person
 
     cfg = _load_config(args)
+    if args.action == "encrypt":  # a plain gallery -> sealed with the [encryption] key
+        if not (cfg.encryption.key_file or cfg.encryption.credential):
+            _error("gallery encrypt needs [encryption] key_file or credential")
+            return 2
+        size = encrypt_gallery_file(cfg.gallery.path, Cipher(read_key(key_path(cfg.encryption))))
+        print(f"encrypted {cfg.gallery.path} ({size} bytes); set [encryption] enabled = true")
+        return 0
+    cipher = make_cipher(cfg.encryption)
     if args.action == "list":
-        with Gallery.open(cfg.gallery.path) as g:
+        with gallery_file(cfg.gallery.path, cipher) as g:
             people = g.people()
         for p in people:
             print(json.dumps(p._asdict()) if args.json else f"{safe_text(p.name):40} {p.num_embeddings:3d} embeddings"
@@ -163,7 +170,7 @@ def cmd_gallery(args) -> int:
         if len(args.names) != 1:
             _error("gallery forget takes one NAME")
             return 2
-        r = forget_person(args.names[0], cfg.gallery.path, cfg.events.path, cfg.events.snapshot_dir or None)
+        r = forget_person(args.names[0], cfg.gallery.path, cfg.events.path, cfg.events.snapshot_dir or None, cipher)
         if args.json:
             print(json.dumps(r.to_json()))
         else:
@@ -177,9 +184,34 @@ def cmd_gallery(args) -> int:
         _error("gallery rename takes OLD NEW")
         return 2
     old, new = args.names
-    n = rename_person(old, new, cfg.gallery.path, cfg.events.path)
+    n = rename_person(old, new, cfg.gallery.path, cfg.events.path, cipher)
     print(json.dumps({"old": old, "new": new, "events": n}) if args.json else
           f"renamed {safe_text(old)} to {safe_text(new)} in {cfg.gallery.path} and in {n} event(s)")
+    return 0
+
+
+def cmd_key(args) -> int:
+    from .crypto import new_key
+
+    path = new_key(args.path)
+    print(f"wrote a new 256-bit key to {path} (mode 600). Keep a copy somewhere safe: without it the encrypted "
+          "gallery and snapshots cannot be read")
+    return 0
+
+
+def cmd_decrypt(args) -> int:
+    from .crypto import Cipher, key_path, read_key
+
+    cfg = _load_config(args)
+    if not (cfg.encryption.key_file or cfg.encryption.credential):
+        _error("decrypt needs [encryption] key_file or credential")
+        return 2
+    src = Path(args.file)
+    data = Cipher(read_key(key_path(cfg.encryption))).open(src.read_bytes(), src.name.encode(), f"snapshot {src}")
+    from .files import write_private
+
+    write_private(args.output, data)
+    print(f"wrote {args.output} ({len(data)} bytes, mode 600)")
     return 0
 
 
@@ -226,14 +258,16 @@ def doctor(cfg) -> list[dict]:
     except Exception as exc:  # noqa: BLE001
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
-        from edgeface.gallery import Gallery
+        from .crypto import gallery_file, make_cipher
 
-        meta = Gallery.read_meta(cfg.gallery.path)
-        ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
-        with Gallery(cfg.gallery.path, meta.embedder_id, meta.dim) as g:
+        cipher = make_cipher(cfg.encryption)
+        with gallery_file(cfg.gallery.path, cipher) as g:
+            meta = g.read_meta(g.path)
             people = len(g)
             embeddings = sum(p.num_embeddings for p in g.people())
+        ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
         add("gallery", ok and people > 0, f"{cfg.gallery.path}: {people} people, embedder {meta.embedder_id}"
+            + (", encrypted" if cipher is not None else "")
             + ("" if ok else f" - DOES NOT MATCH the models' {rec.embedder_id}: re-enroll")
             + ("" if people else " - empty: enroll people first"))
         from .app import gallery_risk_note
@@ -243,6 +277,14 @@ def doctor(cfg) -> list[dict]:
             add("threshold", True, note)  # advice, not a fault
     except Exception as exc:  # noqa: BLE001
         add("gallery", False, str(exc))
+    if cfg.encryption.enabled:
+        try:
+            from .crypto import key_path, make_cipher
+
+            make_cipher(cfg.encryption)
+            add("crypto", True, f"AES-256-GCM at rest (gallery, snapshots), key {key_path(cfg.encryption)}")
+        except Exception as exc:  # noqa: BLE001
+            add("crypto", False, str(exc))
     from .events import check_event_log
 
     add("events", *check_event_log(cfg.events.path, cfg.events.snapshot_dir or None))
@@ -347,12 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_events)
 
+    sp = sub.add_parser("key", help="create a key for [encryption]: key new PATH")
+    sp.add_argument("action", choices=["new"])
+    sp.add_argument("path")
+    sp.set_defaults(func=cmd_key)
+
+    sp = sub.add_parser("decrypt", help="decrypt one encrypted snapshot (*.jpg.aesgcm) to a JPEG file")
+    sp.add_argument("file")
+    sp.add_argument("-o", "--output", required=True, help="JPEG to write (created 0600; never overwritten)")
+    sp.set_defaults(func=cmd_decrypt)
+
     sp = common(sub.add_parser(
         "gallery", help="list, forget (erase) or rename enrolled people on the device",
         description="list: enrolled people. forget NAME: erase a person - their embeddings, every access event "
                     "naming them and those events' snapshots - and print what was removed (exit 1 if nothing was "
-                    "stored). rename OLD NEW: in the gallery and in every event, so the old name is not kept."))
-    sp.add_argument("action", choices=["list", "forget", "rename"])
+                    "stored). rename OLD NEW: in the gallery and in every event, so the old name is not kept. "
+                    "encrypt: seal a plain gallery in place with the [encryption] key."))
+    sp.add_argument("action", choices=["list", "forget", "rename", "encrypt"])
     sp.add_argument("names", nargs="*", metavar="NAME")
     sp.add_argument("--events-db", help="override [events] path")
     sp.set_defaults(func=cmd_gallery)

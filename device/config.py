@@ -186,6 +186,16 @@ class EnrollConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    enabled: bool = _f(False, "encrypt snapshots and the gallery at rest with AES-256-GCM (needs the cryptography "
+                              "package: pip install 'edgeface[crypto]'); an existing plain gallery is converted by "
+                              "`edgeface-device gallery encrypt`")
+    key_file: str = _f("", "file holding the 32-byte key (edgeface-device key new PATH; mode 0600)")
+    credential: str = _f("", "or the name of a systemd credential holding the key (LoadCredentialEncrypted=NAME:... in "
+                             "the unit; read from $CREDENTIALS_DIRECTORY/NAME)")
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -198,6 +208,7 @@ class DeviceConfig:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
     def replace(self, **sections: dict) -> "DeviceConfig":
         """A copy with some fields changed: ``cfg.replace(door={"pin_factory": "mock"})`` (validated)."""
@@ -267,6 +278,9 @@ def _cross_checks(cfg: DeviceConfig) -> None:
         raise ConfigError("[quality] min_brightness must be <= max_brightness")
     if (cfg.source.lores_width == 0) != (cfg.source.lores_height == 0):
         raise ConfigError("[source] lores_width and lores_height must both be 0 or both be set")
+    e = cfg.encryption
+    if e.enabled and bool(e.key_file) == bool(e.credential):
+        raise ConfigError("[encryption] enabled = true needs exactly one of key_file or credential")
 
 
 def from_dict(data: dict) -> DeviceConfig:

@@ -52,7 +52,7 @@ COLUMNS = ("id", "ts", "time", "kind", "track", "identity", "score", "decision",
 #: a failing snapshot folder (full disk) is reported at most this often
 SNAPSHOT_WARNING_SECONDS = 60.0
 #: file names the snapshot folder may hold (anything else there is left alone)
-SNAPSHOT_SUFFIXES = (".jpg", ".tmp")
+SNAPSHOT_SUFFIXES = (".jpg", ".tmp", ".aesgcm")
 
 
 class EventLogError(EdgefaceError, RuntimeError):
@@ -83,11 +83,12 @@ class EventLog:
     """
 
     def __init__(self, path: str | os.PathLike, retention_days: float = 90.0, max_events: int = 1_000_000,
-                 snapshot_dir: Optional[str | os.PathLike] = None, readonly: bool = False):
+                 snapshot_dir: Optional[str | os.PathLike] = None, readonly: bool = False, cipher=None):
         self.path = os.fspath(path)
         self.retention_days, self.max_events = float(retention_days), int(max_events)
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.readonly = readonly
+        self.cipher = cipher  #: an edgeface.device.crypto.Cipher: snapshots are sealed (*.jpg.aesgcm)
         self._conn = None
         self._snapshot_failures, self._snapshot_warned = 0, -1e9
         try:
@@ -191,23 +192,26 @@ class EventLog:
 
     def _snapshot_path(self, ts: float, track: Optional[int]) -> Path:
         name = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S_%f") + f"_t{track or 0}"
-        path = self.snapshot_dir / f"{name}.jpg"
+        ext = ".jpg" if self.cipher is None else ".jpg.aesgcm"
+        path = self.snapshot_dir / f"{name}{ext}"
         i = 1
         while path.exists():  # two decisions in the same microsecond
-            path, i = self.snapshot_dir / f"{name}_{i}.jpg", i + 1
+            path, i = self.snapshot_dir / f"{name}_{i}{ext}", i + 1
         return path
 
-    def _encode_snapshot(self, image: np.ndarray) -> bytes:
+    def _encode_snapshot(self, image: np.ndarray, name: str) -> bytes:
         ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]))
         if not ok:
             raise OSError("JPEG encoding failed")
+        if self.cipher is not None:  # the file name is the associated data: a renamed file does not decrypt
+            return self.cipher.seal(data.tobytes(), name.encode())
         return data.tobytes()
 
     def _save_snapshot(self, image: np.ndarray, path: Path) -> bool:
         """Write the snapshot (0600, via a temporary file); on any failure nothing is left behind."""
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name.split(".")[0] + ".tmp")
         try:
-            files.write_private(tmp, self._encode_snapshot(image))
+            files.write_private(tmp, self._encode_snapshot(image, path.name))
             os.replace(tmp, path)
         except OSError as exc:
             _unlink_all([tmp])

@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 from edgeface.errors import EdgefaceError
 
+from .crypto import CryptoError, gallery_file
 from .events import EventLog
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,20 @@ def _open_events(events_path, snapshot_dir) -> Optional[EventLog]:
 
 
 def forget_person(name: str, gallery_path: str | os.PathLike, events_path: Optional[str | os.PathLike] = None,
-                  snapshot_dir: Optional[str | os.PathLike] = None) -> ForgetReport:
+                  snapshot_dir: Optional[str | os.PathLike] = None, cipher=None) -> ForgetReport:
     """Erase ``name``: their gallery embeddings first (so they can no longer be recognised), then every event
-    naming them and those events' snapshot files. Returns what was removed."""
-    from edgeface.gallery import Gallery, GalleryError
+    naming them and those events' snapshot files. Returns what was removed. ``cipher``: the gallery is encrypted
+    (:mod:`edgeface.device.crypto`)."""
+    from edgeface.gallery import GalleryError
 
     embeddings = 0
     try:
-        with Gallery.open(gallery_path) as g:
+        with gallery_file(gallery_path, cipher, write=True) as g:
             person = next((p for p in g.people() if p.name == name), None)
             if person is not None:
                 g.remove(name)  # the core's Gallery.forget (issue 12) supersedes this when it lands
                 embeddings = person.num_embeddings
-    except GalleryError as exc:
+    except (GalleryError, CryptoError) as exc:
         raise PrivacyError(f"cannot erase {name!r} from gallery {gallery_path}: {exc}; nothing was erased") from exc
     try:
         ev = _open_events(events_path, snapshot_dir)
@@ -72,18 +74,18 @@ def forget_person(name: str, gallery_path: str | os.PathLike, events_path: Optio
 
 
 def rename_person(old: str, new: str, gallery_path: str | os.PathLike,
-                  events_path: Optional[str | os.PathLike] = None) -> int:
+                  events_path: Optional[str | os.PathLike] = None, cipher=None) -> int:
     """Rename a person in the gallery and in every event (so the old name is not kept); returns events renamed."""
-    from edgeface.gallery import Gallery, GalleryError
+    from edgeface.gallery import GalleryError
 
     try:
-        with Gallery.open(gallery_path) as g:
+        with gallery_file(gallery_path, cipher, write=True) as g:
             if old in g:
                 g.rename(old, new)
             elif new not in g:
                 raise PrivacyError(f"{old!r} is not enrolled in {gallery_path}")
             # else: renamed in the gallery earlier (e.g. with `edgeface gallery rename`): finish the events
-    except GalleryError as exc:
+    except (GalleryError, CryptoError) as exc:
         raise PrivacyError(f"cannot rename {old!r}: {exc}") from exc
     try:
         ev = _open_events(events_path, None)

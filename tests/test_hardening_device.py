@@ -408,3 +408,63 @@ def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves
     assert p.returncode == 1 and "nothing stored about Person_A" in p.stderr
     p = _cli("-c", toml, "gallery", "rename", "only-one")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+# -- 8. encryption at rest ---------------------------------------------------------------------------------------------
+def test_encrypted_gallery_and_snapshots_work_end_to_end_and_leave_no_plaintext(site, models_dir, data_root,
+                                                                                tmp_path):
+    from edgeface.device.crypto import MAGIC
+
+    work, gallery, frames = site
+    key = tmp_path / "keys" / "edgeface.key"
+    key.parent.mkdir()
+    p = _cli("key", "new", key)
+    assert p.returncode == 0 and stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size == 32
+    assert _cli("key", "new", key).returncode == 2  # never overwritten
+    mine, db, snaps = tmp_path / "gallery.db", tmp_path / "events.db", tmp_path / "snaps"
+    shutil.copy(gallery, mine)
+    plain = _cfg(site, tmp_path, models_dir, gallery={"path": str(mine)},
+                 events={"path": str(db), "snapshot_dir": str(snaps)}, encryption={"key_file": str(key)})
+    p = _cli("-c", _toml(plain, tmp_path / "plain.toml"), "gallery", "encrypt")
+    assert p.returncode == 0, p.stderr
+    blob = mine.read_bytes()
+    assert blob.startswith(MAGIC) and ENROLLED.encode() not in blob and b"SQLite format" not in blob
+    cfg = plain.replace(encryption={"enabled": True})
+    toml = _toml(cfg, tmp_path / "device.toml")
+    shm_before = set(Path("/dev/shm").glob("edgeface-gallery-*"))
+    run = _cli("-c", toml, "run")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sum(ln.startswith("frame ") and " grant " in ln for ln in run.stdout.splitlines()) >= 4
+    shots = sorted(snaps.iterdir())
+    assert shots and all(s.name.endswith(".jpg.aesgcm") for s in shots)
+    assert all(s.read_bytes().startswith(MAGIC) and b"\xff\xd8\xff" not in s.read_bytes()[:64] for s in shots)
+    out = tmp_path / "look.jpg"
+    p = _cli("-c", toml, "decrypt", shots[0], "-o", out)
+    assert p.returncode == 0, p.stderr
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] >= 100
+    renamed = snaps / ("x" + shots[1].name)  # the file name is bound to the ciphertext
+    shots[1].rename(renamed)
+    p = _cli("-c", toml, "decrypt", renamed, "-o", tmp_path / "x.jpg")
+    assert p.returncode == 2 and "does not decrypt" in p.stderr
+    # enroll, list, forget on the sealed gallery; it stays sealed
+    p = _cli("-c", toml, "enroll", "--name", STRANGER, *[_lfw(data_root, STRANGER, i) for i in (4, 5, 6)])
+    assert p.returncode in (0, 1) and "enrolled" in p.stdout, p.stderr
+    assert mine.read_bytes().startswith(MAGIC) and STRANGER.encode() not in mine.read_bytes()
+    listed = _cli("-c", toml, "gallery", "list").stdout
+    assert ENROLLED in listed and STRANGER in listed
+    p = _cli("-c", toml, "gallery", "forget", ENROLLED)
+    assert p.returncode == 0 and "forgot" in p.stdout, p.stderr
+    listed = _cli("-c", toml, "gallery", "list").stdout
+    assert ENROLLED not in listed and STRANGER in listed
+    doc = _cli("-c", toml, "doctor").stdout
+    assert any(ln.startswith("ok  crypto") for ln in doc.splitlines()), doc
+    assert set(Path("/dev/shm").glob("edgeface-gallery-*")) <= shm_before  # decrypted copies deleted
+    # a wrong key, or a key others can read: one line, exit 2, door locked
+    other = tmp_path / "keys" / "other.key"
+    _cli("key", "new", other)
+    p = _cli("-c", _toml(cfg.replace(encryption={"key_file": str(other)}), tmp_path / "w.toml"), "run")
+    assert p.returncode == 2 and "does not decrypt" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    os.chmod(key, 0o644)
+    p = _cli("-c", toml, "run")
+    assert p.returncode == 2 and "readable by others" in p.stderr
