@@ -277,7 +277,9 @@ def test_event_log_and_snapshots_are_private_and_loose_ones_are_tightened(site, 
     os.chmod(snaps, 0o755)
     os.chmod(shots[0], 0o644)
     with caplog.at_level("WARNING", logger="edgeface.device"):
-        EventLog(db, snapshot_dir=snaps).close()
+        with EventLog(db, snapshot_dir=snaps) as ev:
+            ev.log("start")
+            assert mode(str(db) + "-wal") == 0o600 and mode(str(db) + "-shm") == 0o600
     assert mode(db) == 0o600 and mode(snaps) == 0o700 and mode(shots[0]) == 0o600
     assert sum("readable by others" in r.getMessage() for r in caplog.records) == 3
     unit = (Path(__file__).resolve().parents[1] / "device" / "systemd" / "edgeface-door.service").read_text()
@@ -468,3 +470,31 @@ def test_encrypted_gallery_and_snapshots_work_end_to_end_and_leave_no_plaintext(
     os.chmod(key, 0o644)
     p = _cli("-c", toml, "run")
     assert p.returncode == 2 and "readable by others" in p.stderr
+
+
+def test_relay_never_moves_when_the_audit_record_fails():
+    """The door's side of class 3 on a real gpiozero mock pin: the audit runs before the relay, in both the
+    unlock and the extend path, and a failure leaves the door as it was."""
+    from gpiozero.pins.mock import MockFactory
+
+    from edgeface.device.config import DoorConfig
+    from edgeface.device.door import DoorController
+    from edgeface.device.events import EventLogError
+
+    factory = MockFactory()
+    calls = []
+
+    def failing():
+        calls.append(factory.pin(17).state)
+        raise EventLogError("disk full")
+
+    with DoorController(DoorConfig(pin_factory="mock", unlock_seconds=5.0), clock=lambda: 0.0, pin_factory=factory,
+                        relock_timer=False) as door:
+        with pytest.raises(EventLogError):
+            door.grant(1.0, "ada", audit=failing)
+        assert calls == [False] and factory.pin(17).state is False and door.locked and door.unlock_count == 0
+        assert door.grant(2.0, "ada", audit=lambda: calls.append(factory.pin(17).state))
+        assert calls[-1] is False and factory.pin(17).state is True  # audited while still locked, then opened
+        with pytest.raises(EventLogError):
+            door.grant(3.0, "bob", audit=failing)  # no extension without a record
+        assert door.unlocked_until == 7.0
