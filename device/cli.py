@@ -29,10 +29,6 @@ def _error(msg: str) -> None:
     print(f"edgeface-device: error: {msg}", file=sys.stderr)
 
 
-def _warning(msg: str) -> None:
-    print(f"edgeface-device: warning: {msg}", file=sys.stderr, flush=True)
-
-
 def _load_config(args) -> config_mod.DeviceConfig:
     cfg = config_mod.load(args.config)
     over = {}
@@ -60,9 +56,7 @@ def cmd_run(args) -> int:
     elif args.no_door:
         cfg = cfg.replace(door={"enabled": False})
     video = cfg.source.kind in ("video", "folder") and not cfg.source.realtime
-    app = DoorApp(cfg, clock="frame" if video else "wall")
-    if app.rec.door_threshold.warning:
-        _warning(app.rec.door_threshold.warning)
+    app = DoorApp(cfg, clock="frame" if video else "wall")  # logs the weak-threshold warning, if any
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     display = None
