@@ -14,10 +14,14 @@ from typing import Optional
 from edgeface.manifest import ManifestError, resolve_models
 
 from .config import DeviceConfig
+from .crypto import CryptoError, SealedGallery, make_cipher
 from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
 from .sources import Backoff, ReconnectingSource, make_source
+# the threshold policy lives in .threshold; these names stay importable from here
+from .threshold import (DoorThreshold, ThresholdError, door_threshold, gallery_risk_note,  # noqa: F401
+                        manifest_threshold, operating_point_far, stranger_match_rate)
 from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
@@ -44,70 +48,12 @@ def delegated_nodes(interpreter) -> tuple[int, int]:
     return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
 
 
-def manifest_threshold(embedder, operating_point: str) -> float:
-    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point."""
-    section = embedder.section
-    if operating_point == "accuracy":
-        return float(section["min_cosine_similarity"])
-    points = section.get("operating_points") or {}
-    if operating_point not in points:
-        log.warning("the embedder manifest has no %s operating point; using its accuracy-optimal threshold %.4f",
-                    operating_point, section["min_cosine_similarity"])
-        return float(section["min_cosine_similarity"])
-    return float(points[operating_point]["min_cosine_similarity"])
-
-
-def stranger_match_rate(far: float, comparisons: int) -> float:
-    """Chance that one crop of a stranger matches *someone* in a gallery: ``1 - (1 - far) ** comparisons``.
-
-    ``far`` is the pair false accept rate of the threshold (the manifest's ``far_0.001`` point: 1 in 1,000
-    different-person pairs score above it) and ``comparisons`` the number of enrolled embeddings, because the
-    gallery answers with the best of all of them. It assumes independent comparisons, so read it as the size
-    of the effect, not a measurement: ``edgeface bench identify`` measures FPIR on LFW. 8 people x 5 photos at
-    FAR 1e-3 gives about 4% per stranger crop; the k-of-n vote over a visit lowers it, a stricter
-    ``operating_point`` (``far_0.0001``) lowers it about tenfold.
-
-    >>> round(stranger_match_rate(0.001, 40), 3)
-    0.039
-    """
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be in [0, 1], got {far}")
-    if comparisons < 0:
-        raise ValueError(f"comparisons must be >= 0, got {comparisons}")
-    return 1.0 - (1.0 - far) ** comparisons
-
-
-def operating_point_far(cfg: DeviceConfig) -> Optional[float]:
-    """The pair FAR that the configured threshold was calibrated for (``far_0.001`` -> 0.001), if known."""
-    r = cfg.recognition
-    if r.min_cosine_similarity is not None or not r.operating_point.startswith("far_"):
-        return None
-    try:
-        return float(r.operating_point[4:])
-    except ValueError:
-        return None
-
-
-def gallery_risk_note(cfg: DeviceConfig, embeddings: int) -> Optional[str]:
-    """One line on how likely a stranger's crop matches someone, for the start log and ``doctor``."""
-    far = operating_point_far(cfg)
-    if far is None or embeddings == 0:
-        return None
-    rate = stranger_match_rate(far, embeddings)
-    return (f"{embeddings} enrolled embeddings at {cfg.recognition.operating_point}: a stranger's crop matches "
-            f"someone with probability ~{100 * rate:.1f}% (1-(1-FAR)^N); the k-of-n vote must then agree"
-            + ("; consider operating_point = \"far_0.0001\"" if rate > 0.01 and far > 1e-4 else ""))
-
-
-def door_threshold(cfg: DeviceConfig, rec) -> float:
-    """``[recognition] min_cosine_similarity``, or the manifest's value for ``operating_point``."""
-    r = cfg.recognition
-    return float(r.min_cosine_similarity) if r.min_cosine_similarity is not None \
-        else manifest_threshold(rec.embedder, r.operating_point)
-
-
 def load_recognizer(cfg: DeviceConfig):
-    """FaceRecognizer per ``[models]``: Edge TPU when asked (CPU fallback only if allowed), CPU otherwise."""
+    """FaceRecognizer per ``[models]``: Edge TPU when asked (CPU fallback only if allowed), CPU otherwise.
+
+    The door threshold is resolved and checked here (``rec.door_threshold``, a :class:`DoorThreshold`;
+    ``rec.min_cosine_similarity`` its value): a weak one is a :class:`StartupError`.
+    """
     from edgeface.recognizer import FaceRecognizer
     from edgeface.runtime import DelegateError
 
@@ -133,11 +79,20 @@ def load_recognizer(cfg: DeviceConfig):
                     log.warning("%s %s has no Edge TPU nodes: compile it with edgetpu_compiler "
                                 "(expected %s beside it)", role, path.name, path.stem + "_edgetpu.tflite")
             rec.delegated = True
-            rec.min_cosine_similarity = door_threshold(cfg, rec)
-            return rec
+            return _with_threshold(cfg, rec)
     rec = FaceRecognizer(detector_path=det, embedder_path=emb, **common)
     rec.delegated = False
-    rec.min_cosine_similarity = door_threshold(cfg, rec)
+    return _with_threshold(cfg, rec)
+
+
+def _with_threshold(cfg: DeviceConfig, rec):
+    """Attach the door threshold (:func:`door_threshold`: refused when weak unless allowed) to ``rec``."""
+    try:
+        policy = door_threshold(cfg, rec.embedder)
+    except ThresholdError as exc:
+        raise StartupError(str(exc)) from exc
+    rec.door_threshold = policy
+    rec.min_cosine_similarity = policy.value
     return rec
 
 
@@ -155,6 +110,25 @@ def open_gallery(path: str, rec):
         return Gallery(path, rec.embedder_id, rec.embedder.dim)
     except GalleryError as exc:
         raise StartupError(str(exc)) from exc
+
+
+def probe_file_source(source) -> None:
+    """A video file or image folder that cannot be read at start is a :class:`StartupError` (exit 2), not a
+    "camera lost" retried forever. Live cameras are not probed: they keep the reconnect backoff."""
+    from .sources import ImageFolderSource, SourceError, VideoFileSource
+
+    if not isinstance(source, (VideoFileSource, ImageFolderSource)):
+        return
+    try:
+        source.open()
+        if isinstance(source, VideoFileSource):
+            frame = source.read()
+            if frame is None or not getattr(frame.image, "size", 0):
+                raise SourceError(f"{source.name}: no readable frame (not a video, or empty)")
+    except SourceError as exc:
+        raise StartupError(str(exc)) from exc
+    finally:
+        source.close()
 
 
 class DoorApp:
@@ -175,29 +149,46 @@ class DoorApp:
         self.gallery = None
         self.rec = None
         self.loop: Optional[FaceLoop] = None
+        self._sealed: Optional[SealedGallery] = None
         try:
             if cfg.door.enabled:
                 if clock == "wall":
                     self.door = DoorController(cfg.door, pin_factory=pin_factory)
                 else:  # door time follows the video: lock() outside a frame uses the last frame's time
-                    self.door = DoorController(cfg.door, clock=lambda: self.loop._last_time if self.loop else 0.0,
+                    self.door = DoorController(cfg.door, clock=lambda: self.loop.last_frame_time if self.loop else 0.0,
                                                pin_factory=pin_factory, relock_timer=False)
+            self.cipher = make_cipher(cfg.encryption)  # None unless [encryption] enabled
             self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
-                                   cfg.events.snapshot_dir or None)
+                                   cfg.events.snapshot_dir or None, cipher=self.cipher)
             self.rec = load_recognizer(cfg)
-            self.gallery = open_gallery(cfg.gallery.path, self.rec)
+            if self.cipher is None:
+                self.gallery = open_gallery(cfg.gallery.path, self.rec)
+            else:  # decrypted into RAM for the run; the file on disk stays sealed
+                if not Path(cfg.gallery.path).is_file():
+                    raise StartupError(f"gallery {cfg.gallery.path} not found: enroll people first "
+                                       "(edgeface-device enroll)")
+                self._sealed = SealedGallery(cfg.gallery.path, self.cipher)
+                self.gallery = open_gallery(str(self._sealed.plain), self.rec)
             self.source = source if source is not None else make_source(cfg.source)
-            self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock)
+            if source is None:
+                probe_file_source(self.source)
+            self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock,
+                                 threshold=self.rec.min_cosine_similarity)
+            if self.rec.door_threshold.warning:
+                log.warning("%s", self.rec.door_threshold.warning)
             note = gallery_risk_note(cfg, sum(p.num_embeddings for p in self.gallery.people()))
             if note:
                 (log.warning if "consider" in note else log.info)("%s", note)
-        except (StartupError, DoorError, EventLogError, ManifestError, OSError, ValueError, ImportError) as exc:
+        except (StartupError, DoorError, EventLogError, CryptoError, ManifestError, OSError, ValueError,
+                ImportError) as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - gallery errors and the like
             self._fail(exc)
-        self.events.log("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
-                                        f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
-                                        f"{self.loop.threshold:.4f}")
+        # a failing event log (full disk) does not stop the start: the loop reports it once a minute and opens
+        # the door only for decisions it could record
+        self.loop.log_event("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
+                                            f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
+                                            f"{self.loop.threshold:.4f}")
 
     def _fail(self, exc: Exception):
         msg = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
@@ -232,6 +223,9 @@ class DoorApp:
         if self.gallery is not None:
             self.gallery.close()
             self.gallery = None
+        if self._sealed is not None:  # the decrypted copy is deleted; nothing is written back
+            self._sealed.close(save=False)
+            self._sealed = None
 
     def __enter__(self) -> "DoorApp":
         return self

@@ -5,6 +5,7 @@
     edgeface-device -c device.toml enroll --name ada photo1.jpg photo2.jpg      # or --camera
     edgeface-device -c device.toml run                  # --dry-run: mock relay; --kiosk: overlay
     edgeface-device -c device.toml events --limit 20
+    edgeface-device -c device.toml gallery forget ada     # erase a person: embeddings, events, snapshots
     edgeface-device demo --models models --lfw ../shared/data/lfw/images_deepfunneled --work /tmp/door-demo
 
 Exit status: 0 ok, 1 some input rejected / demo criteria not met, 2 cannot start (the door stays locked).
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import config as config_mod
+from .text import safe_text
 
 
 def _error(msg: str) -> None:
@@ -54,7 +56,7 @@ def cmd_run(args) -> int:
     elif args.no_door:
         cfg = cfg.replace(door={"enabled": False})
     video = cfg.source.kind in ("video", "folder") and not cfg.source.realtime
-    app = DoorApp(cfg, clock="frame" if video else "wall")
+    app = DoorApp(cfg, clock="frame" if video else "wall")  # logs the weak-threshold warning, if any
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     display = None
@@ -68,8 +70,8 @@ def cmd_run(args) -> int:
             display(frame, loop, decisions)
         for d in decisions:
             print(json.dumps(d.to_json()) if args.json else
-                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {d.identity or 'unknown':24} "
-                  f"{d.score:.3f}  {d.detail}", flush=True)
+                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {safe_text(d.identity or 'unknown'):24} "
+                  f"{d.score:.3f}  {safe_text(d.detail, 400)}", flush=True)
 
     try:
         loop = app.run(max_frames=args.max_frames, stop=lambda: bool(stopping) or bool(display and display.quit),
@@ -92,9 +94,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_enroll(args) -> int:
-    from edgeface.gallery import Gallery
-
     from .app import load_recognizer
+    from .crypto import gallery_file, make_cipher
     from .enroll import enroll_from_camera, enroll_photos
     from .sources import Backoff, ReconnectingSource, make_source
 
@@ -103,7 +104,8 @@ def cmd_enroll(args) -> int:
     if not args.camera and not args.photos:
         _error("give photos, or --camera to enroll from the camera")
         return 2
-    with Gallery(cfg.gallery.path, rec.embedder_id, rec.embedder.dim) as g:
+    with gallery_file(cfg.gallery.path, make_cipher(cfg.encryption), rec.embedder_id, rec.embedder.dim,
+                      write=True) as g:
         if args.camera:
             src = ReconnectingSource(make_source(cfg.source), Backoff(cfg.source.reopen_initial_seconds,
                                                                       cfg.source.reopen_max_seconds))
@@ -115,8 +117,8 @@ def cmd_enroll(args) -> int:
         print(json.dumps(result.to_json()))
     else:
         for source, reason in result.rejected:
-            _error(f"{source}: {reason}")
-        print(f"enrolled {len(result.accepted)} crop(s) of {args.name} ({result.total_embeddings} in "
+            _error(f"{safe_text(source, 400)}: {reason}")
+        print(f"enrolled {len(result.accepted)} crop(s) of {safe_text(args.name)} ({result.total_embeddings} in "
               f"{cfg.gallery.path}), {len(result.rejected)} rejected")
     return 0 if result.accepted and not result.rejected else 1
 
@@ -125,27 +127,95 @@ def cmd_events(args) -> int:
     from .events import EventLog
 
     cfg = _load_config(args)
-    if not Path(cfg.events.path).is_file():
-        _error(f"no event log at {cfg.events.path}")
-        return 2
-    with EventLog(cfg.events.path, retention_days=0, max_events=10**9) as ev:
+    with EventLog(cfg.events.path, readonly=True) as ev:  # reads only: never creates or changes the file
         rows = ev.events(limit=args.limit, kind=args.kind)
     for e in rows:
         if args.json:
             print(json.dumps(e.to_json()))
         else:
             score = "" if e.score is None else f"{e.score:.3f}"
-            print(f"{e.time}  {e.kind:15} {e.decision or '':8} {e.identity or ('unknown' if e.kind == 'access' else ''):24}"
-                  f" {score:6} {e.detail or ''}")
+            who = safe_text(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
+            print(f"{safe_text(e.time)}  {safe_text(e.kind):15} {safe_text(e.decision or ''):8} {who:24}"
+                  f" {score:6} {safe_text(e.detail or '', 400)}")
+    return 0
+
+
+def cmd_gallery(args) -> int:
+    from .crypto import Cipher, encrypt_gallery_file, gallery_file, key_path, make_cipher, read_key
+    from .privacy import forget_person, rename_person
+
+    cfg = _load_config(args)
+    if args.action == "encrypt":  # a plain gallery -> sealed with the [encryption] key
+        if not (cfg.encryption.key_file or cfg.encryption.credential):
+            _error("gallery encrypt needs [encryption] key_file or credential")
+            return 2
+        size = encrypt_gallery_file(cfg.gallery.path, Cipher(read_key(key_path(cfg.encryption))))
+        print(f"encrypted {cfg.gallery.path} ({size} bytes); set [encryption] enabled = true")
+        return 0
+    cipher = make_cipher(cfg.encryption)
+    if args.action == "list":
+        with gallery_file(cfg.gallery.path, cipher) as g:
+            people = g.people()
+        for p in people:
+            print(json.dumps(p._asdict()) if args.json else f"{safe_text(p.name):40} {p.num_embeddings:3d} embeddings"
+                                                             f"  enrolled {p.created}")
+        return 0
+    if args.action == "forget":
+        if len(args.names) != 1:
+            _error("gallery forget takes one NAME")
+            return 2
+        r = forget_person(args.names[0], cfg.gallery.path, cfg.events.path, cfg.events.snapshot_dir or None, cipher)
+        if args.json:
+            print(json.dumps(r.to_json()))
+        else:
+            print(f"forgot {safe_text(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
+                  f"event(s) from {cfg.events.path}, {r.snapshots} snapshot file(s)")
+        if not (r.embeddings or r.events or r.snapshots):
+            _error(f"nothing stored about {safe_text(r.name)}")
+            return 1
+        return 0
+    if len(args.names) != 2:
+        _error("gallery rename takes OLD NEW")
+        return 2
+    old, new = args.names
+    n = rename_person(old, new, cfg.gallery.path, cfg.events.path, cipher)
+    print(json.dumps({"old": old, "new": new, "events": n}) if args.json else
+          f"renamed {safe_text(old)} to {safe_text(new)} in {cfg.gallery.path} and in {n} event(s)")
+    return 0
+
+
+def cmd_key(args) -> int:
+    from .crypto import new_key
+
+    path = new_key(args.path)
+    print(f"wrote a new 256-bit key to {path} (mode 600). Keep a copy somewhere safe: without it the encrypted "
+          "gallery and snapshots cannot be read")
+    return 0
+
+
+def cmd_decrypt(args) -> int:
+    from .crypto import Cipher, key_path, read_key
+
+    cfg = _load_config(args)
+    if not (cfg.encryption.key_file or cfg.encryption.credential):
+        _error("decrypt needs [encryption] key_file or credential")
+        return 2
+    src = Path(args.file)
+    data = Cipher(read_key(key_path(cfg.encryption))).open(src.read_bytes(), src.name.encode(), f"snapshot {src}")
+    from .files import write_private
+
+    write_private(args.output, data)
+    print(f"wrote {args.output} ({len(data)} bytes, mode 600)")
     return 0
 
 
 def doctor(cfg) -> list[dict]:
-    """Checks of runtime, delegate, models, gallery, camera, relay and display: [{check, ok, detail}]."""
+    """Checks of runtime, delegate, models, gallery, camera, relay and display: [{check, ok, detail}]
+    (``warning: True`` on a passing check that must be read, e.g. an allowed weak threshold)."""
     out = []
 
-    def add(check, ok, detail):
-        out.append({"check": check, "ok": bool(ok), "detail": detail})
+    def add(check, ok, detail, warn=False):
+        out.append({"check": check, "ok": bool(ok), "detail": detail, **({"warning": True} if warn else {})})
 
     from edgeface import runtime
     try:
@@ -176,18 +246,22 @@ def doctor(cfg) -> list[dict]:
         add("models", True, f"{Path(rec.detector.manifest['model_file']).name} + "
                             f"{rec.embedder.manifest['model_file']} ({cfg.models.precision}); sha256 verified; "
                             f"threshold min_cosine_similarity {rec.min_cosine_similarity:.4f} "
-                            f"({cfg.recognition.operating_point})")
+                            f"({rec.door_threshold.source})")
+        if rec.door_threshold.warning:
+            add("threshold", True, rec.door_threshold.warning, warn=True)
     except Exception as exc:  # noqa: BLE001
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
-        from edgeface.gallery import Gallery
+        from .crypto import gallery_file, make_cipher
 
-        meta = Gallery.read_meta(cfg.gallery.path)
-        ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
-        with Gallery(cfg.gallery.path, meta.embedder_id, meta.dim) as g:
+        cipher = make_cipher(cfg.encryption)
+        with gallery_file(cfg.gallery.path, cipher) as g:
+            meta = g.read_meta(g.path)
             people = len(g)
             embeddings = sum(p.num_embeddings for p in g.people())
+        ok = rec is None or (meta.embedder_id, meta.dim) == (rec.embedder_id, rec.embedder.dim)
         add("gallery", ok and people > 0, f"{cfg.gallery.path}: {people} people, embedder {meta.embedder_id}"
+            + (", encrypted" if cipher is not None else "")
             + ("" if ok else f" - DOES NOT MATCH the models' {rec.embedder_id}: re-enroll")
             + ("" if people else " - empty: enroll people first"))
         from .app import gallery_risk_note
@@ -197,6 +271,17 @@ def doctor(cfg) -> list[dict]:
             add("threshold", True, note)  # advice, not a fault
     except Exception as exc:  # noqa: BLE001
         add("gallery", False, str(exc))
+    if cfg.encryption.enabled:
+        try:
+            from .crypto import key_path, make_cipher
+
+            make_cipher(cfg.encryption)
+            add("crypto", True, f"AES-256-GCM at rest (gallery, snapshots), key {key_path(cfg.encryption)}")
+        except Exception as exc:  # noqa: BLE001
+            add("crypto", False, str(exc))
+    from .events import check_event_log
+
+    add("events", *check_event_log(cfg.events.path, cfg.events.snapshot_dir or None))
     from .sources import SourceError, make_source, picamera2_available
 
     src = make_source(cfg.source)
@@ -231,7 +316,8 @@ def cmd_doctor(args) -> int:
     cfg = _load_config(args)
     checks = doctor(cfg)
     for c in checks:
-        print(json.dumps(c) if args.json else f"{'ok ' if c['ok'] else 'BAD'} {c['check']:8} {c['detail']}")
+        status = "BAD" if not c["ok"] else "WRN" if c.get("warning") else "ok "
+        print(json.dumps(c) if args.json else f"{status} {c['check']:8} {c['detail']}")
     return 0 if all(c["ok"] for c in checks) else 1
 
 
@@ -297,6 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_events)
 
+    sp = sub.add_parser("key", help="create a key for [encryption]: key new PATH")
+    sp.add_argument("action", choices=["new"])
+    sp.add_argument("path")
+    sp.set_defaults(func=cmd_key)
+
+    sp = sub.add_parser("decrypt", help="decrypt one encrypted snapshot (*.jpg.aesgcm) to a JPEG file")
+    sp.add_argument("file")
+    sp.add_argument("-o", "--output", required=True, help="JPEG to write (created 0600; never overwritten)")
+    sp.set_defaults(func=cmd_decrypt)
+
+    sp = common(sub.add_parser(
+        "gallery", help="list, forget (erase) or rename enrolled people on the device",
+        description="list: enrolled people. forget NAME: erase a person - their embeddings, every access event "
+                    "naming them and those events' snapshots - and print what was removed (exit 1 if nothing was "
+                    "stored). rename OLD NEW: in the gallery and in every event, so the old name is not kept. "
+                    "encrypt: seal a plain gallery in place with the [encryption] key."))
+    sp.add_argument("action", choices=["list", "forget", "rename", "encrypt"])
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--events-db", help="override [events] path")
+    sp.set_defaults(func=cmd_gallery)
+
     sp = common(sub.add_parser("doctor", help="what runtime, delegate, camera, models and gallery are found"))
     sp.add_argument("--source", help="override [source] uri")
     sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
@@ -329,6 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from edgeface.errors import EdgefaceError
+
     from .app import StartupError
 
     try:
@@ -339,6 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TimeoutError as exc:
         _error(str(exc))
         return 1
+    except EdgefaceError as exc:  # its message names the file and the problem
+        _error(str(exc))
+        return 2
     except Exception as exc:  # noqa: BLE001 - edgeface errors become one line
         if type(exc).__module__.startswith("edgeface") or isinstance(exc, (OSError, ValueError)):
             _error(f"{type(exc).__name__}: {exc}")

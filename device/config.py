@@ -87,7 +87,12 @@ class RecognitionConfig:
                               choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy"))
     min_cosine_similarity: Optional[float] = _f(
         None, "a face matches an enrolled person at or above this cosine similarity (unset: the embedder "
-              "manifest's calibrated value for operating_point)", -1.0, 1.0)
+              "manifest's calibrated value for operating_point). Below the manifest's far_0.01 value the device "
+              "refuses to start (see allow_weak_threshold)", -1.0, 1.0)
+    allow_weak_threshold: bool = _f(False, "accept a door threshold below the embedder manifest's far_0.01 value "
+                                           "(more than 1 in 100 strangers' faces match someone); run and doctor "
+                                           "then print a warning at every start. Also needed for "
+                                           "operating_point = \"accuracy\" when it lies below far_0.01")
     votes_needed: int = _f(3, "k: an identity is confirmed when k of the last n embedded crops of a track "
                               "agree on one person above min_cosine_similarity", 1, 50)
     vote_window: int = _f(5, "n: embedded crops of a track that vote (the last n)", 1, 50)
@@ -181,6 +186,16 @@ class EnrollConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    enabled: bool = _f(False, "encrypt snapshots and the gallery at rest with AES-256-GCM (needs the cryptography "
+                              "package: pip install 'edgeface[crypto]'); an existing plain gallery is converted by "
+                              "`edgeface-device gallery encrypt`")
+    key_file: str = _f("", "file holding the 32-byte key (edgeface-device key new PATH; mode 0600)")
+    credential: str = _f("", "or the name of a systemd credential holding the key (LoadCredentialEncrypted=NAME:... in "
+                             "the unit; read from $CREDENTIALS_DIRECTORY/NAME)")
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -193,6 +208,7 @@ class DeviceConfig:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
     def replace(self, **sections: dict) -> "DeviceConfig":
         """A copy with some fields changed: ``cfg.replace(door={"pin_factory": "mock"})`` (validated)."""
@@ -262,6 +278,9 @@ def _cross_checks(cfg: DeviceConfig) -> None:
         raise ConfigError("[quality] min_brightness must be <= max_brightness")
     if (cfg.source.lores_width == 0) != (cfg.source.lores_height == 0):
         raise ConfigError("[source] lores_width and lores_height must both be 0 or both be set")
+    e = cfg.encryption
+    if e.enabled and bool(e.key_file) == bool(e.credential):
+        raise ConfigError("[encryption] enabled = true needs exactly one of key_file or credential")
 
 
 def from_dict(data: dict) -> DeviceConfig:
@@ -293,17 +312,25 @@ def to_dict(cfg: DeviceConfig) -> dict:
 
 
 def load(path: Optional[str | os.PathLike] = None) -> DeviceConfig:
-    """Read and validate a TOML file (``None``: all defaults)."""
+    """Read and validate a UTF-8 TOML file (``None``: all defaults; a leading byte order mark is skipped)."""
     if path is None:
         return from_dict({})
     if tomllib is None:  # pragma: no cover
         raise ConfigError("reading TOML needs Python 3.11+ or the 'tomli' package")
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors write one): harmless, skipped
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        enc = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{path}: not UTF-8 text{enc}; save it as UTF-8 (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     try:

@@ -82,18 +82,27 @@ class DoorController:
         """What the relay really does now (False without a relay)."""
         return bool(self.device is not None and self.device.value)
 
-    def grant(self, now: Optional[float] = None, who: str = "") -> bool:
-        """Unlock for ``unlock_seconds``. Returns False (door stays locked) during the cooldown or on error."""
+    def grant(self, now: Optional[float] = None, who: str = "", audit: Optional[Callable[[], object]] = None) -> bool:
+        """Unlock for ``unlock_seconds``. Returns False (door stays locked) during the cooldown or on a relay error.
+
+        ``audit`` is called once the grant is certain (not in the cooldown) and before the relay moves, under the
+        door's lock: the loop commits the access event there. If it raises, the door stays as it was (locked, or
+        its current unlock not extended) and the exception propagates.
+        """
         now = self.clock() if now is None else now
         with self._lock:
             self.update(now)
             if self.unlocked_until is not None:  # already open: extend
+                if audit is not None:
+                    audit()
                 self.unlocked_until = now + self.cfg.unlock_seconds
                 self._arm_timer()
                 return True
             if now < self.cooldown_until:
                 log.info("grant for %s ignored: cooldown for %.1f s more", who, self.cooldown_until - now)
                 return False
+            if audit is not None:
+                audit()
             try:
                 if self.device is not None:
                     self.device.on()

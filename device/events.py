@@ -5,6 +5,13 @@ Each row: time (unix seconds and ISO UTC), kind (``access`` for a door decision,
 (cosine similarity), decision (``grant``, ``deny``, ``unknown``, ``spoof``, ``cooldown``), optional snapshot
 path and a free-text detail. A process killed mid-write (or a power cut) loses at most the event being
 written; every committed event survives.
+
+An event is committed before anything else happens: the loop opens the door only after the grant's event is
+on disk, and a snapshot file is written after its event (a failed snapshot leaves no file and a NULL path).
+Retention (``retention_days``, ``max_events``) is enforced in the same transaction as every insert; snapshot
+files that no event names (a SIGKILL between the two) are swept at open. The database, its WAL files and the
+snapshots are created 0600 in 0700 folders and tightened (with a warning) when found readable by others.
+:meth:`EventLog.forget` erases a person (every event naming them and their snapshots).
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ import numpy as np
 
 from edgeface import _sqlite
 from edgeface.errors import EdgefaceError
+
+from . import files
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 """
 COLUMNS = ("id", "ts", "time", "kind", "track", "identity", "score", "decision", "snapshot", "detail")
+#: a failing snapshot folder (full disk) is reported at most this often
+SNAPSHOT_WARNING_SECONDS = 60.0
+#: file names the snapshot folder may hold (anything else there is left alone)
+SNAPSHOT_SUFFIXES = (".jpg", ".tmp", ".aesgcm")
 
 
 class EventLogError(EdgefaceError, RuntimeError):
@@ -63,75 +76,175 @@ class Event(NamedTuple):
 
 
 class EventLog:
-    """Append-only access log with retention (``retention_days``, ``max_events``) and optional snapshots."""
+    """Append-only access log with retention (``retention_days``, ``max_events``) and optional snapshots.
+
+    ``readonly=True`` opens an existing log for reading only (``edgeface-device events``): nothing is created,
+    no schema is written, an empty or foreign file is an :class:`EventLogError`.
+    """
 
     def __init__(self, path: str | os.PathLike, retention_days: float = 90.0, max_events: int = 1_000_000,
-                 snapshot_dir: Optional[str | os.PathLike] = None, prune_every: int = 100):
+                 snapshot_dir: Optional[str | os.PathLike] = None, readonly: bool = False, cipher=None):
         self.path = os.fspath(path)
         self.retention_days, self.max_events = float(retention_days), int(max_events)
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
-        self.prune_every = max(1, int(prune_every))
-        self._since_prune = 0
+        self.readonly = readonly
+        self.cipher = cipher  #: an edgeface.device.crypto.Cipher: snapshots are sealed (*.jpg.aesgcm)
+        self._conn = None
+        self._snapshot_failures, self._snapshot_warned = 0, -1e9
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _sqlite.connect(self.path, check_same_thread=False)
-            tables = _sqlite.table_names(self._conn)
-            if tables and "events" not in tables:
-                raise EventLogError(f"{self.path} is not an edgeface event log (tables: {sorted(tables)})")
-            _sqlite.use_wal(self._conn)
-            with _sqlite.transaction(self._conn):
-                _sqlite.run_script(self._conn, SCHEMA)
+            if readonly:
+                self._conn = self._open_readonly()
+            else:
+                if self.path != ":memory:":
+                    files.private_dir(Path(self.path).absolute().parent, tighten_existing=False)
+                    files.private_file(self.path)
+                    for side in ("-wal", "-shm"):  # SQLite gives them the database's mode; older ones may be loose
+                        if os.path.exists(self.path + side):
+                            files.tighten(self.path + side, files.FILE_MODE)
+                self._conn = _sqlite.connect(self.path, check_same_thread=False)
+                tables = _sqlite.table_names(self._conn)
+                if tables and "events" not in tables:
+                    raise EventLogError(f"{self.path} is not an edgeface event log (tables: {sorted(tables)})")
+                _sqlite.use_wal(self._conn)
+                with _sqlite.transaction(self._conn):
+                    _sqlite.run_script(self._conn, SCHEMA)
         except sqlite3.Error as exc:
-            raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
+            self.close()
+            raise EventLogError(f"cannot open event log {self.path}: {exc}{_disk_note(self.path)}") from exc
+        except OSError as exc:
+            self.close()
+            raise EventLogError(f"cannot create event log {self.path}: {exc.strerror or exc}") from exc
+        except EventLogError:
+            self.close()
+            raise
+        if readonly:
+            return
         if self.snapshot_dir is not None:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                files.private_dir(self.snapshot_dir)
+            except OSError as exc:
+                self.close()
+                raise EventLogError(f"cannot create snapshot folder {self.snapshot_dir}: {exc.strerror or exc}") from exc
+            self.sweep_snapshots()
         self.prune()
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        p = Path(self.path)
+        if not p.is_file():
+            raise EventLogError(f"no event log at {self.path}" + (" (it is a folder)" if p.is_dir() else ""))
+        if p.stat().st_size == 0:
+            raise EventLogError(f"{self.path} is an empty file, not an edgeface event log")
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+        try:
+            tables = _sqlite.table_names(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise EventLogError(f"{self.path} is not an edgeface event log: {exc}") from exc
+        if "events" not in tables:
+            conn.close()
+            raise EventLogError(f"{self.path} is not an edgeface event log (tables: {sorted(tables)})")
+        return conn
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise EventLogError(f"event log {self.path} is closed")
+        return self._conn
 
     def log(self, kind: str, track: Optional[int] = None, identity: Optional[str] = None,
             score: Optional[float] = None, decision: Optional[str] = None, detail: Optional[str] = None,
             snapshot: Optional[np.ndarray] = None, ts: Optional[float] = None) -> int:
-        """Write one event (one transaction); returns its id. ``snapshot`` is an RGB image saved as JPEG."""
+        """Write one event (one transaction, with the retention bounds applied in it); returns its id.
+
+        ``snapshot`` is an RGB image, saved as JPEG only after the event is committed. Raises
+        :class:`EventLogError` when the event cannot be committed (disk full, read-only, corrupt): the caller
+        must then not act on the decision (the loop keeps the door locked).
+        """
         ts = time.time() if ts is None else float(ts)
         iso = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
         snap_path = None
         if snapshot is not None and self.snapshot_dir is not None and snapshot.size:
-            snap_path = self._save_snapshot(snapshot, ts, track)
+            snap_path = self._snapshot_path(ts, track)
         if score is not None and not np.isfinite(score):
             score = None
         try:
-            with _sqlite.transaction(self._conn) as conn:
+            with _sqlite.transaction(self._db) as conn:
                 cur = conn.execute(
                     "INSERT INTO events (ts, time, kind, track, identity, score, decision, snapshot, detail) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (ts, iso, kind, track, identity, None if score is None else float(score), decision, snap_path,
-                     detail))
+                    (ts, iso, kind, track, identity, None if score is None else float(score), decision,
+                     None if snap_path is None else str(snap_path), detail))
+                event_id = int(cur.lastrowid)
+                old_snapshots = self._prune_in(conn, time.time())
         except sqlite3.Error as exc:
-            raise EventLogError(f"cannot write to event log {self.path}: {exc}") from exc
-        self._since_prune += 1
-        if self._since_prune >= self.prune_every:
-            self.prune()
-        return int(cur.lastrowid)
+            raise EventLogError(f"cannot write to event log {self.path}: {exc}{_disk_note(self.path)}") from exc
+        if snap_path is not None and str(snap_path) in old_snapshots:  # an event already beyond the retention
+            old_snapshots.remove(str(snap_path))
+            snap_path = None
+        _unlink_all(old_snapshots)
+        if snap_path is not None and not self._save_snapshot(snapshot, snap_path):
+            try:
+                with _sqlite.transaction(self._db) as conn:
+                    conn.execute("UPDATE events SET snapshot = NULL WHERE id = ?", (event_id,))
+            except sqlite3.Error:  # the path names no file; the next open's sweep is not needed for that
+                log.debug("snapshot path of event %d not cleared", event_id, exc_info=True)
+        return event_id
 
-    def _save_snapshot(self, image: np.ndarray, ts: float, track: Optional[int]) -> Optional[str]:
-        name = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S_%f") + f"_t{track or 0}.jpg"
-        path = self.snapshot_dir / name
-        tmp = path.with_suffix(".tmp")
+    def _snapshot_path(self, ts: float, track: Optional[int]) -> Path:
+        name = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S_%f") + f"_t{track or 0}"
+        ext = ".jpg" if self.cipher is None else ".jpg.aesgcm"
+        path = self.snapshot_dir / f"{name}{ext}"
+        i = 1
+        while path.exists():  # two decisions in the same microsecond
+            path, i = self.snapshot_dir / f"{name}_{i}{ext}", i + 1
+        return path
+
+    def _encode_snapshot(self, image: np.ndarray, name: str) -> bytes:
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]))
+        if not ok:
+            raise OSError("JPEG encoding failed")
+        if self.cipher is not None:  # the file name is the associated data: a renamed file does not decrypt
+            return self.cipher.seal(data.tobytes(), name.encode())
+        return data.tobytes()
+
+    def _save_snapshot(self, image: np.ndarray, path: Path) -> bool:
+        """Write the snapshot (0600, via a temporary file); on any failure nothing is left behind."""
+        tmp = path.with_name(path.name.split(".")[0] + ".tmp")
         try:
-            ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]))
-            if not ok:
-                raise OSError("JPEG encoding failed")
-            tmp.write_bytes(data.tobytes())
+            files.write_private(tmp, self._encode_snapshot(image, path.name))
             os.replace(tmp, path)
         except OSError as exc:
-            log.warning("snapshot not saved: %s", exc)
-            return None
-        return str(path)
+            _unlink_all([tmp])
+            self._snapshot_failures += 1
+            now = time.monotonic()
+            if now - self._snapshot_warned >= SNAPSHOT_WARNING_SECONDS:  # a full disk fails every one: once a minute
+                log.warning("snapshot not saved: %s (%d snapshot(s) not saved so far)", exc.strerror or exc,
+                            self._snapshot_failures)
+                self._snapshot_warned = now
+            return False
+        return True
 
-    def prune(self, now: Optional[float] = None) -> int:
-        """Delete events (and their snapshots) beyond the retention; returns how many were deleted."""
-        self._since_prune = 0
-        now = time.time() if now is None else now
+    def sweep_snapshots(self) -> int:
+        """Delete snapshot files no event names (left by a kill between an event and its file, or by a full disk)
+        and tighten loose ones; returns how many were deleted."""
+        if self.snapshot_dir is None or not self.snapshot_dir.is_dir():
+            return 0
+        named = {os.path.basename(r[0]) for r in self._db.execute("SELECT snapshot FROM events WHERE snapshot IS NOT NULL")}
+        orphans = []
+        for entry in os.scandir(self.snapshot_dir):
+            if not entry.is_file(follow_symlinks=False) or not entry.name.endswith(SNAPSHOT_SUFFIXES):
+                continue
+            if entry.name in named:
+                files.tighten(entry.path, files.FILE_MODE)
+            else:
+                orphans.append(entry.path)
+        _unlink_all(orphans)
+        if orphans:
+            log.warning("snapshot folder %s: %d file(s) without an event deleted", self.snapshot_dir, len(orphans))
+        return len(orphans)
+
+    def _prune_in(self, conn: sqlite3.Connection, now: float) -> list[str]:
+        """Delete events beyond the retention inside the caller's transaction; returns their snapshot paths."""
         conds, params = [], []
         if self.retention_days > 0:
             conds.append("ts < ?")
@@ -139,21 +252,53 @@ class EventLog:
         conds.append("id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
         params.append(self.max_events)
         where = " OR ".join(conds)
-        try:
-            with _sqlite.transaction(self._conn) as conn:
-                snaps = [r[0] for r in conn.execute(
-                    f"SELECT snapshot FROM events WHERE ({where}) AND snapshot IS NOT NULL", params)]
-                n = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
-        except sqlite3.Error as exc:
-            raise EventLogError(f"cannot prune event log {self.path}: {exc}") from exc
-        for s in snaps:
-            try:
-                os.unlink(s)
-            except OSError:
-                pass
+        snaps = [r[0] for r in conn.execute(
+            f"SELECT snapshot FROM events WHERE ({where}) AND snapshot IS NOT NULL", params)]
+        n = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
         if n:
             log.info("event log: %d old event(s) deleted", n)
-        return n
+        return snaps
+
+    def prune(self, now: Optional[float] = None) -> int:
+        """Delete events (and their snapshots) beyond the retention; returns how many were deleted."""
+        now = time.time() if now is None else now
+        before = self.count()
+        try:
+            with _sqlite.transaction(self._db) as conn:
+                snaps = self._prune_in(conn, now)
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot prune event log {self.path}: {exc}") from exc
+        _unlink_all(snaps)
+        return before - self.count()
+
+    def forget(self, name: str) -> tuple[int, int]:
+        """Erase a person: delete every event naming ``name`` and their snapshot files, in one transaction.
+
+        Returns (events deleted, snapshot files deleted).
+        """
+        try:
+            with _sqlite.transaction(self._db) as conn:
+                snaps = [r[0] for r in conn.execute(
+                    "SELECT snapshot FROM events WHERE identity = ? AND snapshot IS NOT NULL", (name,))]
+                n = conn.execute("DELETE FROM events WHERE identity = ?", (name,)).rowcount
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot erase {name!r} from event log {self.path}: {exc}") from exc
+        return n, _unlink_all(snaps)
+
+    def rename(self, old: str, new: str) -> int:
+        """Rewrite ``old`` to ``new`` in every event (so a renamed person's old name is not kept); returns the count."""
+        try:
+            with _sqlite.transaction(self._db) as conn:
+                return conn.execute("UPDATE events SET identity = ? WHERE identity = ?", (new, old)).rowcount
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot rename {old!r} in event log {self.path}: {exc}") from exc
+
+    def check(self) -> str:
+        """``PRAGMA quick_check`` of the database: "ok" or the first problem."""
+        try:
+            return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
+        except sqlite3.Error as exc:
+            return str(exc)
 
     def events(self, limit: Optional[int] = 100, since: Optional[float] = None,
                kind: Optional[str] = None) -> list[Event]:
@@ -169,11 +314,14 @@ class EventLog:
         sql = f"SELECT {', '.join(COLUMNS)} FROM events {where} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = self._conn.execute(sql, params).fetchall()
+        try:
+            rows = self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot read event log {self.path}: {exc}") from exc
         return [Event(*r) for r in reversed(rows)]
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def close(self) -> None:
         conn, self._conn = getattr(self, "_conn", None), None
@@ -185,3 +333,79 @@ class EventLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: doctor calls the event log's disk full below this much free space
+MIN_FREE_BYTES = 256 << 10
+
+
+def check_event_log(path: str | os.PathLike, snapshot_dir: Optional[str | os.PathLike] = None) -> tuple[bool, str]:
+    """``doctor``'s check: can access events (and snapshots) be committed now? (ok, one-line detail).
+
+    Reads the log without changing it (``PRAGMA quick_check``), and writes and deletes a 64 KiB probe file in
+    each folder (a full or read-only disk fails there). The loop refuses to open the door for a decision it
+    cannot record, so a failure here means no one gets in.
+    """
+    path = Path(path)
+    problems, notes = [], []
+    if path.exists():
+        try:
+            with EventLog(path, readonly=True) as ev:
+                state = ev.check()
+                notes.append(f"{ev.count()} events")
+            if state != "ok":
+                problems.append(f"corrupt ({state})")
+        except EventLogError as exc:
+            problems.append(str(exc))
+    else:
+        notes.append("not created yet")
+    folders = [path.absolute().parent] + ([Path(snapshot_dir)] if snapshot_dir else [])
+    for folder in folders:
+        target = folder if folder.is_dir() else next((p for p in folder.parents if p.is_dir()), None)
+        if target is None:
+            problems.append(f"{folder}: no such folder")
+            continue
+        probe = target / f".edgeface-probe-{os.getpid()}"
+        try:
+            files.write_private(probe, b"\0" * 65536)
+            with open(probe, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            problems.append(f"{target} not writable: {exc.strerror or exc}")
+        finally:
+            _unlink_all([probe])
+        free = _free_bytes(target)
+        if free is not None and free < MIN_FREE_BYTES:
+            problems.append(f"{target}: only {free // 1024} KiB free")
+    if problems:
+        return False, f"{path}: " + "; ".join(dict.fromkeys(problems)) + " - access decisions cannot be recorded, " \
+                                                                         "so the door will not open"
+    return True, f"{path}: " + ", ".join(notes + ["writable"])
+
+
+def _free_bytes(folder: str | os.PathLike) -> Optional[int]:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_note(path: str) -> str:
+    """" (disk full: 0 KiB free)" when the log's filesystem is (nearly) full: SQLite only says "disk I/O error"."""
+    free = None if path == ":memory:" else _free_bytes(Path(path).absolute().parent)
+    return f" (disk full: {free // 1024} KiB free)" if free is not None and free < MIN_FREE_BYTES else ""
+
+
+def _unlink_all(paths) -> int:
+    """Delete files, ignoring ones already gone; returns how many were deleted."""
+    n = 0
+    for p in paths:
+        try:
+            os.unlink(p)
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot delete %s: %s", p, exc.strerror or exc)
+    return n

@@ -20,10 +20,15 @@ from edgeface.detect import Face
 
 from . import quality as quality_mod
 from .decision import LivenessCheck, Vote, VoteBox, make_liveness
+from .text import safe_text
+from .threshold import door_threshold
 from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
 from .tracker import IoUTracker, Track
 
 log = logging.getLogger(__name__)
+
+#: how often a failing event log is reported (each unlogged event is counted in stats["events_not_logged"])
+EVENTLOG_WARNING_SECONDS = 60.0
 
 STAGES = ("source", "check", "enhance", "detect", "track", "quality", "embed", "match", "decide", "log")
 
@@ -90,12 +95,15 @@ class TrackState:
 
 
 class _RateLimitedLog:
-    def __init__(self, every: float = 10.0):
+    """One warning per key per ``every`` seconds (or the key's own period), counting the ones held back."""
+
+    def __init__(self, every: float = 10.0, periods: Optional[dict] = None):
         self.every, self.last, self.suppressed = every, {}, collections.Counter()
+        self.periods = dict(periods or {})
 
     def warning(self, key: str, msg: str, *args) -> None:
         now = time.monotonic()
-        if now - self.last.get(key, -1e9) >= self.every:
+        if now - self.last.get(key, -1e9) >= self.periods.get(key, self.every):
             extra = f" ({self.suppressed[key]} more since last report)" if self.suppressed[key] else ""
             log.warning(msg + extra, *args)
             self.last[key], self.suppressed[key] = now, 0
@@ -114,28 +122,33 @@ class FaceLoop:
       events: an :class:`edgeface.device.events.EventLog` or None.
       liveness: the liveness hook (default from ``cfg.liveness``).
       clock: "frame" (door timing follows frame timestamps: video files) or "wall" (live cameras).
+      threshold: the door's min cosine similarity (default: :func:`edgeface.device.threshold.door_threshold`).
     """
 
     def __init__(self, recognizer, gallery, cfg, door=None, events=None,
-                 liveness: Optional[LivenessCheck] = None, clock: str = "wall"):
+                 liveness: Optional[LivenessCheck] = None, clock: str = "wall", threshold: Optional[float] = None):
         self.rec, self.gallery, self.cfg = recognizer, gallery, cfg
         self.door, self.events = door, events
         self.liveness = liveness if liveness is not None else make_liveness(cfg.liveness)
         self.clock = clock
-        if cfg.recognition.min_cosine_similarity is not None:
-            self.threshold = float(cfg.recognition.min_cosine_similarity)
-        else:
-            from .app import manifest_threshold
-            self.threshold = manifest_threshold(recognizer.embedder, cfg.recognition.operating_point)
+        # the policy (and its refusal of weak thresholds) lives in .threshold
+        self.threshold = float(threshold) if threshold is not None else door_threshold(cfg, recognizer.embedder).value
         self.tracker = IoUTracker(cfg.tracker.min_iou, cfg.tracker.max_missed_frames)
         self.timer = StageTimer()
         self.stats = collections.Counter()
         self.decisions: list[Decision] = []
         self.camera_ok = True
         self.expected_shape: Optional[tuple] = None
-        self._rlog = _RateLimitedLog()
+        #: the event log failing (full disk...) is reported once a minute; the door stays locked meanwhile
+        self._rlog = _RateLimitedLog(periods={"eventlog": EVENTLOG_WARNING_SECONDS})
+        self.eventlog_error: Optional[str] = None  #: last event-log write failure (None once writes work again)
         self.last_faces: list[tuple[Track, TrackState]] = []
         self._last_index, self._last_time = 0, 0.0
+
+    @property
+    def last_frame_time(self) -> float:
+        """Time of the last good frame on the loop's clock (the door's clock for video sources)."""
+        return self._last_time
 
     # -- time ---------------------------------------------------------------
     def _now(self, frame: Optional[Frame]) -> float:
@@ -153,27 +166,44 @@ class FaceLoop:
         if self.camera_ok:
             self.camera_ok = False
             log.warning("%s: door locked until the camera is back", reason)
-            self._log_event("camera_lost", detail=reason)
+            self.log_event("camera_lost", detail=reason)
 
     def _camera_back(self) -> None:
         if not self.camera_ok:
             self.camera_ok = True
             log.warning("camera restored")
-            self._log_event("camera_restored")
+            self.log_event("camera_restored")
 
     def _lock_door(self, reason: str) -> None:
         if self.door is not None:
             self.door.lock(reason)
 
-    def _log_event(self, kind: str, **kw) -> None:
+    def log_event(self, kind: str, required: bool = False, **kw) -> bool:
+        """Write an event; True when it is committed (or there is no event log).
+
+        A failure (full disk, read-only or corrupt log) is counted and reported once a minute. ``required``:
+        re-raise it (the grant's audit record: the door must not open without it).
+        """
         if self.events is None:
-            return
+            return True
         t = time.perf_counter()
         try:
             self.events.log(kind, **kw)
         except Exception as exc:  # noqa: BLE001 - a full disk must not open the door or stop the loop
-            self._rlog.warning("eventlog", "event not logged: %s", exc)
-        self.timer.add("log", time.perf_counter() - t)
+            self.stats["events_not_logged"] += 1
+            self.eventlog_error = str(exc)
+            self._rlog.warning("eventlog", "event log not writable, access decisions are not recorded and the door "
+                                           "stays locked: %s", exc)
+            if required:
+                raise
+            return False
+        else:
+            if self.eventlog_error is not None:
+                log.warning("event log writable again (%d event(s) were not logged)", self.stats["events_not_logged"])
+                self.eventlog_error = None
+            return True
+        finally:
+            self.timer.add("log", time.perf_counter() - t)
 
     # -- one frame -------------------------------------------------------------
     def process(self, frame: Frame) -> list[Decision]:
@@ -209,7 +239,7 @@ class FaceLoop:
             self._lock_door("error")
             self._rlog.warning("error", "frame %s failed, door locked: %s", frame.index, exc)
             log.debug("frame failure", exc_info=True)
-            self._log_event("error", detail=f"{type(exc).__name__}: {exc}")
+            self.log_event("error", detail=f"{type(exc).__name__}: {exc}")
             return []
         finally:
             self.timer.add("frame", time.perf_counter() - t_frame)
@@ -311,10 +341,10 @@ class FaceLoop:
             st.liveness_score = max(st.liveness_score, live.score if live.score == live.score else 0.0)
             if live.live:
                 st.decided = True
-                granted = True if self.door is None else self.door.grant(now, name)
-                st.label = name if granted else f"{name} (cooldown)"
-                out.append(self._decide(track, frame, image, now, "grant" if granted else "cooldown", name, score,
-                                        f"{st.votes.k} of {st.votes.n} votes; liveness: {live.reason}"))
+                d = self._grant(track, frame, image, now, name, score,
+                                f"{st.votes.k} of {st.votes.n} votes; liveness: {live.reason}")
+                st.label = {"grant": name, "cooldown": f"{name} (cooldown)"}.get(d.decision, f"{name} (not logged)")
+                out.append(d)
             elif live.live is False or frame.index - at >= self.cfg.liveness.max_wait_frames:
                 st.decided = True
                 st.label = f"{name}: no liveness"
@@ -337,17 +367,51 @@ class FaceLoop:
                                  f"left undecided after {st.n_embeds} crop(s)")]
         return []
 
-    def _decide(self, track: Track, frame: Frame, image, now: float, decision: str, name, score: float,
-                detail: str) -> Decision:
-        d = Decision(frame.index, now, track.id, decision, name, float(score), detail)
-        self.decisions.append(d)
-        self.stats[f"decision_{decision}"] += 1
+    def _grant(self, track: Track, frame: Frame, image, now: float, name: str, score: float, detail: str) -> Decision:
+        """Open the door for ``name`` - only after the grant's event is committed to the event log.
+
+        The door calls back (``audit``) once the grant is certain and before the relay moves; if the event cannot
+        be written the door stays locked and the decision is ``deny`` ("not logged").
+        """
+        logged = []
+
+        def audit():
+            self._log_access(track, frame, image, "grant", name, score, detail, required=True)
+            logged.append(True)
+
+        try:
+            if self.door is None:
+                audit()
+                granted = True
+            else:
+                granted = self.door.grant(now, safe_text(name), audit=audit)
+        except Exception as exc:  # noqa: BLE001 - no audit record, no access
+            self._lock_door("event log not writable")
+            return self._decide(track, frame, None, now, "deny", name, score,
+                                f"event log not writable, door kept locked ({type(exc).__name__})", log_it=False)
+        if granted:
+            return self._decide(track, frame, image, now, "grant", name, score, detail, log_it=False)
+        if logged:  # audited, then the relay failed: the door is locked, say so in the log
+            self.log_event("error", track=track.id, identity=name, decision="deny", detail="relay failed after grant")
+            return self._decide(track, frame, None, now, "deny", name, score, "relay failed", log_it=False)
+        return self._decide(track, frame, image, now, "cooldown", name, score, detail)
+
+    def _log_access(self, track: Track, frame: Frame, image, decision: str, name, score: float, detail: str,
+                    required: bool = False) -> bool:
         snap = None
         if image is not None and self.events is not None and self.events.snapshot_dir is not None:
             snap = self.rec.embedder.crop(image, track.face.box, track.face.keypoints)
-        self._log_event("access", track=track.id, identity=name, score=score, decision=decision,
-                        detail=f"frame {frame.index}: {detail}", snapshot=snap)
-        log.info("track %d: %s %s (%.3f) %s", track.id, decision, name or "unknown", score, detail)
+        return self.log_event("access", required=required, track=track.id, identity=name, score=score,
+                               decision=decision, detail=f"frame {frame.index}: {detail}", snapshot=snap)
+
+    def _decide(self, track: Track, frame: Frame, image, now: float, decision: str, name, score: float,
+                detail: str, log_it: bool = True) -> Decision:
+        d = Decision(frame.index, now, track.id, decision, name, float(score), detail)
+        self.decisions.append(d)
+        self.stats[f"decision_{decision}"] += 1
+        if log_it:
+            self._log_access(track, frame, image, decision, name, score, detail)
+        log.info("track %d: %s %s (%.3f) %s", track.id, decision, safe_text(name or "unknown"), score, detail)
         return d
 
     def finish(self) -> list[Decision]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ class VideoFileSource(OpenCVSource):
 
     def open(self) -> None:
         if not self.path.is_file():
-            raise SourceError(f"{self.name}: no such file {self.path}")
+            raise SourceError(f"{self.name}: no such file {self.path}" + (" (it is a folder)" if self.path.is_dir() else ""))
+        if not os.access(self.path, os.R_OK):
+            raise SourceError(f"{self.name}: {self.path} is not readable (permissions)")
         super().open()
         self._fps = self._cap.get(cv2.CAP_PROP_FPS) or 25.0
         self._t0 = time.monotonic()
@@ -191,8 +194,11 @@ class ImageFolderSource:
 
     def open(self) -> None:
         if not self.folder.is_dir():
-            raise SourceError(f"{self.name}: no such folder")
-        self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            raise SourceError(f"{self.name}: no such folder" + (" (it is a file)" if self.folder.exists() else ""))
+        try:
+            self._files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise SourceError(f"{self.name}: cannot list the folder ({exc.strerror or exc})") from exc
         if not self._files:
             raise SourceError(f"{self.name}: no images")
         self._i = 0

@@ -347,7 +347,7 @@ def test_sigkill_during_event_logging_keeps_the_log_intact(tmp_path):
     code = textwrap.dedent(f"""
         from edgeface.device.events import EventLog
         import numpy as np
-        ev = EventLog({str(db)!r}, snapshot_dir={str(tmp_path / 'snaps')!r}, prune_every=50, max_events=200)
+        ev = EventLog({str(db)!r}, snapshot_dir={str(tmp_path / 'snaps')!r}, max_events=200)
         for i in range(1000000):
             eid = ev.log("access", track=i, identity="ada" if i % 2 else None, score=0.5, decision="grant",
                          detail=str(i), snapshot=np.full((16, 16, 3), i % 255, np.uint8))

@@ -1,6 +1,7 @@
 """edgeface.device pure parts: config, quality gates, tracker, votes, liveness maths, queue, frames, door, events."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
@@ -304,12 +305,16 @@ def test_event_log_retention_and_snapshots(tmp_path):
     with EventLog(tmp_path / "ev.db", retention_days=1, max_events=100, snapshot_dir=snaps) as ev:
         old = ev.log("access", track=1, identity="ada", score=0.8, decision="grant", ts=time.time() - 3 * 86400,
                      snapshot=np.full((20, 20, 3), 100, np.uint8))
-        assert len(list(snaps.iterdir())) == 1
+        assert ev.count() == 0 and not list(snaps.iterdir())  # beyond the retention at once: no row, no file
+        new = ev.log("access", track=1, identity="ada", score=0.8, decision="grant",
+                     snapshot=np.full((20, 20, 3), 100, np.uint8))
+        assert [p.name for p in snaps.iterdir()] == [os.path.basename(ev.events()[-1].snapshot)]
         for i in range(150):
             ev.log("access", track=i, identity=None, score=float("nan"), decision="unknown")
         ev.prune()
         rows = ev.events(limit=None)
-        assert old not in [r.id for r in rows] and len(rows) == 100 and not list(snaps.iterdir())
+        assert old not in [r.id for r in rows] and new not in [r.id for r in rows]
+        assert len(rows) == 100 and not list(snaps.iterdir())
         assert rows[-1].identity is None and rows[-1].score is None
     conn = sqlite3.connect(tmp_path / "ev.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
