@@ -1,0 +1,273 @@
+"""Issue 12, core half: hostile images, names, erasure, permissions, broken galleries and manifests.
+
+One test (or a few) per numbered class of the issue, named ``test_<n>_...``; real LFW/BBT images, real
+SQLite files, real ``edgeface`` processes. Bombs and mutated images are built here from real images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import stat
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeface import imageheader, preprocess
+from edgeface.preprocess import ImageError, read_image
+
+from conftest import BBT, lfw_image
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore::ResourceWarning")
+RSS_LIMIT_MB = 300
+
+
+def edgeface(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeface.cli", *map(str, args)], capture_output=True, text=True,
+                          env=kw.pop("env", ENV), timeout=timeout, **kw)
+
+
+def peak_rss(args, timeout=600) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``args`` in a child and return (result, its peak RSS in MB) measured by getrusage in a wrapper."""
+    wrapper = ("import resource, subprocess, sys, json\n"
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "print(json.dumps([r.returncode, r.stdout, r.stderr, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n")
+    out = subprocess.run([sys.executable, "-c", wrapper, *map(str, args)], capture_output=True, text=True,
+                         env=ENV, timeout=timeout, check=True)
+    code, stdout, stderr, rss = json.loads(out.stdout)
+    return subprocess.CompletedProcess(args, code, stdout, stderr), rss
+
+
+def cli(*args):
+    return [sys.executable, "-m", "edgeface.cli", *map(str, args)]
+
+
+def assert_one_line_errors(r: subprocess.CompletedProcess, count: int | None = None) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert all(ln.startswith("edgeface: error: ") for ln in lines), r.stderr
+    if count is not None:
+        assert len(lines) == count, r.stderr
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def encoded(rgb: np.ndarray, ext: str, *params) -> bytes:
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]), list(params))
+    assert ok
+    return buf.tobytes()
+
+
+def exif_block(orientation: int) -> bytes:
+    """A big-endian TIFF structure with one IFD0 entry: Orientation (274) = ``orientation``."""
+    return (b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+            + b"\x00\x00\x00\x00")
+
+
+def with_app_segments(jpeg: bytes, segments: list[bytes]) -> bytes:
+    return jpeg[:2] + b"".join(segments) + jpeg[2:]
+
+
+def app_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def riff_webp(chunks: list[bytes]) -> bytes:
+    body = b"WEBP" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def webp_chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+
+
+def webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, i = [], 12
+    while i + 8 <= len(data):
+        kind, n = data[i:i + 4], struct.unpack("<I", data[i + 4:i + 8])[0]
+        out.append((kind, data[i + 8:i + 8 + n]))
+        i += 8 + n + (n & 1)
+    return out
+
+
+def vp8x(width: int, height: int, flags: int = 0) -> bytes:
+    return webp_chunk(b"VP8X", bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little")
+                      + (height - 1).to_bytes(3, "little"))
+
+
+def tiff_with(data: bytes, values: dict[int, int], pad: int = 0) -> bytes:
+    """A copy of a little-endian TIFF whose IFD0 moved ``pad`` bytes past the end, with SHORT/LONG tags set
+    or added (``values``); strip offsets stay valid because the pixel data does not move."""
+    assert data[:4] == b"II*\x00"
+    off = struct.unpack("<I", data[4:8])[0]
+    n = struct.unpack("<H", data[off:off + 2])[0]
+    entries = {}
+    for k in range(n):
+        e = data[off + 2 + 12 * k: off + 14 + 12 * k]
+        entries[struct.unpack("<H", e[:2])[0]] = e
+    for tag, value in values.items():
+        entries[tag] = struct.pack("<HHII", tag, 4, 1, value) if tag in (256, 257) else \
+            struct.pack("<HHIHH", tag, 3, 1, value, 0)
+    new_off = len(data) + pad
+    new_off += new_off & 1
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries[t] for t in sorted(entries)) + b"\x00" * 4
+    return data[:4] + struct.pack("<I", new_off) + data[8:] + b"\x00" * (new_off - len(data)) + ifd
+
+
+@pytest.fixture(scope="module")
+def face_rgb(data_root) -> np.ndarray:
+    return read_image(lfw_image("Colin_Powell", 1))
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory, face_rgb) -> dict[str, Path]:
+    """One decompression bomb per accepted format: a small real image whose size field claims far more pixels,
+    with the size field pushed past 128 KB where the format allows it."""
+    d = tmp_path_factory.mktemp("bombs")
+    small = cv2.resize(face_rgb, (64, 64))
+    out = {}
+
+    j = bytearray(with_app_segments(jpeg_bytes(small), [app_segment(0xE2, b"\x00" * 65533)] * 2))
+    sof = j.find(b"\xff\xc0")
+    j[sof + 5:sof + 9] = struct.pack(">HH", 20000, 20000)
+    out["jpeg_after_128k_of_app"] = bytes(j)
+    j = bytearray(with_app_segments(encoded(small, ".jpg", cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+                                    [app_segment(0xE1, b"Exif\x00\x00" + exif_block(1) + b"\x00" * 60000)] * 3))
+    sof = j.find(b"\xff\xc2")
+    j[sof + 5:sof + 9] = struct.pack(">HH", 30000, 9000)
+    out["jpeg_progressive"] = bytes(j)
+
+    p = bytearray(encoded(small, ".png"))
+    p[16:24] = struct.pack(">II", 60000, 60000)
+    p[29:33] = struct.pack(">I", zlib.crc32(bytes(p[12:29])))
+    out["png_ihdr"] = bytes(p)
+
+    lossy = encoded(small, ".webp", cv2.IMWRITE_WEBP_QUALITY, 80)
+    w = bytearray(lossy)
+    vp8 = w.find(b"VP8 ") + 8
+    w[vp8 + 6:vp8 + 10] = struct.pack("<HH", 16383, 16383)
+    out["webp_vp8"] = bytes(w)
+    lossless = encoded(small, ".webp", cv2.IMWRITE_WEBP_QUALITY, 101)
+    w = bytearray(lossless)
+    vp8l = w.find(b"VP8L") + 8
+    bits = struct.unpack("<I", w[vp8l + 1:vp8l + 5])[0]
+    bits = (bits & ~((1 << 28) - 1)) | 16383 | (16383 << 14)
+    w[vp8l + 1:vp8l + 5] = struct.pack("<I", bits)
+    out["webp_vp8l"] = bytes(w)
+    out["webp_vp8x_canvas"] = riff_webp([vp8x(20000, 20000), webp_chunk(b"EXIF", b"\x00" * 140000)]
+                                        + [webp_chunk(k, v) for k, v in webp_chunks(lossy)])
+
+    b = bytearray(encoded(small, ".bmp"))
+    b[18:26] = struct.pack("<ii", 20000, -20000)
+    out["bmp"] = bytes(b)
+
+    t = encoded(small, ".tiff")
+    out["tiff_ifd_after_128k"] = tiff_with(t, {256: 20000, 257: 20000}, pad=140000)
+
+    g = bytearray(encoded(small, ".gif"))
+    g[6:10] = struct.pack("<HH", 65535, 65535)
+    out["gif_screen"] = bytes(g)
+    out["pnm"] = b"P6\n# comment\n20000 20000\n255\n" + b"\x00" * 1000
+    out["sunraster"] = struct.pack(">8I", 0x59A66A95, 20000, 20000, 24, 3 * 20000 * 20000 & 0xFFFFFFFF, 1, 0, 0) \
+        + b"\x00" * 1000
+    paths = {}
+    for name, data in out.items():
+        paths[name] = d / f"{name}.img"
+        paths[name].write_bytes(data)
+    return paths
+
+
+# -- 1. decompression bombs -----------------------------------------------------------------------------
+def test_1_bomb_headers_are_found_wherever_they_are(bombs):
+    for name, path in bombs.items():
+        header = imageheader.probe(path.read_bytes())
+        assert header.pixels > preprocess.MAX_PIXELS, (name, header)
+        with pytest.raises(ImageError, match="refused before decoding") as err:
+            read_image(path)
+        assert str(path) in str(err.value)
+
+
+def test_1_formats_whose_size_is_not_checked_are_refused(tmp_path, face_rgb):
+    files = {"x.jp2": encoded(face_rgb, ".jp2"), "x.hdr": encoded(face_rgb, ".hdr"),
+             "x.avif": encoded(face_rgb, ".avif"), "x.bin": b"\x00\x01garbage" * 10}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match="not accepted|unknown image format"):
+            read_image(tmp_path / name)
+
+
+def test_1_real_images_of_every_accepted_format_still_read(tmp_path, face_rgb):
+    for ext in (".jpg", ".png", ".webp", ".bmp", ".tiff", ".gif", ".ppm", ".pam", ".ras"):
+        (tmp_path / f"x{ext}").write_bytes(encoded(face_rgb, ext))
+        image = read_image(tmp_path / f"x{ext}")
+        assert image.shape == face_rgb.shape and image.dtype == np.uint8, ext
+        if ext in (".png", ".bmp", ".tiff", ".ppm", ".pam", ".ras"):  # lossless
+            assert np.array_equal(image, face_rgb), ext
+
+
+@pytest.mark.slow
+def test_1_detect_on_every_bomb_stays_small(bombs, models_dir):
+    r, rss = peak_rss(cli("detect", "--models", models_dir, *bombs.values()), timeout=300)
+    assert r.returncode != 0
+    assert_one_line_errors(r, count=len(bombs))
+    assert all("refused before decoding" in ln for ln in r.stderr.splitlines()), r.stderr
+    assert rss < RSS_LIMIT_MB, f"peak RSS {rss:.0f} MB"
+
+
+# -- 9. EXIF orientation --------------------------------------------------------------------------------
+def _stored_for(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for an upright scene when it tags ``orientation``."""
+    inverse = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}[orientation]
+    return np.ascontiguousarray(imageheader.apply_orientation(upright, inverse))
+
+
+def test_9_exif_orientation_is_applied_for_every_format(tmp_path, face_rgb):
+    upright = np.ascontiguousarray(face_rgb[:200])  # not square: a missed rotation changes the shape
+    for o in range(1, 9):
+        stored = _stored_for(upright, o)
+        jpg = tmp_path / f"o{o}.jpg"
+        jpg.write_bytes(with_app_segments(jpeg_bytes(stored, 97),
+                                          [app_segment(0xE1, b"Exif\x00\x00" + exif_block(o))]))
+        image = read_image(jpg)
+        assert image.shape == upright.shape, o
+        assert np.abs(image.astype(int) - upright).mean() < 3, o
+    stored = _stored_for(upright, 6)
+    png = encoded(stored, ".png")
+    (tmp_path / "o6.png").write_bytes(png[:33] + png_chunk(b"eXIf", exif_block(6)) + png[33:])
+    lossless = encoded(stored, ".webp", cv2.IMWRITE_WEBP_QUALITY, 101)
+    h, w = stored.shape[:2]
+    (tmp_path / "o6.webp").write_bytes(riff_webp([vp8x(w, h, flags=0x08)]
+                                                 + [webp_chunk(k, v) for k, v in webp_chunks(lossless)]
+                                                 + [webp_chunk(b"EXIF", exif_block(6))]))
+    (tmp_path / "o6.tiff").write_bytes(tiff_with(encoded(stored, ".tiff"), {274: 6}))
+    for name in ("o6.png", "o6.webp", "o6.tiff"):
+        assert np.array_equal(read_image(tmp_path / name), upright), name
+
+
+@pytest.mark.slow
+def test_9_rotated_phone_photo_verifies_as_the_same_person(tmp_path, models_dir):
+    upright = read_image(lfw_image("Colin_Powell", 1))
+    (tmp_path / "upright.jpg").write_bytes(jpeg_bytes(upright, 95))
+    (tmp_path / "phone.jpg").write_bytes(with_app_segments(jpeg_bytes(_stored_for(upright, 6), 95),
+                                                           [app_segment(0xE1, b"Exif\x00\x00" + exif_block(6))]))
+    r = edgeface("verify", "--models", models_dir, "--json", tmp_path / "upright.jpg", tmp_path / "phone.jpg")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["same"] and result["similarity"] > 0.95, result
