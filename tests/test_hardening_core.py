@@ -271,3 +271,281 @@ def test_9_rotated_phone_photo_verifies_as_the_same_person(tmp_path, models_dir)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["same"] and result["similarity"] > 0.95, result
+
+
+# -- galleries: shared helpers --------------------------------------------------------------------------
+from edgeface.gallery import (CorruptGalleryError, Gallery, GalleryError, InvalidNameError,  # noqa: E402
+                              UnknownPersonError, check_gallery, check_name, escape_name)
+
+PEOPLE = {"Colin_Powell": (1, 2), "George_W_Bush": (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory, models_dir) -> Path:
+    """A real gallery made by `edgeface enroll`: Colin_Powell and George_W_Bush, two photos each."""
+    path = tmp_path_factory.mktemp("enrolled") / "people.db"
+    for name, ns in PEOPLE.items():
+        r = edgeface("enroll", "--models", models_dir, "--gallery", path, "--name", name,
+                     *[lfw_image(name, n) for n in ns])
+        assert r.returncode == 0, r.stderr
+    return path
+
+
+def copy_gallery(src: Path, dst_dir: Path) -> Path:
+    with Gallery.open(src) as g:  # checkpoint: everything in the main file
+        g._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    dst = dst_dir / src.name
+    shutil.copy(src, dst)
+    os.chmod(dst, 0o600)
+    return dst
+
+
+def names_in(path: Path) -> list[str]:
+    with Gallery.open(path) as g:
+        return [p.name for p in g.people()]
+
+
+def raw_sql(path: Path, sql: str, params=()) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# -- 4. names -------------------------------------------------------------------------------------------
+BAD_NAMES = ["Mallory\nINFO door: granted to Alice", "\x1b[2J\x1b[31mroot", "x" * 10_000, "Eve\u202eecilA",
+             "zero\u200bwidth", "tab\tname", "", "   "]
+
+
+def test_4_names_are_checked_on_enroll_and_rename(tmp_path):
+    with Gallery(tmp_path / "g.db", "e", 4) as g:
+        for bad in BAD_NAMES:
+            with pytest.raises(InvalidNameError):
+                g.enroll(bad, [1.0, 0, 0, 0])
+        for good in ("Zoë Ådams", "李雷", "O'Brien-Smith Jr.", "  padded  ", "x" * 64):
+            g.enroll(good, [1.0, 0, 0, 0])
+        assert "padded" in g and len(g) == 5
+        with pytest.raises(InvalidNameError, match="non-printable"):
+            g.rename("padded", "new\nline")
+        assert issubclass(InvalidNameError, GalleryError) and issubclass(InvalidNameError, ValueError)
+    assert check_name(" Ada ") == "Ada"
+
+
+def test_4_escape_name_is_one_safe_line():
+    assert escape_name("Ada") == "Ada"
+    assert escape_name("a\nb\x1b[31m") == "a\\nb\\x1b[31m"
+    assert escape_name("a\\nb") == "a\\\\nb"  # a typed backslash cannot pass for an escape
+    assert escape_name("Eve\u202e") == "Eve\\u202e"
+    long = escape_name("x" * 10_000)
+    assert len(long) == 80 and long.endswith("…")
+
+
+@pytest.mark.slow
+def test_4_cli_refuses_bad_names_and_escapes_old_ones(tmp_path, enrolled):
+    g = copy_gallery(enrolled, tmp_path)
+    r = edgeface("enroll", "--gallery", tmp_path / "new.db", "--name", "Mallory\nINFO granted",
+                 lfw_image("Colin_Powell", 1))
+    assert r.returncode == 2 and not (tmp_path / "new.db").exists()
+    assert_one_line_errors(r, count=1)
+    # a gallery written before names were checked
+    forged = "George\n  Alice                similarity 0.990 box [1, 2, 3, 4]\x1b[2K"
+    raw_sql(g, "UPDATE people SET name = ? WHERE name = 'George_W_Bush'", (forged,))
+    raw_sql(g, "INSERT INTO people (name, created) VALUES (?, '2020-01-01')", ("y" * 10_000,))
+    listing = edgeface("gallery", "list", "--gallery", g)
+    assert listing.returncode == 0 and "\x1b" not in listing.stdout
+    assert len(listing.stdout.splitlines()) == 3 and max(map(len, listing.stdout.splitlines())) < 200
+    ident = edgeface("identify", "--models", os.environ.get("EDGEFACE_TEST_MODELS", ""), "--gallery", g,
+                     lfw_image("George_W_Bush", 3))
+    assert ident.returncode == 0, ident.stderr
+    lines = ident.stdout.splitlines()
+    assert "\x1b" not in ident.stdout and len(lines) == 2, ident.stdout
+    assert "George\\n" in lines[1] and "Alice" in lines[1]
+    # the old name can still be removed, by its exact stored value
+    with Gallery.open(g) as gal:
+        gal.remove(forged)
+        assert forged not in gal
+
+
+# -- 5. erasure -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_5_remove_is_all_or_nothing(tmp_path, enrolled):
+    g = copy_gallery(enrolled, tmp_path)
+    r = edgeface("gallery", "remove", "Colin_Powell", "Nobody", "--gallery", g)
+    assert r.returncode != 0 and "Nobody" in r.stderr
+    assert_one_line_errors(r, count=1)
+    assert names_in(g) == ["Colin_Powell", "George_W_Bush"]
+    r = edgeface("gallery", "remove", "Colin_Powell", "George_W_Bush", "--gallery", g)
+    assert r.returncode == 0, r.stderr
+    assert names_in(g) == []
+    with Gallery(tmp_path / "api.db", "e", 2) as gal:
+        gal.enroll("a", [1.0, 0])
+        with pytest.raises(UnknownPersonError):
+            gal.remove("a", "b")
+        assert "a" in gal
+
+
+@pytest.mark.slow
+def test_5_forget_erases_the_embeddings_from_every_gallery_file(tmp_path, enrolled):
+    g = copy_gallery(enrolled, tmp_path)
+    blobs = [b for (b,) in raw_sql(g, "SELECT e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                                      "WHERE p.name = 'Colin_Powell'")]
+    assert len(blobs) == 2
+    with Gallery.open(g) as keep_open:  # another reader holding the WAL open, as a door would
+        assert len(keep_open) == 2
+        r = edgeface("gallery", "forget", "Colin_Powell", "--gallery", g)
+    assert r.returncode == 0, r.stderr
+    assert "forgot Colin_Powell: 2 embedding(s)" in r.stdout and "write-ahead log truncated" in r.stdout
+    assert names_in(g) == ["George_W_Bush"]
+    with Gallery.open(g) as gal:
+        gal._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    files = [p for p in tmp_path.iterdir() if p.name.startswith(g.name)]
+    for f in files:
+        content = f.read_bytes()
+        for blob in blobs:
+            assert blob not in content, f"{f.name} still holds an embedding of the forgotten person"
+    r = edgeface("gallery", "forget", "Colin_Powell", "--gallery", g)
+    assert r.returncode != 0
+    assert_one_line_errors(r, count=1)
+
+
+# -- 6. permissions and stored photo paths ---------------------------------------------------------------
+@pytest.mark.slow
+def test_6_gallery_files_are_private_and_photo_paths_opt_in(tmp_path, models_dir):
+    os.umask(0o022)
+    g = tmp_path / "new" / "site" / "people.db"
+    r = edgeface("enroll", "--models", models_dir, "--gallery", g, "--name", "Colin_Powell",
+                 lfw_image("Colin_Powell", 1))
+    assert r.returncode == 0, r.stderr
+    assert "created gallery" in r.stdout
+    for p in [f for f in g.parent.iterdir() if f.name.startswith("people.db")]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    for d in (g.parent, g.parent.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert raw_sql(g, "SELECT source FROM embeddings") == [(None,)]
+    r = edgeface("enroll", "--models", models_dir, "--gallery", g, "--name", "George_W_Bush", "--keep-source",
+                 lfw_image("George_W_Bush", 1))
+    assert r.returncode == 0, r.stderr
+    assert raw_sql(g, "SELECT source FROM embeddings WHERE source IS NOT NULL") == [(str(lfw_image("George_W_Bush", 1)),)]
+    os.chmod(g, 0o644)
+    r = edgeface("gallery", "list", "--gallery", g)
+    assert r.returncode == 0 and "accessible to other users (mode 0644); now 0600" in r.stderr
+    assert stat.S_IMODE(g.stat().st_mode) == 0o600
+
+
+# -- 10. read-only, full disk, corrupt gallery, bad argument counts ---------------------------------------
+def _as_unprivileged(args: list) -> list:
+    """Root ignores file modes; drop the capabilities that let it (CAP_DAC_OVERRIDE...) for this child."""
+    if os.geteuid() != 0:
+        return args
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to test a read-only gallery as root"
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner", *args]
+
+
+@pytest.mark.slow
+def test_10_read_only_gallery_is_one_line(tmp_path, enrolled, models_dir):
+    g = copy_gallery(enrolled, tmp_path)
+    os.chmod(g, 0o400)
+    r = subprocess.run(_as_unprivileged(cli("gallery", "remove", "Colin_Powell", "--gallery", g)),
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 2 and "read-only" in r.stderr, r.stderr
+    assert_one_line_errors(r, count=1)
+    r = subprocess.run(_as_unprivileged(cli("enroll", "--models", models_dir, "--gallery", g, "--name", "Ada",
+                                            lfw_image("Aaron_Peirsol", 1))),
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 2 and "read-only" in r.stderr, r.stderr
+    assert_one_line_errors(r, count=1)
+    r = subprocess.run(_as_unprivileged(cli("identify", "--models", models_dir, "--gallery", g,
+                                            lfw_image("Colin_Powell", 3))),
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0 and "Colin_Powell" in r.stdout, r.stderr  # reading a read-only gallery works
+    assert names_in(g) == ["Colin_Powell", "George_W_Bush"]
+
+
+@pytest.mark.slow
+def test_10_disk_full_during_enroll_commit(tmp_path, enrolled, models_dir):
+    import resource
+
+    g = copy_gallery(enrolled, tmp_path)
+    before = g.read_bytes()
+
+    def small_disk():  # a write past 32 KiB fails with EFBIG (Python ignores SIGXFSZ): the -shm file (32 KiB)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))  # fits, a large commit's WAL does not
+
+    photos = sorted((lfw_image("George_W_Bush", 1).parent).glob("*.jpg"))[10:90]
+    r = subprocess.run(cli("enroll", "--models", models_dir, "--gallery", g, "--name", "Aaron_Peirsol",
+                           "--keep-source", *photos), capture_output=True, text=True, timeout=300,
+                       env=dict(ENV, PYTHONDONTWRITEBYTECODE="1"), preexec_fn=small_disk)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    errors = [ln for ln in r.stderr.splitlines() if "cannot enroll" in ln]  # (other lines: rejected photos)
+    assert_one_line_errors(r)
+    assert len(errors) == 1 and "disk full" in errors[0] and "nothing was changed" in errors[0], r.stderr
+    assert names_in(g) == ["Colin_Powell", "George_W_Bush"] and check_gallery(g) == []
+    assert g.read_bytes() == before
+
+
+def _corrupt_gallery(path: Path, people: int = 300) -> Path:
+    with Gallery.open(path) as g:
+        rng = np.random.default_rng(0)
+        for i in range(people):
+            g.enroll(f"person {i:03d}", rng.normal(size=g.dim))
+        g._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 30 * page
+    data[20 * page:21 * page] = bytes(random.Random(1).getrandbits(8) for _ in range(page))  # a damaged sector
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.slow
+def test_10_corrupt_gallery_is_reported_and_never_written(tmp_path, enrolled, models_dir):
+    g = _corrupt_gallery(copy_gallery(enrolled, tmp_path))
+    damaged = g.read_bytes()
+    problems = check_gallery(g)
+    assert problems
+    r = edgeface("gallery", "check", "--gallery", g)
+    assert r.returncode == 1 and "ok" not in r.stdout.split(":")[-1], r.stdout
+    r = edgeface("identify", "--models", models_dir, "--gallery", g, lfw_image("Colin_Powell", 3))
+    assert r.returncode == 2 and "corrupt" in r.stderr, (r.stdout, r.stderr)
+    assert_one_line_errors(r, count=1)
+    r = edgeface("enroll", "--models", models_dir, "--gallery", g, "--name", "Aaron_Peirsol",
+                 lfw_image("Aaron_Peirsol", 1))
+    assert r.returncode == 2 and "corrupt" in r.stderr and "refused" in r.stderr, r.stderr
+    assert_one_line_errors(r, count=1)
+    for action in (["list"], ["remove", "person 001"], ["rename", "Colin_Powell", "Colin"]):
+        r = edgeface("gallery", *action, "--gallery", g)
+        assert_one_line_errors(r)
+        if action != ["list"]:
+            assert r.returncode == 2 and "corrupt" in r.stderr, r.stderr
+    assert g.read_bytes() == damaged
+    with Gallery.open(g) as gal, pytest.raises(CorruptGalleryError):
+        gal.enroll("x", np.ones(gal.dim))
+
+
+def test_10_gallery_argument_counts_are_one_line(tmp_path):
+    with Gallery(tmp_path / "g.db", "e", 2) as g:
+        g.enroll("a", [1.0, 0])
+    for args in (["remove"], ["forget"], ["rename", "a"], ["rename", "a", "b", "c"], ["list", "a"]):
+        r = edgeface("gallery", *args, "--gallery", tmp_path / "g.db")
+        assert r.returncode == 2, args
+        assert_one_line_errors(r, count=1)
+    assert names_in(tmp_path / "g.db") == ["a"]
+
+
+# -- 11. only enrollment creates a gallery ---------------------------------------------------------------
+@pytest.mark.slow
+def test_11_a_typo_never_creates_a_gallery(tmp_path, models_dir):
+    typo = tmp_path / "typo.db"
+    runs = [edgeface("identify", "--models", models_dir, "--gallery", typo, lfw_image("Colin_Powell", 1))]
+    runs += [edgeface("gallery", *a, "--gallery", typo) for a in (["list"], ["remove", "x"], ["forget", "x"],
+                                                                    ["rename", "x", "y"], ["check"])]
+    for r in runs:
+        assert r.returncode != 0 and "no such gallery file" in r.stderr, r.stderr
+        assert_one_line_errors(r, count=1)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(GalleryError, match="no such gallery file"):
+        Gallery(typo, "e", 2, create=False)
+    assert not typo.exists()
