@@ -549,3 +549,118 @@ def test_11_a_typo_never_creates_a_gallery(tmp_path, models_dir):
     with pytest.raises(GalleryError, match="no such gallery file"):
         Gallery(typo, "e", 2, create=False)
     assert not typo.exists()
+
+
+# -- 12. manifests checked against the model and sane ranges ----------------------------------------------
+def _models_copy(models_dir: Path, dst: Path) -> tuple[Path, Path, Path]:
+    """A models folder whose manifests can be edited: the .tflite files linked, JSON copied."""
+    dst.mkdir()
+    index = json.loads((models_dir / "models.json").read_text())
+    for f in models_dir.iterdir():
+        if f.suffix == ".tflite":
+            (dst / f.name).symlink_to(f)
+        elif f.suffix == ".json":
+            shutil.copy(f, dst / f.name)
+    return dst, dst / Path(index["int8"]["detector"]).with_suffix(".json").name, \
+        dst / Path(index["int8"]["embedder"]).with_suffix(".json").name
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _set(keys: str, value):
+    def change(data):
+        *parents, last = keys.split(".")
+        node = data
+        for k in parents:
+            node = node[k]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+MANIFEST_DAMAGE = [  # (which manifest, edit, words the one-line error must contain)
+    ("embedder", _set("input.shape", [1, 128, 128, 3]), "crop.size is 160 but input.shape"),
+    ("embedder", lambda d: (_set("input.shape", [1, 128, 128, 3])(d), _set("embedder.crop.size", 128)(d)),
+     "input.shape is [1, 128, 128, 3] but the model's input tensor is [1, 160, 160, 3]"),
+    ("embedder", _set("embedder.crop.size", 96), "embedder.crop.size is 96"),
+    ("embedder", _set("input.std", 0), "input.std must be non-zero"),
+    ("embedder", _set("input.mean", float("nan")), "input.mean must be a finite number"),
+    ("embedder", _set("embedder.crop", KeyError), "embedder.crop is missing (the crop recipe"),
+    ("embedder", _set("embedder.crop.width", KeyError), "embedder.crop.width is missing or out of range"),
+    ("embedder", _set("embedder.min_cosine_similarity", 1.5), "embedder.min_cosine_similarity must be in [-1, 1]"),
+    ("embedder", lambda d: d["embedder"]["operating_points"].update({"far_0.01": {"min_cosine_similarity": -3}}),
+     "operating_points.far_0.01.min_cosine_similarity must be in [-1, 1]"),
+    ("embedder", _set("embedder.embedding_size", 512), "embedding_size is 512 but the model's embedding output has 128"),
+    ("embedder", _set("outputs.embedding", "nope"), "outputs.embedding names tensor 'nope'"),
+    ("embedder", _set("input.dtype", "float32"), "input.dtype is 'float32' but the model's input tensor is"),
+    ("detector", _set("input.shape", [1, 192, 192, 3]), "does not fit detector.spec"),
+    ("detector", _set("detector.spec", "huge_range"), "detector.spec 'huge_range' is not a known detector"),
+    ("detector", _set("detector.min_score", 0), "detector.min_score must be in (0, 1)"),
+    ("detector", _set("detector", KeyError), "needs a 'detector' section"),
+]
+
+
+@pytest.mark.slow
+def test_12_manifest_fields_are_checked_at_load(tmp_path, models_dir):
+    from edgeface import FaceRecognizer
+    from edgeface.manifest import ManifestError
+
+    for i, (which, change, words) in enumerate(MANIFEST_DAMAGE):
+        folder, det, emb = _models_copy(models_dir, tmp_path / f"m{i}")
+        _edit(emb if which == "embedder" else det, change)
+        with pytest.raises(ManifestError) as err:
+            FaceRecognizer(folder)
+        assert words in str(err.value), (words, str(err.value))
+        assert (emb if which == "embedder" else det).name in str(err.value)
+    # one CLI run: one line, exit 2, no KeyError
+    r = edgeface("detect", "--models", folder, lfw_image("Colin_Powell", 1))
+    assert r.returncode == 2 and "detector" in r.stderr
+    assert_one_line_errors(r, count=1)
+
+
+@pytest.mark.slow
+def test_12_missing_optional_keys_are_not_key_errors(tmp_path, models_dir):
+    from edgeface import FaceRecognizer
+
+    folder, det, emb = _models_copy(models_dir, tmp_path / "m")
+    for key in ("upstream", "calibration", "license", "description", "quantized_ranges"):
+        _edit(emb, _set(key, KeyError) if key in json.loads(emb.read_text()) else (lambda d: None))
+        _edit(det, _set(key, KeyError) if key in json.loads(det.read_text()) else (lambda d: None))
+    _edit(emb, _set("embedder.operating_points", KeyError))
+    rec = FaceRecognizer(folder)
+    assert rec.embedder_id.startswith("facenet") and len(rec.embed(read_image(lfw_image("Colin_Powell", 1)))) == 1
+
+
+# -- 14. clear messages ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_14_wrong_kinds_of_paths_get_clear_lines(tmp_path, models_dir, face_rgb):
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["gallery", "list", "--gallery", tmp_path / "folder.db"], "is a directory, not a gallery file"),
+        (["identify", "--models", models_dir, "--gallery", tmp_path / "folder.db", lfw_image("Colin_Powell", 1)],
+         "is a directory, not a gallery file"),
+        (["enroll", "--models", models_dir, "--gallery", tmp_path / "afile" / "g.db", "--name", "Ada",
+          lfw_image("Colin_Powell", 1)], "is a file, not a folder"),
+        (["detect", "--models", tmp_path / "afile", lfw_image("Colin_Powell", 1)], "is a file; --models"),
+        (["detect", "--models", models_dir, tmp_path / "folder.db"], "not a file"),
+    ]
+    for args, words in cases:
+        r = edgeface(*args)
+        assert r.returncode != 0 and words in r.stderr, (args, r.stderr)
+        assert_one_line_errors(r, count=1)
+    # a float TIFF with NaN: read without a numpy warning or an OpenCV log line
+    f = np.full((40, 50, 3), 0.5, np.float32)
+    f[0, 0] = np.nan
+    assert cv2.imwrite(str(tmp_path / "nan.tiff"), f)
+    r = subprocess.run([sys.executable, "-W", "error", "-c", "from edgeface.preprocess import read_image; "
+                        f"im = read_image({str(tmp_path / 'nan.tiff')!r}); print(im.shape, im[0, 0].tolist(), im[5, 5].tolist())"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.strip() == "(40, 50, 3) [0, 0, 0] [127, 127, 127]"
