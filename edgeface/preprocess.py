@@ -22,6 +22,11 @@ from .errors import EdgefaceError  # noqa: E402
 
 #: Largest file accepted by :func:`read_image`, in bytes.
 MAX_FILE_BYTES = 200 * 1024 * 1024
+#: Above :data:`PLAUSIBLE_FROM_PIXELS`, a file may not declare more pixels per byte than this: photos have
+#: 1-50 (a flat 24 MP sky in a 1 MB JPEG: 24; a scanned 1-bit page: < 100). More is a decompression bomb or
+#: a file cut short, and decoding it would cost memory for pixels that are not there.
+MAX_PIXELS_PER_BYTE = 256
+PLAUSIBLE_FROM_PIXELS = 4_000_000
 
 
 class ImageError(EdgefaceError, ValueError):
@@ -41,7 +46,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
 
     Memory: decoding costs about 6 bytes per pixel at its peak (OpenCV's JPEG decoder holds two copies), so
     a 48 MP photo takes ~280 MB on top of the process; a door on a small board can pass a lower
-    ``max_pixels``. A file whose header declares more is refused after reading its headers only.
+    ``max_pixels``. A file whose header declares more, or more than :data:`MAX_PIXELS_PER_BYTE` pixels per
+    byte of file above 4 MP (a bomb), is refused after reading its headers only.
     """
     path = Path(path)
     try:
@@ -67,13 +73,27 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
                          f"{header.pixels} pixels" + (f" of {8 * header.sample_bytes}-bit samples"
                                                       if header.sample_bytes > 1 else "")
                          + f", more than the {max_pixels} limit (refused before decoding)")
+    if header.pixels > PLAUSIBLE_FROM_PIXELS and header.pixels > MAX_PIXELS_PER_BYTE * size:
+        raise ImageError(f"{path}: {header.format} header declares {header.width} x {header.height} = "
+                         f"{header.pixels} pixels in a {size}-byte file ({header.pixels // size} pixels per byte, "
+                         f"photos have fewer than {MAX_PIXELS_PER_BYTE}): a decompression bomb or a truncated "
+                         "file (refused before decoding)")
     # 8-bit BGR whatever the file holds (IMREAD_COLOR), except TIFF: its 16-bit and float samples only decode
     # at their own depth (to_rgb scales them). The EXIF orientation is applied here (imageheader), not by
     # OpenCV, so it is the same for JPEG, PNG and WebP whatever OpenCV version decodes them.
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     if header.format == "tiff":
         flags |= cv2.IMREAD_ANYDEPTH
-    image = cv2.imdecode(data, flags)
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # a broken file is our one error line, not OpenCV's five
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # some decoders raise instead of returning None
+        raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode: "
+                         f"{str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        logging.setLogLevel(level)
     del data
     if image is None or image.size == 0:
         raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode)")

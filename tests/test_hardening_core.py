@@ -153,6 +153,10 @@ def bombs(tmp_path_factory, face_rgb) -> dict[str, Path]:
     sof = j.find(b"\xff\xc2")
     j[sof + 5:sof + 9] = struct.pack(">HH", 30000, 9000)
     out["jpeg_progressive"] = bytes(j)
+    j = bytearray(with_app_segments(jpeg_bytes(small), [app_segment(0xE2, b"\x00" * 65533)] * 2))
+    sof = j.find(b"\xff\xc0")
+    j[sof + 5:sof + 9] = struct.pack(">HH", 7000, 7000)  # within the pixel limit, but 338 pixels per byte
+    out["jpeg_under_the_pixel_limit"] = bytes(j)
 
     p = bytearray(encoded(small, ".png"))
     p[16:24] = struct.pack(">II", 60000, 60000)
@@ -198,7 +202,8 @@ def bombs(tmp_path_factory, face_rgb) -> dict[str, Path]:
 def test_1_bomb_headers_are_found_wherever_they_are(bombs):
     for name, path in bombs.items():
         header = imageheader.probe(path.read_bytes())
-        assert header.pixels > preprocess.MAX_PIXELS, (name, header)
+        assert header.pixels > min(preprocess.MAX_PIXELS, preprocess.MAX_PIXELS_PER_BYTE * path.stat().st_size), \
+            (name, header)
         with pytest.raises(ImageError, match="refused before decoding") as err:
             read_image(path)
         assert str(path) in str(err.value)
@@ -664,3 +669,103 @@ def test_14_wrong_kinds_of_paths_get_clear_lines(tmp_path, models_dir, face_rgb)
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == "(40, 50, 3) [0, 0, 0] [127, 127, 127]"
+
+
+# -- fuzz: mutated real images through read_image, the folder source and `edgeface detect` -----------------
+def _size_fields(fmt: str, data: bytes) -> list[tuple[int, int, str]]:
+    """(offset, length, byte order) of the size fields of a real file of ``fmt``."""
+    if fmt == "jpeg":
+        sof = data.find(b"\xff\xc0")
+        return [(sof + 5, 2, "big"), (sof + 7, 2, "big")]
+    if fmt == "png":
+        return [(16, 4, "big"), (20, 4, "big")]
+    if fmt == "webp":
+        vp8 = data.find(b"VP8")
+        return [(vp8 + 14, 2, "little"), (vp8 + 16, 2, "little")] if data[vp8 + 3:vp8 + 4] == b" " \
+            else [(vp8 + 9, 4, "little")]
+    return [(18, 4, "little"), (22, 4, "little")]  # bmp
+
+
+def mutate(data: bytes, fmt: str, rng: random.Random) -> tuple[str, bytes]:
+    kind = rng.choice(["truncate", "bitflip", "bitflip", "header", "size", "splice"])
+    b = bytearray(data)
+    if kind == "truncate":
+        return kind, bytes(b[:rng.randrange(1, len(b))])
+    if kind == "bitflip":
+        for _ in range(rng.randint(1, 30)):
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+    elif kind == "header":
+        for _ in range(rng.randint(1, 6)):
+            b[rng.randrange(min(len(b), 64))] = rng.randrange(256)
+    elif kind == "size":
+        off, n, order = rng.choice(_size_fields(fmt, data))
+        value = rng.choice([0, 1, 7, 2000, 7000, 16383, 65535, 2 ** (8 * n) - 1, rng.randrange(2 ** (8 * n))])
+        b[off:off + n] = value.to_bytes(n, order)
+    else:  # a chunk of the file repeated or cut out
+        i, j = sorted(rng.randrange(len(b)) for _ in range(2))
+        b = b[:i] + b[j:] if rng.random() < 0.5 else b[:j] + b[i:j] + b[j:]
+    return kind, bytes(b)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory, data_root) -> dict[str, list[Path]]:
+    """60 mutated files per format (JPEG, PNG, WebP, BMP) from real LFW and BBT photos: 240 files."""
+    rng = random.Random(12)
+    root = tmp_path_factory.mktemp("fuzz")
+    lfw = [read_image(lfw_image(n, 1)) for n in ("Colin_Powell", "George_W_Bush", "Aaron_Peirsol")]
+    bbt = sorted(BBT.glob("*/*.png"))[:3]
+    sources = {
+        "jpeg": [lfw_image(n, 1).read_bytes() for n in ("Colin_Powell", "George_W_Bush", "Aaron_Peirsol")],
+        "png": [p.read_bytes() for p in bbt],
+        "webp": [encoded(im, ".webp", cv2.IMWRITE_WEBP_QUALITY, q) for im, q in zip(lfw, (80, 101, 60))],
+        "bmp": [encoded(im, ".bmp") for im in lfw],
+    }
+    out = {}
+    for fmt, originals in sources.items():
+        folder = root / fmt
+        folder.mkdir()
+        out[fmt] = []
+        for k in range(60):
+            kind, data = mutate(originals[k % len(originals)], fmt, rng)
+            path = folder / f"{k:02d}_{kind}.{'jpg' if fmt == 'jpeg' else fmt}"
+            path.write_bytes(data)
+            out[fmt].append(path)
+    return out
+
+
+def test_fuzz_read_image_and_folder_source_never_crash(fuzzed):
+    from edgeface.device.sources import ImageFolderSource
+
+    read = refused = 0
+    for paths in fuzzed.values():
+        for path in paths:
+            try:
+                image = read_image(path)
+            except ImageError as exc:
+                assert str(path) in str(exc)
+                refused += 1
+            else:
+                assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+                assert image.shape[0] * image.shape[1] <= preprocess.MAX_PIXELS
+                read += 1
+    assert read + refused == 240 and read > 20 and refused > 20, (read, refused)
+    source = ImageFolderSource(next(iter(fuzzed.values()))[0].parent)
+    source.open()
+    frames = 0
+    while source.read() is not None:
+        frames += 1
+    assert frames == 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "bmp"])
+def test_fuzz_detect_on_mutated_images(fuzzed, models_dir, fmt):
+    paths = fuzzed[fmt]
+    r, rss = peak_rss(cli("detect", "--models", models_dir, *paths), timeout=600)
+    assert "Traceback" not in r.stderr and r.returncode in (0, 1), r.stderr[-3000:]
+    answered = [ln.split(": ")[0] for ln in r.stdout.splitlines() if not ln.startswith("  ")]
+    failed = [ln[len("edgeface: error: "):].split(": ")[0] for ln in r.stderr.splitlines()
+              if ln.startswith("edgeface: error: ")]
+    assert sorted(answered + failed) == sorted(map(str, paths)), "every file gets an answer or one error line"
+    assert rss < RSS_LIMIT_MB, f"peak RSS {rss:.0f} MB"
