@@ -37,6 +37,14 @@ def connect(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = T
     return conn
 
 
+def connect_readonly(path: Union[str, "os.PathLike[str]"]) -> sqlite3.Connection:
+    """Open an existing database read-only (``mode=ro``): never creates the file or writes a schema into it."""
+    from urllib.parse import quote
+
+    uri = "file:" + quote(Path(path).resolve().as_posix()) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+
+
 def use_wal(conn: sqlite3.Connection) -> None:
     """Switch the file to write-ahead logging (persistent: call it only on a file known to be ours)."""
     conn.execute("PRAGMA journal_mode = WAL")

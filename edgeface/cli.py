@@ -267,7 +267,8 @@ def cmd_gallery(args) -> int:
                              + (f", {len(f.sources)} stored photo path(s)" if f.sources else ""))
             if args.action == "forget":
                 lines.append(f"{g.path}: deleted rows overwritten and write-ahead log truncated; this CLI keeps "
-                             "no events or snapshots (the device's `edgeface-device forget` erases those)")
+                             "no events or snapshots (a door's event log and snapshots are erased by the "
+                             "edgeface-device equivalent)")
             _emit(args, {args.action + ("" if args.action == "forget" else "d"): [f._asdict() for f in done]},
                   "\n".join(lines))
         elif args.action == "rename":

@@ -51,7 +51,6 @@ import math
 import os
 import sqlite3
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -259,7 +258,7 @@ def check_gallery(path: PathLike) -> list[str]:
         return [str(exc)]
     conn = None
     try:
-        conn = sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, timeout=10.0)
+        conn = _sqlite.connect_readonly(path)
         problems = _sqlite.quick_check(conn)
         if not problems:
             for name, blob in conn.execute("SELECT p.name, e.vector FROM embeddings e "
@@ -381,7 +380,7 @@ class Gallery:
                                "it: edgeface enroll)")
         conn = None
         try:
-            conn = sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, timeout=10.0)
+            conn = _sqlite.connect_readonly(path)
             meta = _read_meta(conn, path)
         except sqlite3.Error as exc:
             raise GalleryError(f"{path} is not a readable edgeface gallery: {_explain(exc)}") from exc

@@ -191,9 +191,11 @@ def bombs(tmp_path_factory, face_rgb) -> dict[str, Path]:
     out["pnm"] = b"P6\n# comment\n20000 20000\n255\n" + b"\x00" * 1000
     out["sunraster"] = struct.pack(">8I", 0x59A66A95, 20000, 20000, 24, 3 * 20000 * 20000 & 0xFFFFFFFF, 1, 0, 0) \
         + b"\x00" * 1000
+    suffix = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff", "gif": ".gif",
+              "pnm": ".ppm", "sunraster": ".ras"}
     paths = {}
     for name, data in out.items():
-        paths[name] = d / f"{name}.img"
+        paths[name] = d / (name + suffix[name.split("_")[0]])
         paths[name].write_bytes(data)
     return paths
 
@@ -233,6 +235,19 @@ def test_1_detect_on_every_bomb_stays_small(bombs, models_dir):
     assert r.returncode != 0
     assert_one_line_errors(r, count=len(bombs))
     assert all("refused before decoding" in ln for ln in r.stderr.splitlines()), r.stderr
+    assert rss < RSS_LIMIT_MB, f"peak RSS {rss:.0f} MB"
+
+
+def test_1_folder_source_reads_bombs_cheaply(bombs):
+    """The device's folder source reads through read_image: every bomb is a skipped frame, memory stays low."""
+    code = ("import sys\nfrom edgeface.device.sources import ImageFolderSource\n"
+            "s = ImageFolderSource(sys.argv[1]); s.open(); n = 0\n"
+            "while (f := s.read()) is not None:\n    assert f.image.size == 0; n += 1\nprint(n)\n")
+    from edgeface.device.sources import IMAGE_SUFFIXES
+
+    r, rss = peak_rss([sys.executable, "-c", code, next(iter(bombs.values())).parent])
+    expected = sum(p.suffix in IMAGE_SUFFIXES for p in bombs.values())
+    assert expected >= 8 and r.returncode == 0 and r.stdout.strip() == str(expected), r.stderr
     assert rss < RSS_LIMIT_MB, f"peak RSS {rss:.0f} MB"
 
 
