@@ -96,7 +96,8 @@ class FaceDetector:
         try:
             self.spec = blazeface.spec_for(section["spec"])
         except ValueError as exc:
-            raise ManifestError(f"{source}: detector.spec {section['spec']!r} is not a known detector ({exc})") from None
+            raise ManifestError(f"{source}: detector.spec {section['spec']!r} is not a known detector "
+                                f"({exc})") from None
         if list(self.manifest["input"]["shape"][1:3]) != [self.spec.input_size] * 2:
             raise ManifestError(f"{source}: input.shape {self.manifest['input']['shape']} does not fit detector.spec "
                                 f"{self.spec.name!r} ({self.spec.input_size} px square)")

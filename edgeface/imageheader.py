@@ -91,6 +91,10 @@ def _u32(b, i, big=True) -> int:
     return int.from_bytes(b[i:i + 4], "big" if big else "little")
 
 
+def _u24(b, i) -> int:
+    return int.from_bytes(b[i:i + 3], "little")
+
+
 def _need(data, end: int, what: str) -> None:
     if end > len(data):
         raise HeaderError(f"truncated {what}")
@@ -103,17 +107,24 @@ def _sized(fmt: str, width: int, height: int, orientation: int = 1, sample_bytes
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+#: Most segments/chunks walked before the size field (real files have a few dozen): a file made of millions
+#: of empty segments is refused instead of costing seconds of walking.
+MAX_SEGMENTS = 4096
+_MAX_FILL = 65536
 
 
 def _jpeg(data) -> ImageHeader:
     """Walk the marker segments from SOI to the first frame header (SOFn), reading EXIF on the way."""
     i, n, orientation = 2, len(data), 1
-    while True:
+    for _ in range(MAX_SEGMENTS):
         _need(data, i + 2, "JPEG header (no frame header)")
         if data[i] != 0xFF:
             raise HeaderError(f"bad JPEG marker at byte {i}")
+        fill = i
         while i + 1 < n and data[i + 1] == 0xFF:  # fill bytes
             i += 1
+            if i - fill > _MAX_FILL:
+                raise HeaderError(f"JPEG has more than {_MAX_FILL} fill bytes at byte {fill}")
         _need(data, i + 2, "JPEG header (no frame header)")
         marker = data[i + 1]
         if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
@@ -133,6 +144,7 @@ def _jpeg(data) -> ImageHeader:
         if marker == 0xE1 and bytes(data[i + 4:i + 10]) == b"Exif\x00\x00" and orientation == 1:
             orientation = exif_orientation(bytes(data[i + 10:i + 2 + length]))
         i += 2 + length
+    raise HeaderError(f"JPEG has more than {MAX_SEGMENTS} segments before its frame header")
 
 
 def exif_orientation(tiff: bytes) -> int:
@@ -177,7 +189,9 @@ def _png(data) -> ImageHeader:
         raise HeaderError("PNG does not start with IHDR")
     width, height = _u32(data, 16), _u32(data, 20)
     orientation, i = 1, 8
-    while i + 8 <= len(data):
+    for _ in range(MAX_SEGMENTS):
+        if i + 8 > len(data):
+            break
         length, kind = _u32(data, i), bytes(data[i + 4:i + 8])
         if kind == b"eXIf":
             orientation = exif_orientation(bytes(data[i + 8:i + 8 + length]))
@@ -191,18 +205,20 @@ def _png(data) -> ImageHeader:
 def _webp(data) -> ImageHeader:
     """Every size in the file (VP8X canvas, VP8 and VP8L bitstreams, animation frames): the largest counts."""
     i, width, height, orientation, sized = 12, 0, 0, 1, False
-    while i + 8 <= len(data):
+    for _ in range(MAX_SEGMENTS + 1):
+        if i + 8 > len(data):
+            break
         kind, length = bytes(data[i:i + 4]), _u32(data, i + 4, big=False)
         body = i + 8
         if kind == b"VP8X" and body + 10 <= len(data):
-            w, h = 1 + int.from_bytes(data[body + 4:body + 7], "little"), 1 + int.from_bytes(data[body + 7:body + 10], "little")
+            w, h = 1 + _u24(data, body + 4), 1 + _u24(data, body + 7)
         elif kind == b"VP8 " and body + 10 <= len(data):
             w, h = _u16(data, body + 6, big=False) & 0x3FFF, _u16(data, body + 8, big=False) & 0x3FFF
         elif kind == b"VP8L" and body + 5 <= len(data):
             bits = _u32(data, body + 1, big=False)
             w, h = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
         elif kind == b"ANMF" and body + 12 <= len(data):
-            w, h = 1 + int.from_bytes(data[body + 6:body + 9], "little"), 1 + int.from_bytes(data[body + 9:body + 12], "little")
+            w, h = 1 + _u24(data, body + 6), 1 + _u24(data, body + 9)
         else:
             w = h = 0
             if kind == b"EXIF":
@@ -211,6 +227,8 @@ def _webp(data) -> ImageHeader:
             sized = True
             width, height = max(width, w), max(height, h)
         i = body + length + (length & 1)
+    else:
+        raise HeaderError(f"WebP has more than {MAX_SEGMENTS} chunks")
     if not sized:
         raise HeaderError("WebP has no size header")
     return _sized("webp", width, height, orientation)

@@ -38,8 +38,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
 
     The headers are checked before a pixel is decoded (:func:`edgeface.imageheader.probe`): the declared
     size must stay within ``max_pixels`` (default :data:`MAX_PIXELS`) wherever the size field sits (a
-    decompression bomb is refused at the cost of reading its file), and only JPEG, PNG, WebP, BMP, TIFF, GIF, PNM/PAM and Sun raster files are
-    decoded. The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so a phone photo taken sideways comes
+    decompression bomb is refused at the cost of reading its file), and only JPEG, PNG, WebP, BMP, TIFF, GIF,
+    PNM/PAM and Sun raster files are decoded. The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so a phone photo taken sideways comes
     out upright. Grayscale images are expanded to three channels, an alpha channel is dropped, 16-bit images
     are scaled to 8 bits. Raises :class:`ImageError` (naming the file) for a missing, empty, non-image,
     refused or huge file.

@@ -220,6 +220,19 @@ def test_1_formats_whose_size_is_not_checked_are_refused(tmp_path, face_rgb):
             read_image(tmp_path / name)
 
 
+def test_1_endless_headers_are_refused_not_walked(tmp_path, face_rgb):
+    """Millions of empty segments or fill bytes before the size field: refused, not walked for seconds."""
+    jpeg = jpeg_bytes(face_rgb)
+    files = {"segments.jpg": with_app_segments(jpeg, [b"\xff\xfe\x00\x02"] * 200_000),
+             "fill.jpg": jpeg[:2] + b"\xff" * 1_000_000 + jpeg[2:],
+             "chunks.webp": riff_webp([webp_chunk(b"JUNK", b"")] * 5000
+                                      + [webp_chunk(k, v) for k, v in webp_chunks(encoded(face_rgb, ".webp"))])}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError, match="more than"):
+            read_image(tmp_path / name)
+
+
 def test_1_real_images_of_every_accepted_format_still_read(tmp_path, face_rgb):
     for ext in (".jpg", ".png", ".webp", ".bmp", ".tiff", ".gif", ".ppm", ".pam", ".ras"):
         (tmp_path / f"x{ext}").write_bytes(encoded(face_rgb, ext))
@@ -447,7 +460,8 @@ def test_6_gallery_files_are_private_and_photo_paths_opt_in(tmp_path, models_dir
     r = edgeface("enroll", "--models", models_dir, "--gallery", g, "--name", "George_W_Bush", "--keep-source",
                  lfw_image("George_W_Bush", 1))
     assert r.returncode == 0, r.stderr
-    assert raw_sql(g, "SELECT source FROM embeddings WHERE source IS NOT NULL") == [(str(lfw_image("George_W_Bush", 1)),)]
+    kept = raw_sql(g, "SELECT source FROM embeddings WHERE source IS NOT NULL")
+    assert kept == [(str(lfw_image("George_W_Bush", 1)),)]
     os.chmod(g, 0o644)
     r = edgeface("gallery", "list", "--gallery", g)
     assert r.returncode == 0 and "accessible to other users (mode 0644); now 0600" in r.stderr
@@ -616,7 +630,8 @@ MANIFEST_DAMAGE = [  # (which manifest, edit, words the one-line error must cont
     ("embedder", _set("embedder.min_cosine_similarity", 1.5), "embedder.min_cosine_similarity must be in [-1, 1]"),
     ("embedder", lambda d: d["embedder"]["operating_points"].update({"far_0.01": {"min_cosine_similarity": -3}}),
      "operating_points.far_0.01.min_cosine_similarity must be in [-1, 1]"),
-    ("embedder", _set("embedder.embedding_size", 512), "embedding_size is 512 but the model's embedding output has 128"),
+    ("embedder", _set("embedder.embedding_size", 512),
+     "embedding_size is 512 but the model's embedding output has 128"),
     ("embedder", _set("outputs.embedding", "nope"), "outputs.embedding names tensor 'nope'"),
     ("embedder", _set("input.dtype", "float32"), "input.dtype is 'float32' but the model's input tensor is"),
     ("detector", _set("input.shape", [1, 192, 192, 3]), "does not fit detector.spec"),
@@ -680,7 +695,8 @@ def test_14_wrong_kinds_of_paths_get_clear_lines(tmp_path, models_dir, face_rgb)
     f[0, 0] = np.nan
     assert cv2.imwrite(str(tmp_path / "nan.tiff"), f)
     r = subprocess.run([sys.executable, "-W", "error", "-c", "from edgeface.preprocess import read_image; "
-                        f"im = read_image({str(tmp_path / 'nan.tiff')!r}); print(im.shape, im[0, 0].tolist(), im[5, 5].tolist())"],
+                        f"im = read_image({str(tmp_path / 'nan.tiff')!r}); "
+                        "print(im.shape, im[0, 0].tolist(), im[5, 5].tolist())"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.strip() == "(40, 50, 3) [0, 0, 0] [127, 127, 127]"
