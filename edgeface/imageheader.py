@@ -9,7 +9,7 @@ Radiance HDR, PFM, OpenEXR) and anything unrecognised are refused: the check nev
 
 The EXIF orientation (1-8, 1 = as stored) is read from a JPEG's APP1 ``Exif`` segment, a PNG ``eXIf``
 chunk, a WebP ``EXIF`` chunk or a TIFF's own tag 274; :func:`apply_orientation` turns the decoded pixels
-upright.
+upright (``read_image`` does so for JPEG, PNG and WebP; OpenCV's TIFF decoder already applies tag 274).
 
 Pure functions over ``bytes``; only the standard library and numpy.
 """
