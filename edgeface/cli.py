@@ -163,15 +163,26 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def _gallery(args, rec=None):
+def _gallery(args, rec=None, create=False):
+    """The gallery of ``--gallery``; only enrollment creates a missing one (a typo is an error, not a new file)."""
     from .gallery import Gallery
 
     if rec is None:
         return Gallery.open(args.gallery)
-    return Gallery(args.gallery, rec.embedder_id, rec.embedder.dim)
+    return Gallery(args.gallery, rec.embedder_id, rec.embedder.dim, create=create)
+
+
+def _name(name: str) -> str:
+    """A person's name as printed: non-printable characters escaped, long names cut (older galleries)."""
+    from .gallery import escape_name
+
+    return escape_name(name)
 
 
 def cmd_enroll(args) -> int:
+    from .gallery import check_name
+
+    args.name = check_name(args.name)  # before the models load: a bad name is refused at once
     rec = _recognizer(args)
     embeddings, sources, rejected = [], [], []
     for path in args.images:
@@ -188,26 +199,32 @@ def cmd_enroll(args) -> int:
         sources.append(path)
     for r in rejected:
         _error(f"{r['image']}: {r['reason']}")
-    total = 0
+    total, created = 0, False
     if embeddings:
         import numpy as np
 
-        with _gallery(args, rec) as g:
-            total = g.enroll(args.name, np.stack(embeddings), sources)
-    payload = {"name": args.name, "enrolled": len(embeddings), "total_embeddings": total, "rejected": rejected}
-    _emit(args, payload, f"enrolled {len(embeddings)} photo(s) of {args.name} ({total} in the gallery), "
-                         f"{len(rejected)} rejected")
+        with _gallery(args, rec, create=True) as g:
+            total = g.enroll(args.name, np.stack(embeddings), sources if args.keep_source else None)
+            created = g.created
+    payload = {"name": args.name, "enrolled": len(embeddings), "total_embeddings": total, "rejected": rejected,
+               "created_gallery": created}
+    _emit(args, payload, (f"created gallery {args.gallery} (readable by its owner only)\n" if created else "")
+          + f"enrolled {len(embeddings)} photo(s) of {_name(args.name)} ({total} in the gallery), "
+            f"{len(rejected)} rejected")
     return 0 if embeddings and not rejected else 1
 
 
 def cmd_identify(args) -> int:
+    from .gallery import Gallery
+
+    Gallery.read_meta(args.gallery)  # a missing or wrong gallery fails before the models load
     rec = _recognizer(args)
 
     def describe(path, ids):
         payload = {"image": path, "threshold": rec.min_cosine_similarity, "faces": [
             dict(i.face.to_json(), name=i.name, similarity=round(i.similarity, 4)) for i in ids]}
         text = f"{path}: {len(ids)} face(s)" + "".join(
-            f"\n  {i.name or 'unknown':20} similarity {i.similarity:.3f} box "
+            f"\n  {_name(i.name) if i.name else 'unknown':20} similarity {i.similarity:.3f} box "
             f"{[round(float(v)) for v in i.face.box]}" for i in ids)
         return payload, text
 
@@ -215,19 +232,48 @@ def cmd_identify(args) -> int:
         return _each_image(args, lambda image: rec.identify(image, g), describe)
 
 
+GALLERY_ACTIONS = {  # action: (min names, max names, usage)
+    "list": (0, 0, "gallery list"), "check": (0, 0, "gallery check"),
+    "remove": (1, None, "gallery remove NAME [NAME ...]"), "forget": (1, None, "gallery forget NAME [NAME ...]"),
+    "rename": (2, 2, "gallery rename OLD NEW"),
+}
+
+
 def cmd_gallery(args) -> int:
+    low, high, usage = GALLERY_ACTIONS[args.action]
+    if not low <= len(args.names) <= (high if high is not None else len(args.names)):
+        _error(f"{usage}: expected {low if low == high else f'at least {low}'} name(s), got {len(args.names)}")
+        return 2
+    if args.action == "check":
+        from .gallery import Gallery, check_gallery
+
+        Gallery.read_meta(args.gallery)  # not a gallery at all: one error line
+        problems = check_gallery(args.gallery)
+        _emit(args, {"gallery": args.gallery, "ok": not problems, "problems": problems},
+              f"{args.gallery}: ok" if not problems else "\n".join(f"{args.gallery}: {p}" for p in problems))
+        return 0 if not problems else 1
     with _gallery(args) as g:
         if args.action == "list":
             people = g.people()
             _emit(args, {"people": [p._asdict() for p in people]},
-                  "\n".join(f"{p.name:24} {p.num_embeddings:3} embedding(s)  since {p.created}" for p in people)
-                  or "(empty gallery)")
-        elif args.action == "remove":
-            g.remove(args.names[0])
-            _emit(args, {"removed": args.names[0]}, f"removed {args.names[0]}")
+                  "\n".join(f"{_name(p.name):24} {p.num_embeddings:3} embedding(s)  since {p.created}"
+                            for p in people) or "(empty gallery)")
+        elif args.action in ("remove", "forget"):
+            done = g.forget(*args.names) if args.action == "forget" else g.remove(*args.names)
+            lines = []
+            for f in done:
+                lines.append(f"{'forgot' if args.action == 'forget' else 'removed'} {_name(f.name)}: "
+                             f"{f.embeddings} embedding(s)"
+                             + (f", {len(f.sources)} stored photo path(s)" if f.sources else ""))
+            if args.action == "forget":
+                lines.append(f"{g.path}: deleted rows overwritten and write-ahead log truncated; this CLI keeps "
+                             "no events or snapshots (a door's event log and snapshots are erased by the "
+                             "edgeface-device equivalent)")
+            _emit(args, {args.action + ("" if args.action == "forget" else "d"): [f._asdict() for f in done]},
+                  "\n".join(lines))
         elif args.action == "rename":
             g.rename(args.names[0], args.names[1])
-            _emit(args, {"renamed": args.names}, f"renamed {args.names[0]} to {args.names[1]}")
+            _emit(args, {"renamed": args.names}, f"renamed {_name(args.names[0])} to {_name(args.names[1])}")
     return 0
 
 
@@ -364,8 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("enroll", help="add a person to a gallery",
                               description="Enroll photos of ONE person; photos with no face or several faces are "
                                           "rejected with a reason."))
-    p.add_argument("--gallery", required=True, help="SQLite gallery file (created if missing)")
-    p.add_argument("--name", required=True)
+    p.add_argument("--gallery", required=True,
+                   help="SQLite gallery file (created if missing, readable by its owner only)")
+    p.add_argument("--name", required=True, help="the person's name: 1-64 printable characters on one line")
+    p.add_argument("--keep-source", action="store_true",
+                   help="also store each photo's path in the gallery (default: only the embeddings are stored)")
     p.add_argument("images", nargs="+", metavar="IMG")
     p.set_defaults(func=cmd_enroll)
 
@@ -376,10 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMG")
     p.set_defaults(func=cmd_identify)
 
-    p = sub.add_parser("gallery", help="list, remove or rename enrolled people")
-    p.add_argument("action", choices=["list", "remove", "rename"])
-    p.add_argument("names", nargs="*", help="remove NAME | rename OLD NEW")
-    p.add_argument("--gallery", required=True)
+    p = sub.add_parser("gallery", help="list, check, remove, forget or rename enrolled people",
+                       description="list: who is enrolled. check: SQLite integrity check of the file. "
+                                   "remove NAME...: delete people and their embeddings (all named people or "
+                                   "none). forget NAME...: remove, then truncate the write-ahead log so no copy "
+                                   "is left in the gallery files, and print what was erased. rename OLD NEW.")
+    p.add_argument("action", choices=list(GALLERY_ACTIONS))
+    p.add_argument("names", nargs="*", help="remove|forget NAME [NAME ...] | rename OLD NEW")
+    p.add_argument("--gallery", required=True, help="an existing gallery file (never created here)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gallery)
 
@@ -417,14 +470,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    from .errors import EdgefaceError
+
     try:
         return args.func(args)
-    except (OSError, ValueError, KeyError) as exc:
-        from .gallery import GalleryError  # noqa: F401  (GalleryError subclasses are reported here too)
-
-        _error(str(exc) if not isinstance(exc, KeyError) else exc.args[0])
+    except EdgefaceError as exc:
+        _error(str(exc) if not isinstance(exc, KeyError) else Exception.__str__(exc))
         return 2
-    except Exception as exc:  # noqa: BLE001 - gallery/runtime errors become one line for the user
+    except (OSError, ValueError, KeyError) as exc:
+        _error(str(exc) if not isinstance(exc, KeyError) else f"missing key {exc.args[0]!r}")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - an error class of an edgeface module is still one line
         if type(exc).__module__.startswith("edgeface"):
             _error(str(exc))
             return 2

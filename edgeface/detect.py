@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import blazeface, preprocess, runtime
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, check_model, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,15 @@ class FaceDetector:
         if self.manifest["role"] != "detector":
             raise ManifestError(f"{model_path}: is a {self.manifest['role']}, not a detector")
         section = self.manifest["detector"]
-        self.spec = blazeface.spec_for(section["spec"])
+        source = str(manifest_path(model_path))
+        try:
+            self.spec = blazeface.spec_for(section["spec"])
+        except ValueError as exc:
+            raise ManifestError(f"{source}: detector.spec {section['spec']!r} is not a known detector "
+                                f"({exc})") from None
+        if list(self.manifest["input"]["shape"][1:3]) != [self.spec.input_size] * 2:
+            raise ManifestError(f"{source}: input.shape {self.manifest['input']['shape']} does not fit detector.spec "
+                                f"{self.spec.name!r} ({self.spec.input_size} px square)")
         self.min_score = float(section["min_score"] if min_score is None else min_score)
         if not 0.0 < self.min_score < 1.0:
             raise ValueError(f"min_score must be in (0, 1), got {self.min_score}")
@@ -100,9 +108,16 @@ class FaceDetector:
             raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         self.iou_threshold = iou_threshold
         self.interpreter = runtime.make_interpreter(model_path, threads, accelerator, runtime_name)
+        check_model(self.manifest, self.interpreter, source)
         outputs = self.manifest["outputs"]
         self._boxes = runtime.output_index(self.interpreter, outputs["boxes"])
         self._scores = runtime.output_index(self.interpreter, outputs["scores"])
+        details = self.interpreter.get_output_details()
+        for key, index, width in (("boxes", self._boxes, blazeface.NUM_COORDS), ("scores", self._scores, 1)):
+            size = int(np.prod(details[index]["shape"]))
+            if size != self.spec.num_anchors * width:
+                raise ManifestError(f"{source}: outputs.{key} has {size} values, but detector.spec "
+                                    f"{self.spec.name!r} needs {self.spec.num_anchors} x {width}")
         self.mean, self.std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
 
     @property

@@ -7,9 +7,7 @@ from typing import Optional
 import numpy as np
 
 from . import preprocess, runtime
-from .manifest import ManifestError, read_manifest
-
-CROP_METHODS = ("box_rect", "box_margin", "similarity")
+from .manifest import CROP_METHODS, ManifestError, check_model, manifest_path, read_manifest
 #: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.
 ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [56.14, 92.28]], np.float32)
 
@@ -55,6 +53,7 @@ class FaceEmbedder:
         self.section = self.manifest["embedder"]
         self.recipe = self.section["crop"]
         self.interpreter = runtime.make_interpreter(model_path, threads, accelerator, runtime_name)
+        check_model(self.manifest, self.interpreter, str(manifest_path(model_path)))
         self._out = runtime.output_index(self.interpreter, self.manifest["outputs"]["embedding"])
         self.mean, self.std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
         self.size = int(self.recipe["size"])
@@ -66,8 +65,13 @@ class FaceEmbedder:
 
     @property
     def space_id(self) -> str:
-        """The embedding space shared by every precision of one upstream model (float and int8 agree)."""
-        return f"{self.manifest['family']}:{self.manifest['upstream']['sha256'][:16]}"
+        """The embedding space shared by every precision of one upstream model (float and int8 agree).
+
+        Without an ``upstream.sha256`` in the manifest, the model file's own hash (a space of its own).
+        """
+        upstream = self.manifest.get("upstream")
+        digest = upstream.get("sha256") if isinstance(upstream, dict) else None
+        return f"{self.manifest['family']}:{(digest or self.manifest['sha256'])[:16]}"
 
     @property
     def dim(self) -> int:

@@ -25,6 +25,22 @@ write (an enrollment, a rename, a removal) is a single transaction.  A
 process killed mid-enrollment - or a Raspberry Pi losing power - leaves every
 committed person intact and never a half-enrolled one.
 
+Names are what people see on a screen or in a log, so a new name must follow one rule
+(:func:`check_name`): 1 to :data:`MAX_NAME_LENGTH` printable characters, any script; no line breaks,
+control characters, escape sequences or invisible formatting characters; surrounding spaces are trimmed.
+Galleries written by older versions may hold other names: print them through :func:`escape_name`.
+
+Privacy: the file holds biometric data. It is created readable by its owner only (0600; a folder edgeface
+has to create is 0700) and tightened with a warning when it is opened with wider permissions. Deleted
+rows are overwritten (``secure_delete``); :meth:`Gallery.forget` also truncates the write-ahead log so no
+copy of the person's embeddings is left in the gallery's files. The image files embeddings came from are
+stored only when the caller passes ``sources``.
+
+Broken files: the first write through a :class:`Gallery` runs SQLite's ``quick_check`` and a corrupt
+gallery refuses every write (:class:`CorruptGalleryError`); :func:`check_gallery` runs the same check for
+``doctor``. A full disk, a read-only file or a damaged page is a :class:`GalleryError` with one clear line,
+and nothing is half-written.
+
 Only the standard library and numpy are used.
 """
 from __future__ import annotations
@@ -83,6 +99,54 @@ class PersonExistsError(GalleryError):
     """The target name of a rename is already enrolled."""
 
 
+class InvalidNameError(GalleryError, ValueError):
+    """A new person name breaks the naming rule (see :func:`check_name`)."""
+
+
+class CorruptGalleryError(GalleryError):
+    """SQLite found damage in the gallery file; writes are refused (restore a backup or re-enroll)."""
+
+
+#: Longest person name accepted for a new enrollment or a rename, in characters.
+MAX_NAME_LENGTH = 64
+
+
+def check_name(name: object) -> str:
+    """The name to store for ``name``, or :class:`InvalidNameError` saying which rule it breaks.
+
+    The rule: after trimming surrounding spaces, 1 to :data:`MAX_NAME_LENGTH` characters, every one printable
+    (``str.isprintable``: letters and digits of any script, punctuation, symbols and the plain space). Line
+    breaks, tabs, ANSI escape sequences, bidirectional overrides and zero-width characters are refused: they
+    let a name forge or hide lines in a log or a terminal.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"a name must be a string, got {type(name).__name__}")
+    stripped = name.strip()
+    if not stripped:
+        raise InvalidNameError("a name must not be empty")
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"name '{escape_name(stripped, 40)}' is {len(stripped)} characters long; "
+                               f"at most {MAX_NAME_LENGTH} are allowed")
+    bad = next((c for c in stripped if not c.isprintable()), None)
+    if bad is not None:
+        raise InvalidNameError(f"name '{escape_name(stripped)}' contains the non-printable character "
+                               f"{escape_name(bad)} (U+{ord(bad):04X}); names are printable text on one line")
+    return stripped
+
+
+def escape_name(text: str, max_length: int = 80) -> str:
+    """``text`` made safe to print on one line of a terminal or a log.
+
+    Non-printable characters (line breaks, ANSI escapes, bidi overrides...) become Python escapes such as
+    ``\\n`` or ``\\x1b``, a backslash is doubled (so an escape cannot be faked), and text longer than
+    ``max_length`` is cut with ``…``. Use it for every name read from a gallery or an event log: galleries
+    written before names were checked may hold anything.
+    """
+    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+                  for c in str(text))
+    return out if len(out) <= max_length else out[:max(1, max_length - 1)] + "…"
+
+
 class Match(NamedTuple):
     """One answer to "who is this?".
 
@@ -102,6 +166,14 @@ class Person(NamedTuple):
     created: str
 
 
+class Forgotten(NamedTuple):
+    """What :meth:`Gallery.forget` (or :meth:`Gallery.remove`) erased for one person."""
+
+    name: str
+    embeddings: int
+    sources: list
+
+
 class GalleryMeta(NamedTuple):
     """What a gallery file says about itself (see :meth:`Gallery.read_meta`)."""
 
@@ -111,9 +183,26 @@ class GalleryMeta(NamedTuple):
 
 
 def _check_name(name: object, what: str = "name") -> str:
+    """A name to look up (not to store): any non-empty string, so old unchecked names can still be removed."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+        raise InvalidNameError(f"{what} must be a non-empty string, got {escape_name(repr(name))}")
     return name.strip()
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """What a SQLite error means for someone running edgeface."""
+    text = str(exc)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"{text} (the file or its folder is read-only for this user)"
+    if "full" in low or "disk i/o" in low:
+        return f"{text} (disk full or write error)"
+    return text
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    low = str(exc).lower()
+    return "malformed" in low or "not a database" in low or "corrupt" in low
 
 
 def _normalize(embeddings: object, dim: int, what: str, single: bool) -> np.ndarray:
@@ -141,7 +230,48 @@ def _connect(path: str) -> sqlite3.Connection:
     # ourselves (see _transaction), so schema creation is transactional too.
     conn = _sqlite.connect(path)
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA secure_delete = ON")  # deleted embeddings are overwritten, not left in free pages
     return conn
+
+
+def _check_path(path: str) -> None:
+    """One clear line for a gallery path that is a folder or sits under a file."""
+    if os.path.isdir(path):
+        raise GalleryError(f"{path} is a directory, not a gallery file")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise GalleryError(f"{path}: {parent} is a file, not a folder")
+
+
+def check_gallery(path: PathLike) -> list[str]:
+    """Problems with the gallery file at ``path`` (empty when it is sound): for ``doctor``.
+
+    Runs SQLite's ``PRAGMA quick_check`` (every page and index readable and consistent) on a read-only
+    connection, then reads every embedding. Nothing is written.
+    """
+    path = os.fspath(path)
+    try:
+        meta = Gallery.read_meta(path)
+    except GalleryError as exc:
+        return [str(exc)]
+    conn = None
+    try:
+        conn = _sqlite.connect_readonly(path)
+        problems = _sqlite.quick_check(conn)
+        if not problems:
+            for name, blob in conn.execute("SELECT p.name, e.vector FROM embeddings e "
+                                           "JOIN people p ON p.id = e.person_id"):
+                if len(blob) != 4 * meta.dim:
+                    problems.append(f"embedding of '{escape_name(name)}' has {len(blob)} bytes, "
+                                    f"expected {4 * meta.dim}")
+    except sqlite3.Error as exc:
+        problems = [str(exc)]
+    finally:
+        if conn is not None:
+            conn.close()
+    return problems
 
 
 def _read_meta(conn: sqlite3.Connection, path: str) -> Optional[GalleryMeta]:
@@ -167,33 +297,55 @@ class Gallery:
 
     ``Gallery(path, embedder_id, dim)`` opens the database at ``path``
     (``":memory:"`` for a throwaway one) or creates it, recording which
-    embedder will fill it.  Reopening a file with a different ``embedder_id``
-    or ``dim`` raises :class:`EmbedderMismatchError`.  To open a file without
-    knowing its embedder, use :meth:`Gallery.open` or :meth:`read_meta`.
+    embedder will fill it; ``create=False`` refuses to create a missing file
+    (what a command that only reads wants: a typo is an error, not a new empty
+    gallery).  Reopening a file with a different ``embedder_id`` or ``dim``
+    raises :class:`EmbedderMismatchError`.  To open a file without knowing its
+    embedder, use :meth:`Gallery.open` or :meth:`read_meta`.
 
     A Gallery object belongs to the thread that created it (sqlite3's rule).
     Several processes may open the same file; writes made by others are
-    picked up by the next :meth:`match`.
+    picked up by the next :meth:`match`.  A read-only file can be matched
+    against; writing to it is a :class:`GalleryError`.
     """
 
-    def __init__(self, path: PathLike, embedder_id: str, dim: int) -> None:
+    def __init__(self, path: PathLike, embedder_id: str, dim: int, *, create: bool = True) -> None:
         self.path = os.fspath(path)
         self.embedder_id = _check_name(embedder_id, "embedder_id")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         self.dim = dim
         self._cache: Optional[tuple] = None  # (data_version, matrix, starts, names)
+        self._checked = False  # quick_check runs before the first write
+        #: True when this object created the gallery file
+        self.created = False
+        self._conn: Optional[sqlite3.Connection] = None
+        if self.path != ":memory:":
+            _check_path(self.path)
+            if not os.path.exists(self.path):
+                if not create:
+                    raise GalleryError(f"{self.path}: no such gallery file (a gallery is created by enrolling "
+                                       "someone into it: edgeface enroll)")
+                try:
+                    self.created = _sqlite.create_private(self.path)
+                except OSError as exc:
+                    raise GalleryError(f"cannot create gallery {self.path}: {exc.strerror or exc}") from exc
+            else:
+                _sqlite.tighten(self.path, logger)
         try:
-            self._conn: Optional[sqlite3.Connection] = _connect(self.path)
-            with self._transaction():
-                meta = _read_meta(self._conn, self.path)
-                if meta is None:
-                    _sqlite.run_script(self._conn, _SCHEMA)
-                    self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-                        ("embedder_id", self.embedder_id), ("dim", str(dim)),
-                        ("schema_version", str(SCHEMA_VERSION))])
-                    logger.info("created gallery %s for embedder %s (dim %d)",
-                                self.path, self.embedder_id, dim)
+            self._conn = _connect(self.path)
+            meta = _read_meta(self._conn, self.path)
+            if meta is None:  # a new (empty) file: create the schema, unless another process just did
+                with self._transaction():
+                    meta = _read_meta(self._conn, self.path)
+                    if meta is None:
+                        _sqlite.run_script(self._conn, _SCHEMA)
+                        self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                            ("embedder_id", self.embedder_id), ("dim", str(dim)),
+                            ("schema_version", str(SCHEMA_VERSION))])
+                        self._checked = True
+                        logger.info("created gallery %s for embedder %s (dim %d)",
+                                    self.path, self.embedder_id, dim)
             if meta is not None and (meta.embedder_id, meta.dim) != (self.embedder_id, dim):
                 raise EmbedderMismatchError(
                     f"{self.path} holds embeddings from embedder {meta.embedder_id!r} "
@@ -201,10 +353,14 @@ class Gallery:
                     "requested; embeddings from different models are not comparable - "
                     "use the original embedder or enroll into a new gallery")
             # only now that we know the file is ours (journal_mode is persistent)
-            _sqlite.use_wal(self._conn)
+            if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                _sqlite.use_wal(self._conn)
         except sqlite3.Error as exc:
             self.close()
-            raise GalleryError(f"cannot open gallery {self.path}: {exc}") from exc
+            if _is_corruption(exc):
+                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup "
+                                          "or enroll into a new gallery") from exc
+            raise GalleryError(f"cannot open gallery {self.path}: {_explain(exc)}") from exc
         except GalleryError:
             self.close()
             raise
@@ -218,14 +374,16 @@ class Gallery:
         edgeface gallery.  The stored data is not modified.
         """
         path = os.fspath(path)
+        _check_path(path)
         if not os.path.isfile(path):
-            raise GalleryError(f"{path}: no such gallery file")
+            raise GalleryError(f"{path}: no such gallery file (a gallery is created by enrolling someone into "
+                               "it: edgeface enroll)")
         conn = None
         try:
-            conn = _connect(path)
+            conn = _sqlite.connect_readonly(path)
             meta = _read_meta(conn, path)
         except sqlite3.Error as exc:
-            raise GalleryError(f"{path} is not an edgeface gallery: {exc}") from exc
+            raise GalleryError(f"{path} is not a readable edgeface gallery: {_explain(exc)}") from exc
         finally:
             if conn is not None:
                 conn.close()
@@ -235,9 +393,9 @@ class Gallery:
 
     @classmethod
     def open(cls, path: PathLike) -> "Gallery":
-        """Open an existing gallery file with whatever embedder it was built for."""
+        """Open an existing gallery file with whatever embedder it was built for (never creates one)."""
         meta = cls.read_meta(path)
-        return cls(path, meta.embedder_id, meta.dim)
+        return cls(path, meta.embedder_id, meta.dim, create=False)
 
     # -- plumbing -------------------------------------------------------------
     @property
@@ -256,9 +414,42 @@ class Gallery:
         finally:
             self._cache = None
 
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction on a gallery known to be sound; SQLite errors become one-line GalleryErrors."""
+        try:
+            if not self._checked:
+                problems = _sqlite.quick_check(self._db)
+                if problems:
+                    raise CorruptGalleryError(
+                        f"gallery {self.path} is corrupt ({'; '.join(problems[:3])}); {action} refused - "
+                        "restore a backup or enroll into a new gallery")
+                self._checked = True
+            with self._transaction() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            if _is_corruption(exc):
+                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); {action} refused") from exc
+            raise GalleryError(f"cannot {action} in gallery {self.path}: {_explain(exc)}; nothing was "
+                               "changed") from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            if _is_corruption(exc):
+                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup or "
+                                          "enroll into a new gallery") from exc
+            raise GalleryError(f"cannot read gallery {self.path}: {_explain(exc)}") from exc
+
     def _person_id(self, conn: sqlite3.Connection, name: str) -> Optional[int]:
         row = conn.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
         return None if row is None else row[0]
+
+    def check(self) -> list[str]:
+        """SQLite's ``quick_check`` of this gallery: an empty list when sound (see :func:`check_gallery`)."""
+        return _sqlite.quick_check(self._db)
 
     # -- writing ------------------------------------------------------------
     def enroll(self, name: str, embeddings: object,
@@ -268,18 +459,20 @@ class Gallery:
         ``embeddings`` is a (k, dim) or (dim,) float array.  Each row is
         L2-normalized and stored as float32.  Enrolling an existing name adds to
         that person - several photos (angles, lighting, glasses) make matching
-        more robust.  ``sources`` optionally gives one label per embedding (e.g.
-        the image file it came from).  Raises ValueError for an empty name,
-        a wrong shape, NaN/inf, or a zero vector; nothing is stored then.
+        more robust.  ``name`` must follow :func:`check_name`.  ``sources``
+        optionally gives one label per embedding (e.g. the image file it came
+        from); without it nothing but the embedding is stored.  Raises
+        ValueError (:class:`InvalidNameError` for the name) for a bad name, a
+        wrong shape, NaN/inf, or a zero vector; nothing is stored then.
         """
-        name = _check_name(name)
+        name = check_name(name)
         vectors = _normalize(embeddings, self.dim, "embeddings", single=False)
         if sources is None:
             sources = [None] * len(vectors)
         elif isinstance(sources, str) or len(sources) != len(vectors):
             raise ValueError(f"sources must be a sequence of {len(vectors)} labels, "
                              f"got {sources!r}")
-        with self._transaction() as conn:
+        with self._writing(f"enroll '{escape_name(name)}'") as conn:
             pid = self._person_id(conn, name)
             if pid is None:
                 created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -291,43 +484,85 @@ class Gallery:
                  for v, s in zip(vectors, sources)])
             (count,) = conn.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?",
                                     (pid,)).fetchone()
-        logger.info("enrolled %d embedding(s) of %r in %s", len(vectors), name, self.path)
+        logger.info("enrolled %d embedding(s) of '%s' in %s", len(vectors), escape_name(name), self.path)
         return int(count)
 
     def rename(self, old: str, new: str) -> None:
         """Rename a person, keeping their embeddings.
 
+        ``new`` must follow :func:`check_name` (``old`` may be any stored name).
         Raises UnknownPersonError if ``old`` is missing, PersonExistsError if
         ``new`` is already taken.
         """
-        old, new = _check_name(old, "old name"), _check_name(new, "new name")
-        with self._transaction() as conn:
+        old, new = _check_name(old, "old name"), check_name(new)
+        with self._writing(f"rename '{escape_name(old)}'") as conn:
             if self._person_id(conn, old) is None:
-                raise UnknownPersonError(f"{old!r} is not enrolled in {self.path}")
+                raise UnknownPersonError(f"'{escape_name(old)}' is not enrolled in {self.path}")
             if old != new and self._person_id(conn, new) is not None:
-                raise PersonExistsError(f"{new!r} is already enrolled in {self.path}")
+                raise PersonExistsError(f"'{escape_name(new)}' is already enrolled in {self.path}")
             conn.execute("UPDATE people SET name = ? WHERE name = ?", (new, old))
 
-    def remove(self, name: str) -> None:
-        """Delete a person and all their embeddings.  UnknownPersonError if missing."""
-        name = _check_name(name)
-        with self._transaction() as conn:
-            if conn.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount == 0:
-                raise UnknownPersonError(f"{name!r} is not enrolled in {self.path}")
+    def remove(self, name: str, *more: str) -> list[Forgotten]:
+        """Delete one or more people and all their embeddings, all or nothing.
+
+        If any name is not enrolled, :class:`UnknownPersonError` names every
+        missing one and nobody is removed.  Returns what was removed per person.
+        """
+        return self._delete((name, *more), "remove")
+
+    def forget(self, name: str, *more: str) -> list[Forgotten]:
+        """Erase one or more people from the gallery, all or nothing, and say what was erased.
+
+        Like :meth:`remove`, then the write-ahead log is checkpointed and
+        truncated, so the embeddings are gone from every file of the gallery
+        (deleted rows are overwritten in place: ``secure_delete``).  Whoever
+        also keeps events or snapshots of the person (the device) erases those.
+        """
+        removed = self._delete((name, *more), "forget")
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise GalleryError(f"forgot {len(removed)} people in {self.path}, but could not truncate its "
+                               f"write-ahead log: {_explain(exc)}") from exc
+        if busy:
+            logger.warning("%s: another process is reading the gallery; its write-ahead log is truncated "
+                           "when that process closes it", self.path)
+        return removed
+
+    def _delete(self, names: Sequence[str], action: str) -> list[Forgotten]:
+        wanted = list(dict.fromkeys(_check_name(n) for n in names))
+        with self._writing(action) as conn:
+            ids = {n: self._person_id(conn, n) for n in wanted}
+            missing = [n for n, pid in ids.items() if pid is None]
+            if missing:
+                raise UnknownPersonError(
+                    ", ".join(f"'{escape_name(n)}'" for n in missing)
+                    + f" {'is' if len(missing) == 1 else 'are'} not enrolled in {self.path}; nobody was removed")
+            out = []
+            for n, pid in ids.items():
+                sources = [r[0] for r in conn.execute(
+                    "SELECT source FROM embeddings WHERE person_id = ? AND source IS NOT NULL ORDER BY id", (pid,))]
+                (count,) = conn.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (pid,)).fetchone()
+                conn.execute("DELETE FROM people WHERE id = ?", (pid,))
+                out.append(Forgotten(n, int(count), sources))
+        return out
 
     # -- reading ------------------------------------------------------------
     def people(self) -> list[Person]:
         """All enrolled people, sorted by name."""
-        rows = self._db.execute(
-            "SELECT p.name, COUNT(e.id), p.created FROM people p "
-            "LEFT JOIN embeddings e ON e.person_id = p.id GROUP BY p.id ORDER BY p.name")
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT p.name, COUNT(e.id), p.created FROM people p "
+                "LEFT JOIN embeddings e ON e.person_id = p.id GROUP BY p.id ORDER BY p.name").fetchall()
         return [Person(*row) for row in rows]
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM people").fetchone()[0]
+        with self._reading() as db:
+            return db.execute("SELECT COUNT(*) FROM people").fetchone()[0]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._person_id(self._db, name.strip()) is not None
+        with self._reading() as db:
+            return isinstance(name, str) and self._person_id(db, name.strip()) is not None
 
     def _matrix(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(N, dim) float32 matrix of all embeddings grouped by person, group starts, names.
@@ -335,18 +570,22 @@ class Gallery:
         Rebuilt lazily after our own writes (which drop the cache) or when
         ``PRAGMA data_version`` says another connection committed.
         """
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if self._cache is None or self._cache[0] != version:
-            rows = self._db.execute(
-                "SELECT p.name, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
-                "ORDER BY p.id, e.id").fetchall()
+        with self._reading() as db:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if self._cache is None or self._cache[0] != version:
+                rows = db.execute(
+                    "SELECT p.name, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                    "ORDER BY p.id, e.id").fetchall()
+            else:
+                rows = None
+        if rows is not None:
             matrix = np.empty((len(rows), self.dim), dtype=np.float32)
             names: list[str] = []
             starts: list[int] = []
             for i, (name, blob) in enumerate(rows):
                 if len(blob) != 4 * self.dim:
-                    raise GalleryError(f"{self.path}: corrupt embedding of {name!r} "
-                                       f"({len(blob)} bytes, expected {4 * self.dim})")
+                    raise CorruptGalleryError(f"{self.path}: corrupt embedding of '{escape_name(name)}' "
+                                              f"({len(blob)} bytes, expected {4 * self.dim})")
                 matrix[i] = np.frombuffer(blob, dtype="<f4")
                 if not names or names[-1] != name:
                     names.append(name)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
+
 from .errors import EdgefaceError
 
 FORMAT = "edgeface-manifest/1"
@@ -20,6 +22,11 @@ _REQUIRED = {"format", "role", "family", "model_file", "sha256", "precision", "i
 _OPTIONAL = {"detector", "embedder", "upstream", "calibration", "converter_version", "quantized_ranges",
              "created", "description", "license"}
 _INPUT_KEYS = {"shape", "dtype", "color", "mean", "std"}
+DTYPES = ("float32", "float16", "int8", "uint8")
+#: How an embedder's face crop is cut (see :func:`edgeface.embed.face_crop`).
+CROP_METHODS = ("box_rect", "box_margin", "similarity")
+_CROP_KEYS = {"box_rect": ("width", "height", "shift_y"), "box_margin": ("margin",), "similarity": ()}
+_MAX_SIDE = 2048
 
 
 class ManifestError(EdgefaceError, ValueError):
@@ -60,7 +67,122 @@ def validate(data: dict[str, Any], source: str = "<manifest>") -> dict[str, Any]
         raise ManifestError(f"{source}: only RGB input is supported, got {inp['color']!r}")
     if data["role"] not in data:
         raise ManifestError(f"{source}: a {data['role']} manifest needs a {data['role']!r} section")
+    _check_fields(data, source)
     return data
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _check_fields(data: dict[str, Any], source: str) -> None:
+    """Types and sane ranges of every field the code reads (the contract the device relies on)."""
+    def bad(key: str, what: str) -> ManifestError:
+        return ManifestError(f"{source}: {key} {what}")
+
+    inp = data["input"]
+    shape = inp["shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[0] == 1 and shape[3] == 3
+            and all(_count(d, 1, _MAX_SIDE) for d in shape) and min(shape[1:3]) >= 16):
+        raise bad("input.shape", f"must be [1, height, width, 3] with sides 16..{_MAX_SIDE}, got {shape!r}")
+    if inp["dtype"] not in DTYPES:
+        raise bad("input.dtype", f"must be one of {DTYPES}, got {inp['dtype']!r}")
+    for key in ("mean", "std"):
+        values = inp[key] if isinstance(inp[key], list) else [inp[key]]
+        if len(values) not in (1, 3) or not all(_finite(v) for v in values):
+            raise bad(f"input.{key}", f"must be a finite number or three of them, got {inp[key]!r}")
+        if key == "std" and any(abs(v) < 1e-6 for v in values):
+            raise bad("input.std", f"must be non-zero (the input is divided by it), got {inp[key]!r}")
+    outputs = data["outputs"]
+    if not isinstance(outputs, dict) or not outputs or not all(isinstance(v, str) for v in outputs.values()):
+        raise bad("outputs", f"must map output roles to tensor names, got {outputs!r}")
+    role = data["role"]
+    section = data[role]
+    if not isinstance(section, dict):
+        raise bad(role, f"must be an object, got {type(section).__name__}")
+    need_outputs = ("boxes", "scores") if role == "detector" else ("embedding",)
+    for key in need_outputs:
+        if key not in outputs:
+            raise bad(f"outputs.{key}", f"is missing (a {role} manifest names its {', '.join(need_outputs)} "
+                                        "output tensors)")
+    required = ("spec", "min_score") if role == "detector" else ("crop", "embedding_size", "min_cosine_similarity")
+    for key in required:
+        if key not in section:
+            raise bad(f"{role}.{key}", "is missing" + (" (the crop recipe the embedder was trained with)"
+                                                       if key == "crop" else "")
+                      + "; rebuild the model with `edgeface build`")
+    if role == "detector":
+        if not isinstance(section["spec"], str):
+            raise bad("detector.spec", f"must be a model name, got {section['spec']!r}")
+        if not (_finite(section["min_score"]) and 0 < section["min_score"] < 1):
+            raise bad("detector.min_score", f"must be in (0, 1), got {section['min_score']!r}")
+        iou = section.get("iou_threshold", 0.3)
+        if not (_finite(iou) and 0 <= iou <= 1):
+            raise bad("detector.iou_threshold", f"must be in [0, 1], got {iou!r}")
+        return
+    if not _count(section["embedding_size"], 1, 65536):
+        raise bad("embedder.embedding_size", f"must be a positive integer, got {section['embedding_size']!r}")
+    if not (_finite(section["min_cosine_similarity"]) and -1 <= section["min_cosine_similarity"] <= 1):
+        raise bad("embedder.min_cosine_similarity", f"must be in [-1, 1], got {section['min_cosine_similarity']!r}")
+    points = section.get("operating_points", {})
+    if not isinstance(points, dict):
+        raise bad("embedder.operating_points", f"must be an object, got {points!r}")
+    for name, point in points.items():
+        t = point.get("min_cosine_similarity") if isinstance(point, dict) else None
+        if not (_finite(t) and -1 <= t <= 1):
+            raise bad(f"embedder.operating_points.{name}.min_cosine_similarity", f"must be in [-1, 1], got {t!r}")
+        tar = point.get("tar")
+        if tar is not None and not (_finite(tar) and 0 <= tar <= 1):
+            raise bad(f"embedder.operating_points.{name}.tar", f"must be in [0, 1], got {tar!r}")
+    crop = section["crop"]
+    if not isinstance(crop, dict):
+        raise bad("embedder.crop", f"must be an object, got {crop!r}")
+    if crop.get("method") not in CROP_METHODS:
+        raise bad("embedder.crop.method", f"must be one of {CROP_METHODS}, got {crop.get('method')!r}")
+    if not _count(crop.get("size"), 16, _MAX_SIDE):
+        raise bad("embedder.crop.size", f"must be an integer in 16..{_MAX_SIDE}, got {crop.get('size')!r}")
+    if [crop["size"], crop["size"]] != shape[1:3]:
+        raise bad("embedder.crop.size", f"is {crop['size']} but input.shape is {shape}: the crop must fill the "
+                                        "model's square input")
+    for key in _CROP_KEYS[crop["method"]]:
+        v = crop.get(key)
+        ok = _finite(v) and (abs(v) <= 2 if key == "shift_y" else 0 <= v <= 5 if key == "margin" else 0 < v <= 10)
+        if not ok:
+            raise bad(f"embedder.crop.{key}", f"is missing or out of range for method {crop['method']!r}: {v!r}")
+
+
+def check_model(data: dict[str, Any], interpreter, source: str = "<manifest>") -> None:
+    """Check a validated manifest against the model's real tensors (``interpreter`` allocated).
+
+    The input tensor's shape and dtype must be the manifest's, every named output must exist, and an
+    embedder's output must have ``embedding_size`` values. A mismatch is a :class:`ManifestError` at load,
+    not a failure on every frame.
+    """
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise ManifestError(f"{source}: the model has {len(inputs)} inputs; edgeface models have one")
+    real = [int(d) for d in inputs[0]["shape"]]
+    if real != list(data["input"]["shape"]):
+        raise ManifestError(f"{source}: input.shape is {data['input']['shape']} but the model's input tensor is "
+                            f"{real}")
+    dtype = getattr(inputs[0]["dtype"], "__name__", str(inputs[0]["dtype"]))
+    if dtype != data["input"]["dtype"]:
+        raise ManifestError(f"{source}: input.dtype is {data['input']['dtype']!r} but the model's input tensor is "
+                            f"{dtype!r}")
+    details = {d["name"]: d for d in interpreter.get_output_details()}
+    for role, name in data["outputs"].items():
+        if name not in details:
+            raise ManifestError(f"{source}: outputs.{role} names tensor {name!r}, but the model's outputs are "
+                                f"{sorted(details)}")
+    if data["role"] == "embedder":
+        size = int(math.prod(int(d) for d in details[data["outputs"]["embedding"]]["shape"][1:]))
+        if size != data["embedder"]["embedding_size"]:
+            raise ManifestError(f"{source}: embedder.embedding_size is {data['embedder']['embedding_size']} but the "
+                                f"model's embedding output has {size} values")
 
 
 def read_manifest(model_path: str | os.PathLike, verify_hash: bool = True) -> dict[str, Any]:
@@ -76,7 +198,7 @@ def read_manifest(model_path: str | os.PathLike, verify_hash: bool = True) -> di
                             "models are built with `edgeface build`")
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest ({exc})") from exc
     validate(data, str(path))
     if data["model_file"] != model_path.name:
@@ -112,10 +234,16 @@ def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tu
     path = models_dir / INDEX
     if precision not in ("int8", "float32"):
         raise ValueError(f"precision must be 'int8' or 'float32', got {precision!r}")
+    if models_dir.is_file():
+        raise ManifestError(f"{models_dir} is a file; --models / EDGEFACE_MODELS names the folder written by "
+                            "`edgeface build` (holding models.json)")
     if not path.is_file():
         raise ManifestError(f"{path} not found: build the models first with `edgeface build --out {models_dir}`")
     try:
         entry = json.loads(path.read_text())[precision]
         return models_dir / entry["detector"], models_dir / entry["embedder"]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable ({exc})") from exc
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: no {precision} detector and embedder listed ({exc})") from exc
+        what = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise ManifestError(f"{path}: no {precision} detector and embedder listed ({what})") from exc

@@ -9,25 +9,45 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import cv2
-import numpy as np
-from .errors import EdgefaceError
-
 #: Largest image accepted by :func:`read_image`, in pixels (about 50 megapixels).
 MAX_PIXELS = 50_000_000
+# OpenCV's own decoder limit (read when it first decodes), as a second guard behind the header check.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import imageheader  # noqa: E402
+from .errors import EdgefaceError  # noqa: E402
+
 #: Largest file accepted by :func:`read_image`, in bytes.
 MAX_FILE_BYTES = 200 * 1024 * 1024
+#: Above :data:`PLAUSIBLE_FROM_PIXELS`, a file may not declare more pixels per byte than this: photos have
+#: 1-50 (a flat 24 MP sky in a 1 MB JPEG: 24; a scanned 1-bit page: < 100). More is a decompression bomb or
+#: a file cut short, and decoding it would cost memory for pixels that are not there.
+MAX_PIXELS_PER_BYTE = 256
+PLAUSIBLE_FROM_PIXELS = 4_000_000
 
 
 class ImageError(EdgefaceError, ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB ``uint8`` (H, W, 3).
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as upright RGB ``uint8`` (H, W, 3): the one door every image of edgeface comes in by.
 
-    Grayscale images are expanded to three channels, an alpha channel is dropped, 16-bit images are scaled
-    to 8 bits. Raises :class:`ImageError` (naming the file) for a missing, empty, non-image or huge file.
+    The headers are checked before a pixel is decoded (:func:`edgeface.imageheader.probe`): the declared
+    size must stay within ``max_pixels`` (default :data:`MAX_PIXELS`) wherever the size field sits (a
+    decompression bomb is refused at the cost of reading its file), and only JPEG, PNG, WebP, BMP, TIFF, GIF,
+    PNM/PAM and Sun raster files are decoded. The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so a phone photo taken sideways comes
+    out upright. Grayscale images are expanded to three channels, an alpha channel is dropped, 16-bit images
+    are scaled to 8 bits. Raises :class:`ImageError` (naming the file) for a missing, empty, non-image,
+    refused or huge file.
+
+    Memory: decoding costs about 6 bytes per pixel at its peak (OpenCV's JPEG decoder holds two copies), so
+    a 48 MP photo takes ~280 MB on top of the process; a door on a small board can pass a lower
+    ``max_pixels``. A file whose header declares more, or more than :data:`MAX_PIXELS_PER_BYTE` pixels per
+    byte of file above 4 MP (a bomb), is refused after reading its headers only.
     """
     path = Path(path)
     try:
@@ -40,37 +60,56 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: empty file")
     if size > MAX_FILE_BYTES:
         raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, larger than the {MAX_FILE_BYTES >> 20} MiB limit")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    header_ok = _probe_size(data)
-    if header_ok is not None and header_ok > MAX_PIXELS:
-        raise ImageError(f"{path}: image has {header_ok} pixels, more than the {MAX_PIXELS} limit")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(f"{path}: not a readable image")
     try:
-        return to_rgb(image, "bgr")
-    except ValueError as exc:
-        raise ImageError(f"{path}: {exc}") from exc
-
-
-def _probe_size(data: np.ndarray) -> int | None:
-    """Pixel count from a PNG or JPEG header, without decoding (guards against decompression bombs)."""
-    b = data[:65536].tobytes()
-    if b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) >= 24:
-        return int.from_bytes(b[16:20], "big") * int.from_bytes(b[20:24], "big")
-    if b[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(b):
-            if b[i] != 0xFF:
-                return None
-            marker = b[i + 1]
-            length = int.from_bytes(b[i + 2:i + 4], "big")
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                h = int.from_bytes(b[i + 5:i + 7], "big")
-                w = int.from_bytes(b[i + 7:i + 9], "big")
-                return h * w
-            i += 2 + length
-    return None
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        header = imageheader.probe(memoryview(data))
+    except imageheader.HeaderError as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+    if header.pixels * header.sample_bytes > max_pixels:
+        raise ImageError(f"{path}: {header.format} header declares {header.width} x {header.height} = "
+                         f"{header.pixels} pixels" + (f" of {8 * header.sample_bytes}-bit samples"
+                                                      if header.sample_bytes > 1 else "")
+                         + f", more than the {max_pixels} limit (refused before decoding)")
+    if header.pixels > PLAUSIBLE_FROM_PIXELS and header.pixels > MAX_PIXELS_PER_BYTE * size:
+        raise ImageError(f"{path}: {header.format} header declares {header.width} x {header.height} = "
+                         f"{header.pixels} pixels in a {size}-byte file ({header.pixels // size} pixels per byte, "
+                         f"photos have fewer than {MAX_PIXELS_PER_BYTE}): a decompression bomb or a truncated "
+                         "file (refused before decoding)")
+    # 8-bit BGR whatever the file holds (IMREAD_COLOR), except TIFF: its 16-bit and float samples only decode
+    # at their own depth (to_rgb scales them). The EXIF orientation is applied here (imageheader), not by
+    # OpenCV, so it is the same for JPEG, PNG and WebP whatever OpenCV version decodes them.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    if header.format == "tiff":
+        flags |= cv2.IMREAD_ANYDEPTH
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # a broken file is our one error line, not OpenCV's five
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # some decoders raise instead of returning None
+        raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode: "
+                         f"{str(exc).strip().splitlines()[-1]})") from None
+    finally:
+        logging.setLogLevel(level)
+    del data
+    if image is None or image.size == 0:
+        raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode)")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a size field the header walk did not see
+        raise ImageError(f"{path}: decoded to {image.shape[1]} x {image.shape[0]} pixels, more than the "
+                         f"{max_pixels} limit")
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second full-size copy
+    else:
+        try:
+            image = to_rgb(image, "bgr")
+        except ValueError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
+    # OpenCV's TIFF decoder turns the image by the TIFF's own orientation tag whatever the flags say
+    orientation = 1 if header.format == "tiff" else header.orientation
+    return np.ascontiguousarray(imageheader.apply_orientation(image, orientation))
 
 
 def to_rgb(image: np.ndarray, order: str = "bgr") -> np.ndarray:
@@ -86,7 +125,8 @@ def to_rgb(image: np.ndarray, order: str = "bgr") -> np.ndarray:
         raise ValueError(f"not an image array (shape {image.shape})")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
+    elif image.dtype in (np.float32, np.float64):  # NaN -> 0, +-inf -> the ends of the range
+        image = np.nan_to_num(image, nan=0.0, posinf=255.0, neginf=0.0)
         image = np.clip(image * 255.0 if image.max() <= 1.0 else image, 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ValueError(f"unsupported pixel type {image.dtype}")
