@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from edgeface.errors import run_cli
+
 EXAMPLES = """\
 examples (a full run of everything takes about an hour on a 2-core x86 machine; run it with `nice`):
   edgeface bench latency  --models models                      # runtime x precision x threads, side by side
@@ -108,7 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def register(sub) -> None:
+    """``edgeface bench``: entry point of the ``edgeface.commands`` group (setup.cfg). The benchmarks keep
+    their own parser, so the subcommand takes its arguments raw (sklearn/pandas/matplotlib load only here)."""
+    p = sub.add_parser("bench", add_help=False,
+                       help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers (edgeface bench --help)")
+    p.set_defaults(argv=True, func=run)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli("edgeface bench", run, argv)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` and run the benchmarks it names (errors propagate; :func:`main` reports them)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

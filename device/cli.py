@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgeface.errors import run_cli
+
 from . import config as config_mod
 
 
@@ -329,21 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .app import StartupError
-
-    try:
-        return args.func(args)
-    except (StartupError, config_mod.ConfigError) as exc:
-        _error(str(exc))
-        return 2
-    except TimeoutError as exc:
-        _error(str(exc))
-        return 1
-    except Exception as exc:  # noqa: BLE001 - edgeface errors become one line
-        if type(exc).__module__.startswith("edgeface") or isinstance(exc, (OSError, ValueError)):
-            _error(f"{type(exc).__name__}: {exc}")
-            return 2
-        raise
+    return run_cli("edgeface-device", args.func, args)
 
 
 if __name__ == "__main__":

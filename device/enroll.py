@@ -11,12 +11,17 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from edgeface.errors import EdgefaceError
 from edgeface.preprocess import ImageError, read_image
 
 from . import quality as quality_mod
 from .sources import LOST, FrameCheckError, check_frame
 
 log = logging.getLogger(__name__)
+
+
+class EnrollTimeoutError(EdgefaceError, TimeoutError):
+    """Camera enrollment did not collect its good crops in time (nothing was stored)."""
 
 
 class EnrollResult(NamedTuple):
@@ -130,11 +135,11 @@ def enroll_from_camera(rec, gallery, name: str, source, enroll_cfg, quality_cfg,
     try:
         while not enroller.done:
             if clock() > deadline:
-                raise TimeoutError(f"collected {len(enroller.embeddings)} of {enroll_cfg.samples} good crops in "
+                raise EnrollTimeoutError(f"collected {len(enroller.embeddings)} of {enroll_cfg.samples} good crops in "
                                    f"{enroll_cfg.timeout_seconds:.0f} s; nothing enrolled")
             item = source.read()
             if item is None:
-                raise TimeoutError(f"the source ended after {len(enroller.embeddings)} of {enroll_cfg.samples} "
+                raise EnrollTimeoutError(f"the source ended after {len(enroller.embeddings)} of {enroll_cfg.samples} "
                                    "good crops; nothing enrolled")
             if item is LOST:
                 msg = "camera lost, reconnecting"

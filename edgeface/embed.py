@@ -8,6 +8,7 @@ import numpy as np
 
 from . import preprocess, runtime
 from .manifest import ManifestError, read_manifest
+from .errors import OptionError
 
 CROP_METHODS = ("box_rect", "box_margin", "similarity")
 #: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.
@@ -32,7 +33,7 @@ def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray
         if keypoints is None:
             raise ValueError("similarity alignment needs keypoints")
         return preprocess.align_face(image, np.asarray(keypoints)[:4], ALIGN_TEMPLATE_112 * (size / 112.0), size)
-    raise ValueError(f"unknown crop method {method!r}; expected one of {CROP_METHODS}")
+    raise OptionError(f"unknown crop method {method!r}; expected one of {CROP_METHODS}")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:

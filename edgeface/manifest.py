@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from .errors import EdgefaceError
+from .errors import EdgefaceError, OptionError
 
 FORMAT = "edgeface-manifest/1"
 ROLES = ("detector", "embedder")
@@ -111,7 +111,7 @@ def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tu
     models_dir = Path(models_dir)
     path = models_dir / INDEX
     if precision not in ("int8", "float32"):
-        raise ValueError(f"precision must be 'int8' or 'float32', got {precision!r}")
+        raise OptionError(f"precision must be 'int8' or 'float32', got {precision!r}")
     if not path.is_file():
         raise ManifestError(f"{path} not found: build the models first with `edgeface build --out {models_dir}`")
     try:

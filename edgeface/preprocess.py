@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
-from .errors import EdgefaceError
+from .errors import EdgefaceError, OptionError
 
 #: Largest image accepted by :func:`read_image`, in pixels (about 50 megapixels).
 MAX_PIXELS = 50_000_000
@@ -231,7 +231,7 @@ def enhance(image: np.ndarray, method: str = "none") -> np.ndarray:
     both combine (76 %); ``gamma`` hurts on low contrast. Enroll with the same setting as the door uses.
     """
     if method not in ENHANCEMENTS:
-        raise ValueError(f"unknown enhancement {method!r}; choose one of {', '.join(ENHANCEMENTS)}")
+        raise OptionError(f"unknown enhancement {method!r}; choose one of {', '.join(ENHANCEMENTS)}")
     if method == "none":
         return image
     image = np.asarray(image)

@@ -52,6 +52,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from edgeface.errors import MissingFileError, OptionError, run_cli
+
 PEOPLE = ("amy", "bernadette", "howard", "leonard", "penny", "raj", "sheldon", "stuart")
 ENROLL_PHOTOS = (1, 2, 3)
 PROBE_PHOTOS = (4, 5)
@@ -113,7 +115,7 @@ def _raw_run(interpreter, tensor: np.ndarray, forced: Optional[np.ndarray], out_
     own = interpreter.get_tensor(detail["index"]).copy()
     if forced is not None:
         if forced.shape != own.shape or forced.dtype != own.dtype:
-            raise ValueError(f"reference input {forced.dtype}{forced.shape} does not fit {own.dtype}{own.shape}")
+            raise OptionError(f"reference input {forced.dtype}{forced.shape} does not fit {own.dtype}{own.shape}")
         interpreter.set_tensor(detail["index"], forced)
     interpreter.invoke()
     outs = []
@@ -141,11 +143,11 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
     t0 = time.perf_counter()
     ref = _load(inputs) if inputs else None
     if ref is not None and ref["meta"].get("kernels", "optimized") != kernels:
-        raise SystemExit(f"{inputs}: a run with {ref['meta'].get('kernels', 'optimized')} kernels; this run uses "
+        raise OptionError(f"{inputs}: a run with {ref['meta'].get('kernels', 'optimized')} kernels; this run uses "
                          f"{kernels} kernels")
     images = image_list()
     if ref is not None and [i["path"] for i in ref["meta"]["images"]] != [p for _, p, _ in images]:
-        raise SystemExit(f"{inputs}: recorded for another image list; rerun the reference")
+        raise OptionError(f"{inputs}: recorded for another image list; rerun the reference")
     rec = FaceRecognizer(models, precision="int8", threads=threads)
     det, emb = rec.detector, rec.embedder
     det_outs = [det.manifest["outputs"]["boxes"], det.manifest["outputs"]["scores"]]
@@ -158,7 +160,7 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
         meta["inputs_from"] = str(inputs)
         if (ref["meta"]["detector_sha256"], ref["meta"]["embedder_sha256"]) != (meta["detector_sha256"],
                                                                                 meta["embedder_sha256"]):
-            raise SystemExit(f"{inputs}: recorded with other models than {models}")
+            raise OptionError(f"{inputs}: recorded with other models than {models}")
     decoded = {}
     # 1. raw detector outputs on the letterboxed full frame of every image
     t = time.perf_counter()
@@ -296,7 +298,10 @@ def split(models: Path, data: Path, out: Path) -> dict:
             if len(samples["embedder"]) < OP_CROPS:
                 samples["embedder"].append(normalize(emb.crop(image, face.box, face.keypoints), emb.mean, emb.std)[None])
     arrays, index = {}, {"models": {}}
-    files = json.loads((models / "models.json").read_text())["int8"]
+    try:
+        files = json.loads((models / "models.json").read_text())["int8"]
+    except OSError as exc:
+        raise MissingFileError(f"{models / 'models.json'}: {exc.strerror}; build the models first") from exc
     for role in ("detector", "embedder"):
         model_path = models / files[role]
         it = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=1,
@@ -709,11 +714,7 @@ def main(argv=None) -> int:
                 p.error(f"--{flag.replace('_', '-')} {path}: no such file")
     if getattr(a, "ops", None) is not None and not (a.ops / "ops.json").is_file():
         p.error(f"--ops {a.ops}: no ops.json there (written by `check.py split`)")
-    try:
-        return _dispatch(p, a)
-    except (OSError, ValueError) as exc:  # a missing or wrong model / image folder: one line, not a traceback
-        print(f"check.py {a.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(f"check.py {a.cmd}", _dispatch, p, a)  # a missing model / image folder: one line
 
 
 def _dispatch(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
