@@ -113,7 +113,7 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     note = {"target_sparsity": 0.5, "kernel_sparsity": round(sparsity["overall"], 4), "schedule": "polynomial"}
     manifest = prune.pruned_manifest(base, note, "int8", "uint8")
     manifest["embedder"]["embedding_size"] = 32
-    dst = prune._write_model(prune.quantize_int8(stripped, list(devtrain_crops[:8])), tmp_path / "mini_int8.tflite",
+    dst = prune.write_model(prune.quantize_int8(stripped, list(devtrain_crops[:8])), tmp_path / "mini_int8.tflite",
                              manifest)
     back = read_manifest(dst)
     assert back["precision"] == "int8" and back["family"] == base["family"]
