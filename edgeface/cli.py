@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import EdgefaceError, message, run_cli
+from .progress import progress
 
 EXAMPLES = """\
 examples:
@@ -129,32 +130,16 @@ def _gallery(args, rec=None):
 
 
 def cmd_enroll(args) -> int:
-    rec = _recognizer(args)
-    embeddings, sources, rejected = [], [], []
-    for path in args.images:
-        try:
-            faces = rec.embed(_read(path))
-        except EdgefaceError as exc:
-            rejected.append({"image": path, "reason": message(exc)})
-            continue
-        if len(faces) != 1:
-            reason = "no face found" if not faces else f"{len(faces)} faces found; enroll from photos of one person"
-            rejected.append({"image": path, "reason": reason})
-            continue
-        embeddings.append(faces[0][1])
-        sources.append(path)
-    for r in rejected:
-        _error(f"{r['image']}: {r['reason']}")
-    total = 0
-    if embeddings:
-        import numpy as np
+    from .enroll import enroll_photos
 
-        with _gallery(args, rec) as g:
-            total = g.enroll(args.name, np.stack(embeddings), sources)
-    payload = {"name": args.name, "enrolled": len(embeddings), "total_embeddings": total, "rejected": rejected}
-    _emit(args, payload, f"enrolled {len(embeddings)} photo(s) of {args.name} ({total} in the gallery), "
-                         f"{len(rejected)} rejected")
-    return 0 if embeddings and not rejected else 1
+    rec = _recognizer(args)
+    with _gallery(args, rec) as g:
+        result = enroll_photos(rec, g, args.name, args.images)
+    for source, reason in result.rejected:
+        _error(f"{source}: {reason}")
+    _emit(args, result.to_json(), f"enrolled {len(result.accepted)} photo(s) of {args.name} "
+                                  f"({result.total_embeddings} in the gallery), {len(result.rejected)} rejected")
+    return 0 if result.accepted and not result.rejected else 1
 
 
 def cmd_identify(args) -> int:
@@ -201,8 +186,8 @@ def cmd_eval(args) -> int:
     for precision in precisions:
         args.precision = precision
         rec = _recognizer(args)
-        progress = _progress(f"LFW {pairs.name} {precision}")
-        r = evaluate_lfw(rec, data, pairs, limit=args.limit, progress=progress)
+        r = evaluate_lfw(rec, data, pairs, limit=args.limit,
+                         progress=lambda it, d=f"LFW {pairs.name} {precision}": progress(it, d))
         r.pop("_scores"), r.pop("_same")
         results.append(r)
     payload = {"results": results}
@@ -222,18 +207,6 @@ def cmd_eval(args) -> int:
                      "'at threshold' uses the model's calibrated min_cosine_similarity)")
     _emit(args, payload, "\n".join(lines))
     return 0
-
-
-def _progress(desc: str):
-    def wrap(it):
-        if not sys.stderr.isatty():
-            return it
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return it
-        return tqdm(it, desc=desc, leave=False)
-    return wrap
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -469,3 +469,16 @@ def summarize(
         }
     )
     return out
+
+
+def cosine_stats(a: npt.ArrayLike, b: npt.ArrayLike) -> dict:
+    """Row-wise cosine similarity of two embedding sets (each row L2-normalized here): how closely a
+    converted model reproduces its reference.
+
+    Returns ``{"mean", "p1" (1st percentile: the worst 1% of faces), "min", "n"}``, rounded to 5 digits.
+    """
+    from .embed import l2_normalize
+
+    cos = np.sum(l2_normalize(np.asarray(a, np.float64)) * l2_normalize(np.asarray(b, np.float64)), axis=-1)
+    return {"mean": round(float(cos.mean()), 5), "p1": round(float(np.percentile(cos, 1)), 5),
+            "min": round(float(cos.min()), 5), "n": int(cos.size)}

@@ -449,12 +449,9 @@ def compare_int8(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np
 
 
 def _iou(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    from edgeface.blazeface import iou
+
+    return float(iou(a, np.asarray(b, float)[None])[0])
 
 
 def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float = 0.5) -> dict:
