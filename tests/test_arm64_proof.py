@@ -234,6 +234,7 @@ def ops_dir(models_dir, data_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # needs built models
 def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_dir):
     """Op k run alone on its recorded inputs gives the same integers as inside the whole model (same kernels)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -261,6 +262,7 @@ def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_
         assert np.array_equal(got, whole.get_tensor(ops[op["op"]]["outputs"][0])), op
 
 
+@pytest.mark.slow  # needs built models
 def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
     """On this machine, the deployed kernels (LiteRT + XNNPACK) and the reference kernels agree op by op
     within one step, although the whole int8 detector's outputs differ by tens of steps between them."""

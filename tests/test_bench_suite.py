@@ -22,6 +22,7 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.slow  # needs built models
 def test_latency_quick(models_dir, data_root, out):
     r = _run("latency", models_dir, data_root, out, "--bbt", str(data_root / "bbt"))
     assert (out / "latency.png").stat().st_size > 1000
@@ -48,6 +49,7 @@ def test_latency_quick(models_dir, data_root, out):
     assert r["runtimes"] == ["litert"] and isinstance(r["notes"], list)
 
 
+@pytest.mark.slow  # needs built models
 def test_latency_reference_and_drift(models_dir, data_root, out):
     from edgeface.benchmarks import latency
 
@@ -60,6 +62,7 @@ def test_latency_reference_and_drift(models_dir, data_root, out):
     assert latency.drift_check(r, slow, 0.5)["drifted"] == same["compared"]
 
 
+@pytest.mark.slow  # needs built models
 def test_accuracy_quick(models_dir, data_root, out):
     r = _run("accuracy", models_dir, data_root, out)
     (v,) = r["variants"]
@@ -75,6 +78,7 @@ def test_accuracy_quick(models_dir, data_root, out):
     assert list((out / "cache").glob("emb_*.npz"))
 
 
+@pytest.mark.slow  # needs built models
 def test_identify_quick(models_dir, data_root, out):
     r = _run("identify", models_dir, data_root, out)
     (v,) = r["variants"]
@@ -92,6 +96,7 @@ def test_identify_quick(models_dir, data_root, out):
         assert (out / f).is_file()
 
 
+@pytest.mark.slow  # needs built models
 def test_gallery_quick(models_dir, data_root, out):
     r = _run("gallery", models_dir, data_root, out)
     by = {(row["embeddings"], row["store"]): row for row in r["rows"]}
@@ -103,6 +108,7 @@ def test_gallery_quick(models_dir, data_root, out):
         assert by[(n, "int8")]["max_score_diff"] < 0.02
 
 
+@pytest.mark.slow  # needs built models
 def test_preprocess_quick(models_dir, data_root, out):
     r = _run("preprocess", models_dir, data_root, out)
     assert {(x["degradation"], x["enhancement"]) for x in r["rows"]} == {
@@ -110,6 +116,7 @@ def test_preprocess_quick(models_dir, data_root, out):
     assert all(0.5 <= x["accuracy_at_manifest_threshold"] <= 1.0 for x in r["rows"])
 
 
+@pytest.mark.slow  # needs built models
 def test_peers_quick(models_dir, data_root, out):
     r = _run("peers", models_dir, data_root, out)
     ours = r["peers"][0]

@@ -85,6 +85,7 @@ def devtrain_crops(models_dir, data_root):
     return crops
 
 
+@pytest.mark.slow  # needs built models
 def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_path):
     from edgeface.embed import FaceEmbedder
     from edgeface.manifest import read_manifest, resolve_models
@@ -129,6 +130,7 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     assert float(np.dot(e, float_e)) > 0.9
 
 
+@pytest.mark.slow  # needs built models
 def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
     """The tf_keras rebuild of the CASIA FaceNet against the upstream frozen graph itself, run in TensorFlow."""
     import tensorflow as tf
@@ -154,6 +156,7 @@ def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
     assert np.abs(keras_raw - ref).max() <= 1e-4
 
 
+@pytest.mark.slow  # needs built models
 def test_pqat_seeded_ranges_match_float_and_keep_zeros(models_dir, devtrain_crops, tmp_path):
     """PQAT on a model whose activations exceed tfmot's initial [-6, 6] ranges: seeding the quantizer ranges
     from a float calibration pass makes the QAT model match the float one before any training; a few PQAT

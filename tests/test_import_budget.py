@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 FORBIDDEN = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx", "onnxruntime",
              "sklearn", "pandas", "matplotlib", "torch")
 CORE_MODULES = ("edgeface", "edgeface.runtime", "edgeface.preprocess", "edgeface.manifest", "edgeface.blazeface",
@@ -49,6 +51,7 @@ def test_blocker_really_blocks():
     assert r.returncode != 0 and "import budget" in r.stderr
 
 
+@pytest.mark.slow  # needs built models
 def test_pipeline_runs_without_tensorflow(models_dir, data_root):
     image = data_root / "lfw" / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
     r = _run(f"""
