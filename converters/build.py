@@ -17,6 +17,7 @@ from edgeface.calibration_data import builder
 from edgeface.detect import FaceDetector
 from edgeface.embed import face_crop
 from edgeface.manifest import INDEX
+from edgeface.paths import cache_root
 
 from . import common, detector, embedder
 
@@ -36,7 +37,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir or os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
+    cache = Path(cache_dir) if cache_dir else cache_root()
     if default_detector not in detectors:
         raise ValueError(f"default detector {default_detector!r} is not among the built {list(detectors)}")
     embedder.source(embedder_family)  # validates the name before any work

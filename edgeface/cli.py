@@ -26,9 +26,17 @@ examples:
   edgeface identify --gallery people.db group.jpg
   edgeface eval lfw --data ../shared/data/lfw --pairs pairsDevTest.txt
   edgeface report --models models                  # fidelity of every variant against float32
-environment: EDGEFACE_MODELS (models folder), EDGEFACE_DATA (data root), EDGEFACE_RUNTIME (litert|tflite_runtime|tensorflow),
-  EDGEFACE_KERNELS (optimized|reference: the runtime's portable reference kernels, bit-exact across platforms and
-  several times slower; for cross-platform checks, not for deployment)
+
+environment (the complete list; every one is optional):
+  EDGEFACE_MODELS   models folder (default ./models)
+  EDGEFACE_DATA     data root holding lfw/ and bbt/ (default ../shared/data from the working directory)
+  EDGEFACE_CACHE    the one cache root: downloads, calibration and pruning caches, the tests' models
+                    (default ~/.cache/edgeface; nothing is ever written into the installed package)
+  EDGEFACE_RUNTIME  litert | tflite_runtime | tensorflow (default: the first that imports)
+  EDGEFACE_KERNELS  optimized | reference: the runtime's portable reference kernels, bit-exact across
+                    platforms and several times slower; for cross-platform checks, not for deployment
+  EDGEFACE_DEVICE_CONFIG  edgeface-device's TOML configuration
+  tests only: EDGEFACE_TEST_MODELS (a prebuilt models folder), EDGEFACE_ARM64_PROOF=1 (run the arm64 proof)
 """
 
 
