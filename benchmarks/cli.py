@@ -113,7 +113,8 @@ def register(sub) -> None:
     """``edgeface bench``: entry point of the ``edgeface.commands`` group (setup.cfg). The benchmarks keep
     their own parser, so the subcommand takes its arguments raw (sklearn/pandas/matplotlib load only here)."""
     p = sub.add_parser("bench", add_help=False,
-                       help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers (edgeface bench --help)")
+                       help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers "
+                            "(edgeface bench --help)")
     p.set_defaults(argv=True, func=run)
 
 

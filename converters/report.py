@@ -322,7 +322,7 @@ def markdown(r: dict) -> str:
                 lines.append(f"| {spec} | {v} | `{d['file']}` | {_kb(d['bytes'])} | {_kb(d['gzip_bytes'])} | "
                              "reference | | | | | |")
                 continue
-            fmt = lambda x, p=4: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731
+            fmt = lambda x, p=4: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731 - a one-line local helper
             kp = f["median_keypoint_error_rel_box"]
             lines.append(f"| {spec} | {v} | `{d['file']}` | {_kb(d['bytes'])} | {_kb(d['gzip_bytes'])} | "
                          f"{f['images']} | {100 * f['recall_vs_float']:.2f}% ({f['variant_found_where_float_did']}/"

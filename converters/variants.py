@@ -38,11 +38,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from edgeface.errors import EdgefaceError
 from edgeface.manifest import INDEX, read_manifest, write_manifest
 from edgeface.paths import cache_root
 
 from . import common
-from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from edgeface.errors import EdgefaceError
 from edgeface.manifest import ManifestError, resolve_models
 
 from .config import DeviceConfig
@@ -18,7 +19,6 @@ from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
 from .sources import Backoff, ReconnectingSource, make_source
-from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def edgetpu_model(path: Path) -> Path:
 def delegated_nodes(interpreter) -> tuple[int, int]:
     """(nodes run by the Edge TPU, all nodes) of an interpreter's execution plan."""
     try:
-        ops = interpreter._get_ops_details()  # noqa: SLF001 - the only way the runtimes expose the plan
-    except Exception:  # noqa: BLE001
+        ops = interpreter._get_ops_details()  # private, but the only way the runtimes expose the plan
+    except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
         return -1, -1
     return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
 
@@ -123,7 +123,7 @@ def load_recognizer(cfg: DeviceConfig):
             rec = FaceRecognizer(detector_path=tdet, embedder_path=temb, accelerator="edgetpu", **common)
         except DelegateError as exc:
             if not m.allow_cpu_fallback:
-                raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead")
+                raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead") from exc
             log.warning("Edge TPU unavailable (%s); running on the CPU because allow_cpu_fallback = true", exc)
         else:
             for role, model, path in (("detector", rec.detector, tdet), ("embedder", rec.embedder, temb)):
@@ -204,7 +204,7 @@ class DoorApp:
         if self.events is not None:
             try:
                 self.events.log("error", decision="deny", detail=f"start failed: {msg}")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
                 pass
         self.close()
         raise StartupError(f"cannot start, door stays locked: {msg}") from exc
@@ -225,7 +225,7 @@ class DoorApp:
         if self.events is not None:
             try:
                 self.events.log("stop")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
                 pass
             self.events.close()
             self.events = None

@@ -137,7 +137,8 @@ def cmd_events(args) -> int:
             print(json.dumps(e.to_json()))
         else:
             score = "" if e.score is None else f"{e.score:.3f}"
-            print(f"{e.time}  {e.kind:15} {e.decision or '':8} {e.identity or ('unknown' if e.kind == 'access' else ''):24}"
+            who = e.identity or ("unknown" if e.kind == "access" else "")
+            print(f"{e.time}  {e.kind:15} {e.decision or '':8} {who:24}"
                   f" {score:6} {e.detail or ''}")
     return 0
 
@@ -166,7 +167,7 @@ def doctor(cfg) -> list[dict]:
         try:
             runtime.load_edgetpu_delegate(rt)
             add("edgetpu", True, f"{runtime.EDGETPU_LIBRARY} loads (Coral present)")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
             needed = cfg.models.accelerator == "edgetpu" and not cfg.models.allow_cpu_fallback
             add("edgetpu", not needed, f"no Edge TPU ({str(exc).splitlines()[0][:120]})"
                                        + ("; REQUIRED by [models] accelerator" if needed else "; CPU is used"))
@@ -179,7 +180,7 @@ def doctor(cfg) -> list[dict]:
                             f"{rec.embedder.manifest['model_file']} ({cfg.models.precision}); sha256 verified; "
                             f"threshold min_cosine_similarity {rec.min_cosine_similarity:.4f} "
                             f"({cfg.recognition.operating_point})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
         from edgeface.gallery import Gallery
@@ -197,7 +198,7 @@ def doctor(cfg) -> list[dict]:
         note = gallery_risk_note(cfg, embeddings)
         if note:
             add("threshold", True, note)  # advice, not a fault
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("gallery", False, str(exc))
     from .sources import SourceError, make_source, picamera2_available
 
@@ -208,7 +209,7 @@ def doctor(cfg) -> list[dict]:
         src.close()
         add("camera", frame is not None, f"{src.name}: " + (f"frame {frame.image.shape[1]}x{frame.image.shape[0]}"
                                                              if frame is not None else "opened but no frame"))
-    except (SourceError, Exception) as exc:  # noqa: BLE001
+    except (SourceError, Exception) as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("camera", False, f"{src.name}: {exc}" + ("" if picamera2_available() else
                                                     " (picamera2 not importable: sudo apt install python3-picamera2,"
                                                     " venv with --system-site-packages)"))
@@ -219,7 +220,7 @@ def doctor(cfg) -> list[dict]:
             with DoorController(cfg.door, relock_timer=False) as door:
                 add("door", True, f"relay on GPIO{cfg.door.gpio_pin} via {type(door.pin_factory or 'default').__name__}"
                                   f" ({cfg.door.pin_factory}), locked")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
             add("door", False, str(exc))
     else:
         add("door", True, "relay disabled in [door]")

@@ -11,9 +11,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
 from edgeface.enroll import EnrollResult, photo_embedding
 from edgeface.enroll import enroll_photos as core_enroll_photos
+from edgeface.errors import EdgefaceError
 
 from . import quality as quality_mod
 from .sources import LOST, FrameCheckError, check_frame

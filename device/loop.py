@@ -204,7 +204,7 @@ class FaceLoop:
             if self.door is not None:
                 self.door.update(now)
             return self._process(frame, image, detect_image, now)
-        except Exception as exc:  # noqa: BLE001 - fail secure on anything unexpected
+        except Exception as exc:  # fail secure on anything unexpected
             self.stats["errors"] += 1
             self._lock_door("error")
             self._rlog.warning("error", "frame %s failed, door locked: %s", frame.index, exc)

@@ -71,8 +71,8 @@ def _each_image(args, analyse, describe) -> int:
     """Run ``analyse(image)`` on every file of ``args.images`` and print ``describe(path, result)``.
 
     ``describe`` returns the (JSON payload, text line) pair for :func:`_emit`. A file that cannot be read, or
-    that ``analyse`` rejects with an :class:`EdgefaceError`, gets a one-line error and the run goes on with the others; the
-    exit status is 1 when any file failed, else 0.
+    that ``analyse`` rejects with an :class:`EdgefaceError`, gets a one-line error and the run goes on with the
+    others; the exit status is 1 when any file failed, else 0.
     """
     failed = 0
     for path in args.images:

@@ -9,8 +9,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import blazeface, preprocess, runtime
-from .manifest import ManifestError, read_manifest
 from .errors import OptionError
+from .manifest import ManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 

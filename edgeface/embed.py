@@ -7,8 +7,8 @@ from typing import Optional
 import numpy as np
 
 from . import preprocess, runtime
-from .manifest import ManifestError, read_manifest
 from .errors import OptionError
+from .manifest import ManifestError, read_manifest
 
 CROP_METHODS = ("box_rect", "box_margin", "similarity")
 #: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.

@@ -120,7 +120,8 @@ def read_pairs(path: PathLike) -> list[Pair]:
         with path.open("r", encoding="utf-8") as fh:
             lines = [(i, ln.split()) for i, ln in enumerate(fh, start=1) if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise PairsFileError(f"{path}: cannot read the pairs file ({exc.strerror if isinstance(exc, OSError) else exc})") from exc
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        raise PairsFileError(f"{path}: cannot read the pairs file ({why})") from exc
     if not lines:
         raise PairsFileError(f"{path}: empty pairs file")
 

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
 from .errors import EdgefaceError, OptionError
 
 FORMAT = "edgeface-manifest/1"

@@ -11,6 +11,7 @@ from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
+
 from .errors import EdgefaceError, OptionError
 
 #: Largest image accepted by :func:`read_image`, in pixels (about 50 megapixels).

@@ -10,8 +10,8 @@ import numpy as np
 from . import preprocess
 from .detect import Face, FaceDetector
 from .embed import FaceEmbedder
-from .manifest import resolve_models
 from .errors import OptionError
+from .manifest import resolve_models
 
 DEFAULT_MODELS_DIR = "models"
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+
 from .errors import EdgefaceError, MissingFileError, OptionError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _import_runtime(name: str) -> Runtime:
 
 
 def get_runtime(name: Optional[str] = None) -> Runtime:
-    """Return the interpreter runtime: ``name``, ``$EDGEFACE_RUNTIME``, or the first of :data:`RUNTIMES` that imports."""
+    """The interpreter runtime: ``name``, ``$EDGEFACE_RUNTIME``, or the first of :data:`RUNTIMES` that imports."""
     name = name or os.environ.get("EDGEFACE_RUNTIME") or None
     if name is not None:
         if name not in RUNTIMES:
@@ -135,7 +136,8 @@ def get_kernels(kernels: Optional[str] = None) -> str:
     """The kernel set to use: ``kernels``, ``$EDGEFACE_KERNELS`` or ``"optimized"``; an unknown name is an error."""
     kernels = kernels or os.environ.get("EDGEFACE_KERNELS") or "optimized"
     if kernels not in KERNELS:
-        raise OptionError(f"unknown kernels {kernels!r} (argument or EDGEFACE_KERNELS); choose one of {', '.join(KERNELS)}")
+        raise OptionError(f"unknown kernels {kernels!r} (argument or EDGEFACE_KERNELS); "
+                          f"choose one of {', '.join(KERNELS)}")
     return kernels
 
 

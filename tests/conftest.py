@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeface.paths import cache_root, data_root as _data_root
+from edgeface.paths import cache_root
+from edgeface.paths import data_root as _data_root
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = _data_root()

@@ -3,6 +3,7 @@ JSON, markdown and PNG. No timing assertions: speed claims live in the benchmark
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from edgeface.benchmarks import cli
@@ -123,7 +124,7 @@ def test_peers_quick(models_dir, data_root, out):
     assert ours["name"].startswith("edgeface") and ours["pairs"] == 8
     assert ours["per_image_ms"]["n"] == ours["images"]
     try:
-        import face_recognition  # noqa: F401
+        import face_recognition  # noqa: F401 - imported only to probe that the optional package is installed
     except ImportError:
         assert any("face_recognition not installed" in n for n in r["notes"])
         return

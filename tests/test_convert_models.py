@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from edgeface import blazeface  # noqa: E402
-from edgeface.manifest import read_manifest  # noqa: E402
-from edgeface.paths import cache_root  # noqa: E402
+from edgeface import blazeface  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
+from edgeface.manifest import read_manifest  # noqa: E402 - after pytest.importorskip
+from edgeface.paths import cache_root  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
 
 REPO = Path(__file__).resolve().parents[1]
 

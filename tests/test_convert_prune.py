@@ -13,7 +13,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 pytest.importorskip("tensorflow_model_optimization")
 tf_keras = pytest.importorskip("tf_keras")
 
-from edgeface.converters import prune  # noqa: E402
+from edgeface.converters import prune  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
 
 
 def test_options_validate_and_name_the_field():

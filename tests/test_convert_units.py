@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("tensorflow")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from edgeface.converters import edgetpu, metadata, variants  # noqa: E402
-from edgeface.converters.onnx_export import OnnxOptions  # noqa: E402
-from edgeface.converters.report import ReportOptions  # noqa: E402
+from edgeface.converters import edgetpu, metadata, variants
+from edgeface.converters.onnx_export import OnnxOptions
+from edgeface.converters.report import ReportOptions
 
 MANIFEST = {
     "role": "embedder", "family": "facenet-casia", "precision": "int8", "description": "FaceNet test",

@@ -20,7 +20,7 @@ from edgeface.device.config import DeviceConfig
 from edgeface.device.sources import SourceError, VideoFileSource
 
 gpiozero = pytest.importorskip("gpiozero")
-from gpiozero.pins.mock import MockFactory  # noqa: E402
+from gpiozero.pins.mock import MockFactory  # noqa: E402 - after pytest.importorskip
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ pytest.importorskip('tf_keras')
 pytest.importorskip('h5py')
 cv2 = pytest.importorskip('cv2')
 
-from edgeface.converters import facenet_keras as fk  # noqa: E402
-from edgeface.paths import cache_root, data_root  # noqa: E402
+from edgeface.converters import facenet_keras as fk  # noqa: E402 - after pytest.importorskip
+from edgeface.paths import cache_root, data_root  # noqa: E402 - after pytest.importorskip
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = cache_root() / 'facenet_keras'

@@ -33,20 +33,20 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported: tfmot needs tf_keras
 
-from .data import calibration_crops, devtrain_files, make_face_crops, normalize_crops  # noqa: E402
-from .distillation import cosine_distance, distill, distill_pruned  # noqa: E402
-from .export import embed_tflite, pruned_manifest, quantize_int8, write_model  # noqa: E402
-from .options import KERAS_FAMILIES, SCHEDULES, SPARSITY_PRESETS, PruneError, PruneOptions  # noqa: E402
-from .pipeline import prune_embedder  # noqa: E402
-from .pqat import (  # noqa: E402
+from .data import calibration_crops, devtrain_files, make_face_crops, normalize_crops
+from .distillation import cosine_distance, distill, distill_pruned
+from .export import embed_tflite, pruned_manifest, quantize_int8, write_model
+from .options import KERAS_FAMILIES, SCHEDULES, SPARSITY_PRESETS, PruneError, PruneOptions
+from .pipeline import prune_embedder
+from .pqat import (
     apply_pqat,
     check_same_wiring,
     qat_kernels,
     seed_quantization_ranges,
 )
-from .report import cosine_stats, gzip_size, tflite_weight_sparsity  # noqa: E402
-from .teacher import embed_keras, load_teacher, teacher_embeddings  # noqa: E402
-from .wrapping import (  # noqa: E402
+from .report import cosine_stats, gzip_size, tflite_weight_sparsity
+from .teacher import embed_keras, load_teacher, teacher_embeddings
+from .wrapping import (
     kernel_sparsity,
     load_pruned_model,
     prunable_layers,

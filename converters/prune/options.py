@@ -22,7 +22,8 @@ KERAS_FAMILIES = ("facenet-casia", "facenet-msceleb")
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """Validated settings of one pruning run (every bad value raises :class:`PruneError`, a ``ValueError``, naming the field).
+    """Validated settings of one pruning run (every bad value raises :class:`PruneError`, a ``ValueError``,
+    naming the field).
 
     ``target_sparsity``: fraction of zero weights in every Conv2D/Dense kernel (presets 0.3 / 0.5 / 0.75).
     ``schedule``: ``polynomial`` ramps from 0 to the target over ``ramp_fraction`` of the steps (updates every
@@ -31,8 +32,8 @@ class PruneOptions:
     ``num_crops``: LFW DevTrain face crops (``holdout`` of them are never trained on: the cosine check).
     ``pqat_steps``: prune-preserving QAT steps after pruning (0: post-training int8 only); the quantizer
     ranges are seeded from the calibration crops first (see :func:`apply_pqat`: unseeded ranges plus tfmot's
-    concat reordering gave cosine 0.23 after 60 steps). ``pqat_learning_rate``: default ``learning_rate / 10``. Post-training int8
-    already keeps the zeros exactly.
+    concat reordering gave cosine 0.23 after 60 steps). ``pqat_learning_rate``: default ``learning_rate / 10``.
+    Post-training int8 already keeps the zeros exactly.
     """
     target_sparsity: float = 0.5
     schedule: str = "polynomial"

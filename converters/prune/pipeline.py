@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   options: PruneOptions = PruneOptions(), lfw_root: Optional[str | os.PathLike] = None,
+                   options: PruneOptions = PruneOptions(),  # noqa: B008 - frozen dataclass: sharing it is safe
+                   lfw_root: Optional[str | os.PathLike] = None,
                    cache_dir: Optional[str | os.PathLike] = None, calibration: Optional[np.ndarray] = None,
                    calibrate_threshold: bool = True, save_float: bool = False,
                    pruned_model: Optional[str | os.PathLike] = None) -> dict:

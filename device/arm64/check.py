@@ -164,7 +164,7 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
     decoded = {}
     # 1. raw detector outputs on the letterboxed full frame of every image
     t = time.perf_counter()
-    for i, (kind, rel, person) in enumerate(images):
+    for i, (_kind, rel, _person) in enumerate(images):
         image = decoded[rel] = read_image(data / rel)
         tensor, _ = detector_input(image, det.input_size, det.mean, det.std)
         forced = ref["arrays"][f"det_in:{i}"] if ref is not None else None
@@ -296,7 +296,8 @@ def split(models: Path, data: Path, out: Path) -> dict:
         samples["detector"].append(detector_input(image, det.input_size, det.mean, det.std)[0])
         for face in rec.detect(image, max_faces=1):  # the best face's crop
             if len(samples["embedder"]) < OP_CROPS:
-                samples["embedder"].append(normalize(emb.crop(image, face.box, face.keypoints), emb.mean, emb.std)[None])
+                crop = emb.crop(image, face.box, face.keypoints)
+                samples["embedder"].append(normalize(crop, emb.mean, emb.std)[None])
     arrays, index = {}, {"models": {}}
     try:
         files = json.loads((models / "models.json").read_text())["int8"]
@@ -316,7 +317,7 @@ def split(models: Path, data: Path, out: Path) -> dict:
         folder = out / role
         folder.mkdir(parents=True, exist_ok=True)
         ops = []
-        for k, op in enumerate(fb.subgraphs[0].operators):
+        for k in range(len(fb.subgraphs[0].operators)):
             single, variable = _single_op_model(fb, k)
             flatbuffer_utils.write_model(single, str(folder / f"op{k:03d}.tflite"))
             name = it._get_ops_details()[k]["op_name"]
@@ -498,7 +499,8 @@ def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float =
                 problems.append(values[-1])
     return {"ok": not problems, "problems": problems, "value_problems": values, "images": len(reference),
             "faces": faces,
-            "candidate_faces": candidate_faces, "count_mismatches": count_mismatches, "identity_mismatches": name_mismatches,
+            "candidate_faces": candidate_faces, "count_mismatches": count_mismatches,
+            "identity_mismatches": name_mismatches,
             "min_iou": round(min(ious), 4) if ious else None,
             "max_box_shift_px": round(max(shifts), 3) if shifts else None}
 
