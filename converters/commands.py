@@ -46,21 +46,46 @@ def _need_convert_extra(exc: ImportError) -> int:
 
 
 def build_only(args) -> int:
-    """``edgeface build`` without ``--variants``: the default models, their manifests and models.json."""
-    try:
-        from edgeface.converters.build import build_models
-    except ImportError as exc:
-        return _need_convert_extra(exc)
-    index = build_models(args.out, embedder_family=args.embedder, calibration_folder=args.calibration_folder,
-                         count=args.count, seed=args.seed, cache_dir=args.cache,
-                         calibrate_threshold=not args.no_threshold_calibration)
-    lines = [f"built models into {args.out} in {index['build_seconds']} s"]
-    for precision in ("int8", "float32"):
-        for role in ("detector", "embedder"):
-            f = Path(args.out) / index[precision][role]
-            lines.append(f"  {precision:8} {role:9} {f.name:40} {f.stat().st_size / 1024:10.0f} KiB")
-    _print(args, index, "\n".join(lines))
+    """``edgeface build`` without ``--variants``: the default models, their manifests and models.json.
+
+    Progress: one line per stage and tqdm bars on stderr; TensorFlow's own log goes to
+    ``<cache root>/build.log`` (on the console with ``edgeface -v``). Then a table of what was written."""
+    from edgeface.paths import cache_root
+
+    from .stages import quiet_native_log
+
+    log_file = Path(args.cache) if args.cache else cache_root()
+    with quiet_native_log(log_file / "build.log", verbose=getattr(args, "verbose", False)):
+        try:
+            from edgeface.converters.build import build_models
+        except ImportError as exc:
+            return _need_convert_extra(exc)
+        index = build_models(args.out, embedder_family=args.embedder, calibration_folder=args.calibration_folder,
+                             count=args.count, seed=args.seed, cache_dir=args.cache,
+                             calibrate_threshold=not args.no_threshold_calibration)
+    _print(args, index, built_table(args.out, index))
     return 0
+
+
+def built_table(out: str | os.PathLike, index: dict) -> str:
+    """The closing table of ``edgeface build``: every file written, its size and its threshold."""
+    from edgeface.manifest import read_manifest
+
+    from .stages import human_size
+
+    files = [(precision, role, name) for precision in ("int8", "float32") for role, name in index[precision].items()]
+    files += [(precision, "detector", name) for det in index.get("detectors", {}).values()
+              for precision, name in det.items() if name not in {f[2] for f in files}]
+    lines = [f"built {len(files)} models into {out} in {index['build_seconds']:.0f} s:",
+             f"  {'file':42} {'precision':9} {'role':8} {'size':>8}  threshold"]
+    for precision, role, name in files:
+        path = Path(out) / name
+        section = read_manifest(path, verify_hash=False).get(role, {})
+        threshold = (f"min_cosine_similarity {section['min_cosine_similarity']:.4f}" if role == "embedder"
+                     else f"min_score {section.get('min_score', float('nan')):.2f}")
+        lines.append(f"  {name:42} {precision:9} {role:8} {human_size(path.stat().st_size):>8}  {threshold}")
+    lines.append(f"  {'models.json':42} {'':9} {'index':8} {human_size((Path(out) / 'models.json').stat().st_size):>8}")
+    return "\n".join(lines)
 
 
 def cmd_build(args) -> int:

@@ -70,7 +70,9 @@ def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int
     from edgeface.detect import FaceDetector
     from edgeface.embed import face_crop
 
-    cset = builder.default_set(count, seed)
+    from ..calibration import default_set
+
+    cset = default_set(count, seed)
     images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images",
                                                                    len(cset.files)))
     return builder.face_crops(images, FaceDetector(detector_path).detect,
