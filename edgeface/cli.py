@@ -315,8 +315,15 @@ def _add_plugins(sub) -> None:
     """
     from importlib.metadata import entry_points
 
-    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        ep.load()(sub)
+    eps = entry_points()
+    eps = eps.select(group=PLUGIN_GROUP) if hasattr(eps, "select") else eps.get(PLUGIN_GROUP, [])  # 3.9: a dict
+    for ep in sorted(eps, key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # a broken optional part must not take the core commands down
+            logging.getLogger(__name__).warning("edgeface plug-in %s (%s) does not import: %s", ep.name, ep.value, exc)
+            continue
+        register(sub)
     for name, extra in EXTRA_COMMANDS.items():
         if name not in sub.choices:
             p = sub.add_parser(name, add_help=False, help=f"(needs: pip install 'edgeface[{extra}]')")
