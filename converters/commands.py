@@ -221,6 +221,8 @@ def register(sub) -> None:
     p.add_argument("--variants", type=_csv(VARIANT_CHOICES), default=None,
                    help="also build these variants after the models (see `edgeface variants`)")
     p.add_argument("--json", action="store_true", help="print the models index as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show TensorFlow's own log instead of writing it to <cache>/build.log")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("prune", help="prune the int8 embedder (magnitude pruning + distillation)",
