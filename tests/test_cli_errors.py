@@ -76,3 +76,17 @@ def test_commands_of_other_parts_are_plugins():
     choices = cli.build_parser()._subparsers._group_actions[0].choices
     assert {"build", "prune", "variants", "report", "bench"} <= set(choices)
     assert choices["build"].get_default("func").__module__ == "edgeface.converters.commands"
+
+
+def test_a_missing_plugin_says_what_to_install(monkeypatch, capsys):
+    import importlib.metadata
+
+    from edgeface import cli
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda: {})  # no plug-in installed (3.9 shape)
+    assert cli.main(["build", "--out", "x", "--count", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == "edgeface: error: `edgeface build` is not installed: pip install 'edgeface[convert]'\n"
+    assert cli.main(["bench", "latency", "--profile", "quick"]) == 2
+    assert "pip install 'edgeface[dev]'" in capsys.readouterr().err
+    assert "detect" in cli.build_parser().format_help()
