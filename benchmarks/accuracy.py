@@ -158,7 +158,8 @@ def markdown(result: dict) -> str:
     lines = [common.header("Verification accuracy", result["machine"])]
     rows = []
     for r in result["variants"]:
-        rows.append([r["variant"], f"{100 * r['lfw_10fold']['accuracy_mean']:.2f} ± {100 * r['lfw_10fold']['accuracy_std']:.2f}",
+        rows.append([r["variant"],
+                     f"{100 * r['lfw_10fold']['accuracy_mean']:.2f} ± {100 * r['lfw_10fold']['accuracy_std']:.2f}",
                      round(r["lfw_10fold"]["roc_auc"], 4),
                      f"{100 * r['devtest']['accuracy_at_manifest_threshold']:.2f}",
                      f"{100 * r['devtest']['best_threshold_accuracy_optimistic']:.2f}",
@@ -167,7 +168,8 @@ def markdown(result: dict) -> str:
     lines.append(common.md_table(["variant", "LFW 10-fold %", "AUC", "DevTest % @ manifest thr",
                                   "DevTest % best thr (optimistic)", "TAR@FAR1e-3", "thr", "TAR@FAR1e-4", "thr",
                                   "no face"], rows))
-    lines.append(f"\nTAR: the {result['variants'][0]['genuine_pairs']} same-person pairs of pairs.txt (a missed face is "
+    lines.append(f"\nTAR: the {result['variants'][0]['genuine_pairs']} same-person pairs of pairs.txt "
+                 "(a missed face is "
                  f"a reject); FAR: {result['variants'][0]['impostor_pairs']:,} random different-person pairs of the "
                  "same images.\n")
     for r in result["variants"]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from edgeface.errors import run_cli
+
 EXAMPLES = """\
 examples (a full run of everything takes about an hour on a 2-core x86 machine; run it with `nice`):
   edgeface bench latency  --models models                      # runtime x precision x threads, side by side
@@ -31,10 +33,9 @@ outputs: <out>/<benchmark>.json, .md and .png (default --out benchmarks/results,
 
 
 def _data_default() -> str:
-    root = os.environ.get("EDGEFACE_DATA")
-    if root:
-        return str(Path(root) / "lfw")
-    return "../shared/data/lfw"
+    from edgeface.paths import data_root
+
+    return str(data_root() / "lfw")
 
 
 def _opt(*flags: str, **kwargs) -> tuple:
@@ -108,7 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def register(sub) -> None:
+    """``edgeface bench``: entry point of the ``edgeface.commands`` group (setup.cfg). The benchmarks keep
+    their own parser, so the subcommand takes its arguments raw (sklearn/pandas/matplotlib load only here)."""
+    p = sub.add_parser("bench", add_help=False,
+                       help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers "
+                            "(edgeface bench --help)")
+    p.set_defaults(argv=True, func=run)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli("edgeface bench", run, argv)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` and run the benchmarks it names (errors propagate; :func:`main` reports them)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -11,7 +11,6 @@ import logging
 import os
 import platform
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
 from edgeface.errors import EdgefaceError
+from edgeface.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +195,6 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
 def notes_markdown(notes: Sequence[str]) -> str:
     """The "Notes:" list closing a benchmark's markdown ("" when there are none)."""
     return ("\nNotes:\n" + "\n".join(f"* {n}" for n in notes)) if notes else ""
-
-
-def progress(iterable: Iterable, desc: str, total: Optional[int] = None, enabled: bool = True):
-    """tqdm progress bar on stderr (when tqdm is installed and ``enabled``)."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, mininterval=2.0)
 
 
 def embed_paths(recognizer, paths: Sequence[Path], cache_file: Optional[Path] = None,

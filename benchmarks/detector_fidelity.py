@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 
 
-
-
 def run(models: Path, lfw: Path, detector: str, limit: int | None) -> dict:
     """Compare the int8 and float detectors of a models folder on LFW (all images, or ``limit`` spread out)."""
-    from edgeface.converters.report import detector_fidelity
+    from edgeface.lfw import detector_fidelity
 
     index = json.loads((models / "models.json").read_text())
     entry = index["detectors"][detector]

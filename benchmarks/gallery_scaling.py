@@ -114,7 +114,8 @@ def run(models: Path, lfw: Path, settings: dict, seed: int = 0, show_progress: b
 
 def markdown(result: dict) -> str:
     lines = [common.header("Gallery scaling", result["machine"],
-                           f"{result['dim']}-d embeddings, {PER_PERSON} per person; gallery drawn from a Gaussian fitted "
+                           f"{result['dim']}-d embeddings, {PER_PERSON} per person; "
+                           "gallery drawn from a Gaussian fitted "
                            f"to {result['real_embeddings'] // 2} real LFW embeddings, probes are other real ones.")]
     lines.append(common.md_table(
         ["embeddings", "store", "MB", "match median ms", "p95", "min", "top-1 = float32", "max abs score diff"],

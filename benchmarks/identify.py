@@ -35,7 +35,8 @@ def split(people: dict[str, list[Path]], settings: dict) -> tuple[dict, list[Pat
     return enrolled, singles
 
 
-def nearest(templates: np.ndarray, owners: np.ndarray, names: list[str], query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nearest(templates: np.ndarray, owners: np.ndarray, names: list[str],
+            query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per query: people sorted by their best template similarity (indices into ``names``) and those scores."""
     sims = query @ templates.T                                        # (q, t)
     per_person = np.full((len(query), len(names)), -np.inf, np.float32)
@@ -63,7 +64,7 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
     max_probes = settings.get("max_probes_per_person")
     kmax = max(settings["enroll_k"])
     files = list(distractors)
-    for n, fs in enrolled.items():
+    for fs in enrolled.values():
         files += fs[:kmax + max_probes] if max_probes else fs
     results = []
     for v in variants:
@@ -110,7 +111,8 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
             per_k.append({
                 "k": k, "people": len(names), "templates": len(T), "probes": int(len(P)),
                 "probes_without_face": int((~ok).sum()), "distractors": int(len(d_best)),
-                "closed_set": {"nearest_gallery_top1": float(correct1.mean()), "nearest_gallery_top5": float(top5.mean()),
+                "closed_set": {"nearest_gallery_top1": float(correct1.mean()),
+                               "nearest_gallery_top5": float(top5.mean()),
                                "linear_svm_top1": float(np.mean(svm_pred == y)),
                                "knn_top1": float(np.mean(knn_pred == y))},
                 "open_set": open_rows,
@@ -168,7 +170,7 @@ def markdown(result: dict) -> str:
 
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
+        import tabulate  # noqa: F401 - imported only to probe that the optional package is installed
         return True
     except ImportError:
         return False
@@ -185,7 +187,8 @@ def plots(result: dict, out: Path) -> dict:
     n_top = int(result["settings"].get("heatmap_identities", 20))
     last = v["per_k"][-1]
     y, pred = np.array(last["_true"]), np.array(last["_pred"])
-    top = [i for i, _ in sorted(((i, int((y == i).sum())) for i in range(len(v["names"]))), key=lambda t: -t[1])][:n_top]
+    top = [i for i, _ in sorted(((i, int((y == i).sum())) for i in range(len(v["names"]))),
+                                key=lambda t: -t[1])][:n_top]
     other = len(v["names"])
     y2 = np.where(np.isin(y, top), y, other)
     p2 = np.where(np.isin(pred, top), pred, np.where(pred < 0, other + 1, other))

@@ -44,7 +44,7 @@ def delegate_info(interpreter) -> dict:
     partition's nodes are found by walking back from the delegate node's outputs to its inputs.
     """
     try:
-        ops = interpreter._get_ops_details()  # noqa: SLF001 - the only introspection the runtimes expose
+        ops = interpreter._get_ops_details()  # private, but the only introspection the runtimes expose
     except AttributeError:
         return {"delegate_kernels": None, "nodes": None, "nodes_delegated": None}
     original = [o for o in ops if o["op_name"] != "DELEGATE"]
@@ -160,7 +160,7 @@ def available_runtimes(requested: list[str], notes: list[str]) -> list[str]:
     for name in requested:
         if name == ONNXRUNTIME:
             try:
-                import onnxruntime  # noqa: F401
+                import onnxruntime  # noqa: F401 - imported only to probe that the optional package is installed
 
                 out.append(name)
             except ImportError as exc:
@@ -217,7 +217,7 @@ def probe(spec: dict) -> dict:
     from edgeface.runtime import get_runtime
 
     if spec["runtime"] == ONNXRUNTIME:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - imported only to probe that the optional package is installed
     else:
         get_runtime(spec["runtime"])
     import_s = time.perf_counter() - t0
@@ -413,7 +413,8 @@ def markdown(result: dict) -> str:
             deleg = " / ".join(f"{x['nodes_delegated']}/{x['nodes']}" for x in (d["detector"], d["embedder"])
                                if x["nodes"] is not None)
             rows.append([r["runtime"], r["precision"], r["threads"], r["faces_per_frame"], s["decode"]["median"],
-                         round(s["detect_pre"]["median"] + s["detect_invoke"]["median"] + s["detect_post"]["median"], 3),
+                         round(s["detect_pre"]["median"] + s["detect_invoke"]["median"]
+                               + s["detect_post"]["median"], 3),
                          s["crop"]["median"], r["embed_per_face_ms"]["median"], s["match"]["median"],
                          s["total"]["median"], s["total"]["p95"], s["total"]["min"], fp.get("load_ms"),
                          fp.get("first_frame_ms"), fp.get("peak_rss_mb"), deleg])

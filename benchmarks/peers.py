@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _face_recognition():
     try:
-        import face_recognition  # noqa: F401
+        import face_recognition
     except ImportError as exc:
         return None, str(exc)
     return face_recognition, None
@@ -125,7 +125,8 @@ def _version(name: str):
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = [common.header("Peer comparison on LFW", result["machine"],
-                           f"Same {result['peers'][0]['pairs']} pairs of {s['pairs_file']}, same images, interleaved per "
+                           f"Same {result['peers'][0]['pairs']} pairs of {s['pairs_file']}, same images, "
+                           "interleaved per "
                            f"image in one run; accuracy {s['cv_folds']}-fold cross-validated over the pairs. TAR at "
                            f"FAR 1e-3 on {result['impostor_pairs']} impostor pairs (below 1,000 it means: no false "
                            "accept at all).")]

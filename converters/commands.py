@@ -1,8 +1,10 @@
-"""The converter-side ``edgeface`` subcommands: ``variants``, ``onnx``, ``edgetpu``, ``metadata``, ``report``.
+"""The converter-side ``edgeface`` subcommands: ``build``, ``prune``, ``variants``, ``onnx``, ``edgetpu``,
+``metadata``, ``report``.
 
-This module is imported by :mod:`edgeface.cli` to *declare* the subcommands, so it imports nothing but the
-standard library: TensorFlow and the converter modules are imported only when one of these commands runs
-(the core must stay importable without TensorFlow, see ``tests/test_import_budget.py``).
+:func:`register` is the ``edgeface.commands`` entry point (setup.cfg) through which :mod:`edgeface.cli`
+finds these subcommands; the core never imports this package by name. Declaring the subcommands imports
+nothing but the standard library: TensorFlow and the converter modules are imported only when one of these
+commands runs (``edgeface --help`` must stay fast and work without TensorFlow).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from edgeface.errors import OptionError
 
 VARIANT_CHOICES = ("float32", "float16", "dynamic_int8", "int8", "pruned_int8")
 
@@ -35,9 +39,83 @@ def _print(args, payload: dict, text: str) -> None:
 
 
 def _need_convert_extra(exc: ImportError) -> int:
+    """The one line for a converter command run without TensorFlow & co."""
     print(f"edgeface: error: this command needs the converter extra: pip install 'edgeface[convert]' ({exc})",
           file=sys.stderr)
     return 2
+
+
+def build_only(args) -> int:
+    """``edgeface build`` without ``--variants``: the default models, their manifests and models.json.
+
+    Progress: one line per stage and tqdm bars on stderr; TensorFlow's own log goes to
+    ``<cache root>/build.log`` (on the console with ``edgeface -v``). Then a table of what was written."""
+    from edgeface.paths import cache_root
+
+    from .stages import quiet_native_log
+
+    log_file = Path(args.cache) if args.cache else cache_root()
+    with quiet_native_log(log_file / "build.log", verbose=getattr(args, "verbose", False)):
+        try:
+            from edgeface.converters.build import build_models
+        except ImportError as exc:
+            return _need_convert_extra(exc)
+        index = build_models(args.out, embedder_family=args.embedder, calibration_folder=args.calibration_folder,
+                             count=args.count, seed=args.seed, cache_dir=args.cache,
+                             calibrate_threshold=not args.no_threshold_calibration)
+    _print(args, index, built_table(args.out, index))
+    return 0
+
+
+def built_table(out: str | os.PathLike, index: dict) -> str:
+    """The closing table of ``edgeface build``: every file written, its size and its threshold."""
+    from edgeface.manifest import read_manifest
+
+    from .stages import human_size
+
+    files = [(precision, role, name) for precision in ("int8", "float32") for role, name in index[precision].items()]
+    files += [(precision, "detector", name) for det in index.get("detectors", {}).values()
+              for precision, name in det.items() if name not in {f[2] for f in files}]
+    lines = [f"built {len(files)} models into {out} in {index['build_seconds']:.0f} s:",
+             f"  {'file':42} {'precision':9} {'role':8} {'size':>8}  threshold"]
+    for precision, role, name in files:
+        path = Path(out) / name
+        section = read_manifest(path, verify_hash=False).get(role, {})
+        threshold = (f"min_cosine_similarity {section['min_cosine_similarity']:.4f}" if role == "embedder"
+                     else f"min_score {section.get('min_score', float('nan')):.2f}")
+        lines.append(f"  {name:42} {precision:9} {role:8} {human_size(path.stat().st_size):>8}  {threshold}")
+    lines.append(f"  {'models.json':42} {'':9} {'index':8} {human_size((Path(out) / 'models.json').stat().st_size):>8}")
+    return "\n".join(lines)
+
+
+def cmd_build(args) -> int:
+    """``edgeface build [--variants ...]``: the models, then the variants asked for (none if the build failed)."""
+    status = build_only(args)
+    if status == 0 and args.variants:
+        extra = [v for v in args.variants if v not in ("float32", "int8")]
+        if extra:
+            ns = argparse.Namespace(models=args.out, variants=tuple(extra), roles="detector,embedder",
+                                    no_metadata=False, cache=args.cache, json=args.json)
+            status = cmd_variants(ns)
+    return status
+
+
+def cmd_prune(args) -> int:
+    try:
+        from edgeface.converters.prune import PruneOptions, prune_embedder
+    except ImportError as exc:
+        return _need_convert_extra(exc)
+    options = PruneOptions(target_sparsity=args.sparsity, schedule=args.schedule, steps=args.steps,
+                           batch_size=args.batch_size, num_crops=args.crops, pqat_steps=args.pqat_steps,
+                           pqat_learning_rate=args.pqat_lr)
+    report = prune_embedder(args.models, args.out or args.models, options, save_float=args.float,
+                            pruned_model=args.from_pruned)
+    m = report["models"]
+    _print(args, report, f"pruned {report['family']} to {report['kernel_sparsity']['overall']:.1%} kernel sparsity: "
+                         f"{m['pruned_int8']['file']} gzip {m['pruned_int8']['gzip_bytes'] / 1e6:.1f} MB "
+                         f"({report['gzip_ratio_int8']:.2f}x the unpruned int8), cosine to the float teacher "
+                         f"{report['cosine_to_teacher']['pruned_int8']['mean']:.3f}")
+    return 0
 
 
 def cmd_variants(args) -> int:
@@ -48,7 +126,7 @@ def cmd_variants(args) -> int:
     if getattr(args, "add", None):
         variant, _, file = args.add.partition("=")
         if not file:
-            raise ValueError(f"--add wants VARIANT=FILE, got {args.add!r}")
+            raise OptionError(f"--add wants VARIANT=FILE, got {args.add!r}")
         saved = variants.add_to_index(args.models, Path(args.models) / Path(file).name, variant.replace("-", "_"))
         _print(args, saved, f"listed {Path(file).name} as {variant} in {Path(args.models) / 'models.json'}")
         return 0
@@ -121,8 +199,52 @@ def cmd_report(args) -> int:
     return 0
 
 
-def add_subcommands(sub) -> None:
-    """Declare the converter subcommands on the ``edgeface`` parser's subparsers action."""
+def register(sub) -> None:
+    """Declare the converter subcommands on the ``edgeface`` parser's subparsers action (entry point of the
+    ``edgeface.commands`` group)."""
+    p = sub.add_parser("build", help="build int8 and float models from upstream weights",
+                       description="Convert BlazeFace and FaceNet to full-integer int8 TFLite (calibrated on real "
+                                   "faces) plus float references, each with a JSON manifest. Shows one line per "
+                                   "stage (TensorFlow's own log only with edgeface -v) and a table of the files "
+                                   "written. Needs edgeface[convert].")
+    p.add_argument("--out", default=os.environ.get("EDGEFACE_MODELS", "models"), help="output folder")
+    p.add_argument("--embedder", default="facenet-msceleb", choices=["facenet-msceleb", "facenet-casia"],
+                   help="upstream embedder: facenet-msceleb (default, 128-d, LFW 98.95%% int8 here) or "
+                        "facenet-casia (512-d, 98.47%% int8 here)")
+    p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "
+                                                "or the 5-celebrity set when LFW is absent)")
+    p.add_argument("--count", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--seed", type=int, default=20260101, help="calibration sampling seed")
+    p.add_argument("--cache", help="download/extract cache (default $EDGEFACE_CACHE or ~/.cache/edgeface)")
+    p.add_argument("--no-threshold-calibration", action="store_true",
+                   help="skip calibrating min_cosine_similarity on LFW DevTrain pairs")
+    p.add_argument("--variants", type=_csv(VARIANT_CHOICES), default=None,
+                   help="also build these variants after the models (see `edgeface variants`)")
+    p.add_argument("--json", action="store_true", help="print the models index as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show TensorFlow's own log instead of writing it to <cache>/build.log")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("prune", help="prune the int8 embedder (magnitude pruning + distillation)",
+                       description="Prune the embedder of --models to --sparsity with tfmot, recover by distillation "
+                                   "from the float model on LFW DevTrain faces, write a full-int8 model and its "
+                                   "manifest. Needs edgeface[convert].")
+    p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"), help="built models folder")
+    p.add_argument("--out", help="output folder (default: --models)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target kernel sparsity (presets 0.3, 0.5, 0.75)")
+    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
+    p.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crops", type=int, default=2000, help="LFW DevTrain face crops to train on (default 2000)")
+    p.add_argument("--pqat-steps", type=int, default=0, help="prune-preserving QAT steps after pruning "
+                                                               "(quantizer ranges seeded from the calibration crops)")
+    p.add_argument("--pqat-lr", type=float, default=None, help="PQAT learning rate (default: a tenth of pruning's)")
+    p.add_argument("--from-pruned", metavar="H5", help="start from a previous run's <family>_float32_prunedNN.h5 "
+                                                       "(skips pruning; e.g. to add --pqat-steps)")
+    p.add_argument("--float", action="store_true", help="also write the pruned float32 model")
+    p.add_argument("--json", action="store_true", help="print the pruning report as JSON")
+    p.set_defaults(func=cmd_prune)
+
     p = sub.add_parser("variants", help="float16 / dynamic-range int8 (/ pruned int8) variants of built models",
                        description="Build model variants beside the float32 and int8 models of a models folder, "
                                    "each with its manifest; listed under 'variants' in models.json.")
@@ -187,21 +309,3 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", help="output folder (default MODELS/report)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
-
-    build = sub.choices.get("build")
-    if build is not None:  # `edgeface build --variants float16,dynamic_int8`: build, then the variants
-        build.add_argument("--variants", type=_csv(VARIANT_CHOICES), default=None,
-                           help="also build these variants after the models (see `edgeface variants`)")
-        plain = build.get_default("func")
-
-        def build_then_variants(args, plain=plain):
-            status = plain(args)
-            if status == 0 and args.variants:
-                extra = [v for v in args.variants if v not in ("float32", "int8")]
-                if extra:
-                    ns = argparse.Namespace(models=args.out, variants=tuple(extra), roles="detector,embedder",
-                                            no_metadata=False, cache=args.cache, json=args.json)
-                    status = cmd_variants(ns)
-            return status
-
-        build.set_defaults(func=build_then_variants)

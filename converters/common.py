@@ -1,14 +1,13 @@
-"""Small helpers shared by the converters: atomic writes, progress bars, upstream file lookup."""
+"""Small helpers shared by the converters: atomic writes, upstream file lookup (and the core progress bar)."""
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Iterable, Optional
 
 from edgeface import __version__
+from edgeface.progress import progress  # noqa: F401  (re-exported: the converters call common.progress)
 
 log = logging.getLogger(__name__)
 CONVERTER_VERSION = f"edgeface-converters {__version__}"
@@ -25,16 +24,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
-
-
-def progress(iterable: Iterable, desc: str, total: Optional[int] = None) -> Iterable:
-    """A tqdm progress bar on stderr when it is a terminal (or EDGEFACE_PROGRESS=1), else the iterable."""
-    show = os.environ.get("EDGEFACE_PROGRESS", "1" if sys.stderr.isatty() else "0") == "1"
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 def package_file(package: str, relative: str) -> Path:

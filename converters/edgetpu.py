@@ -214,7 +214,8 @@ def analyze(model_path: str | os.PathLike) -> dict:
         "first_unsupported_op": first_cut,
         "ops_before_cut": mapped_before_cut,
         "cut": _cut_text(first_cut, mapped_before_cut, n),
-        "ready": not problems, "problems": problems, "warnings": warnings, "parameter_bytes": int(param_bytes), "op_list": ops, "source": DOC_URL,
+        "ready": not problems, "problems": problems, "warnings": warnings, "parameter_bytes": int(param_bytes),
+        "op_list": ops, "source": DOC_URL,
     }
 
 

@@ -170,6 +170,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
         dst = Path(out_dir) / f"{family.replace('-', '_')}_{precision}.tflite"
         extra = {"calibration": calibration} if precision == "int8" and calibration else None
         out[precision] = _write(converter.convert(), dst,
-                                lambda name: _manifest(src, precision, dtype, name, weights, crop, threshold, extra))
+                                lambda name, precision=precision, dtype=dtype, extra=extra: _manifest(
+                                    src, precision, dtype, name, weights, crop, threshold, extra))
         log.info("built %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
     return out

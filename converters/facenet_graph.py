@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 EMBEDDING_SIZE = 512
 _ROOT = "InceptionResnetV1"

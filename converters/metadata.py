@@ -27,10 +27,10 @@ import flatbuffers
 import numpy as np
 from flatbuffers import table as fb_table
 
+from edgeface.errors import EdgefaceError
 from edgeface.manifest import INDEX, read_manifest, write_manifest
 
 from . import common
-from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def build_metadata(manifest: dict, output_keys: list[str]) -> bytes:
                   "so feed quantized pixels with the tensor's quantization parameters" if quantized else ""))
     if manifest["role"] == "embedder":
         crop = manifest["embedder"]["crop"]
-        in_desc += f"; face crop recipe {crop['method']} ({json.dumps({k: v for k, v in crop.items() if k != 'source'})})"
+        recipe = json.dumps({k: v for k, v in crop.items() if k != "source"})
+        in_desc += f"; face crop recipe {crop['method']} ({recipe})"
     else:
         in_desc += "; the whole frame letterboxed to a square"
     image = _tensor(b, "image", in_desc, image=(int(w), int(h)), norm=([mean] * c, [std] * c),

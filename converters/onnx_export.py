@@ -188,8 +188,8 @@ def export_pair(float_model: Path, int8_model: Optional[Path], out_dir: Path, in
         # the float model's output names differ from the int8 one's: compare by manifest key
         # and detector logits as probabilities: int8 saturates background logits (-30000 -> about -20) on
         # purpose, which only the raw logits see
-        keyed_f = lambda x: _as_compared(ftfl(x), keys)  # noqa: E731
-        keyed_q = lambda x: _as_compared(qrun(x), qman["outputs"])  # noqa: E731
+        keyed_f = lambda x: _as_compared(ftfl(x), keys)  # noqa: E731 - a one-line local helper
+        keyed_q = lambda x: _as_compared(qrun(x), qman["outputs"])  # noqa: E731 - a one-line local helper
         vs_float = compare(keyed_f, keyed_q, inputs, {k: k for k in keys})
         worst = min(v["min_cosine"] for v in vs_int8.values())
         import onnx

@@ -29,7 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from edgeface import blazeface, evaluate, preprocess
+from edgeface import evaluate
+from edgeface.lfw import detector_fidelity
 from edgeface.manifest import read_manifest
 
 from . import common, heldout
@@ -88,13 +89,6 @@ def _embed_all(model: Path, crops, threads, desc: str) -> np.ndarray:
     return np.stack([emb.embed_crop(c) for c in common.progress(crops, desc)])
 
 
-def cosine_stats(ref: np.ndarray, other: np.ndarray) -> dict:
-    """Row-wise cosine of two sets of L2-normalized embeddings: mean, 1st percentile, min."""
-    cos = np.sum(ref * other, axis=1)
-    return {"mean": round(float(cos.mean()), 5), "p1": round(float(np.percentile(cos, 1)), 5),
-            "min": round(float(cos.min()), 5), "n": int(cos.size)}
-
-
 def pair_crops(lfw: Path, pairs_file: Path, float_detector: Path, recipe: dict, limit: Optional[int]):
     """(pairs, {image path: crop or None}) with the float32 detector's crop of each pair image."""
     from edgeface.detect import FaceDetector
@@ -124,38 +118,6 @@ def verification(pairs, crops: dict, embeddings: dict, lfw: Path, threshold: flo
 
 
 # --------------------------------------------------------------------------- detector
-def detector_fidelity(float_model: Path, variant_model: Path, files, threads=None) -> dict:
-    """The variant against float32 on ``files``, as in ``benchmarks/detector_fidelity.py``."""
-    from edgeface.detect import FaceDetector
-    from edgeface.lfw import central_face
-
-    fdet, vdet = FaceDetector(float_model, threads=threads), FaceDetector(variant_model, threads=threads)
-    found_f = found_both = extra = 0
-    ious, kp_err = [], []
-    for f in common.progress(files, f"detector {variant_model.stem}"):
-        image = preprocess.read_image(f)
-        a, b = fdet.detect(image), vdet.detect(image)
-        extra += max(0, len(b) - len(a))
-        if not a:
-            continue
-        found_f += 1
-        i = central_face(a, image.shape)
-        if not b:
-            continue
-        ov = blazeface.iou(a[i].box, np.stack([x.box for x in b]))
-        j = int(np.argmax(ov))
-        if ov[j] > 0.3:
-            found_both += 1
-            ious.append(float(ov[j]))
-            size = float(a[i].box[2] - a[i].box[0])
-            kp_err.append(float(np.linalg.norm(a[i].keypoints[:4] - b[j].keypoints[:4], axis=1).mean()) / size)
-    return {"images": len(files), "float_found": found_f, "variant_found_where_float_did": found_both,
-            "recall_vs_float": round(found_both / max(found_f, 1), 4), "extra_detections": extra,
-            "median_iou": round(float(np.median(ious)), 4) if ious else None,
-            "p05_iou": round(float(np.percentile(ious, 5)), 4) if ious else None,
-            "median_keypoint_error_rel_box": round(float(np.median(kp_err)), 5) if kp_err else None}
-
-
 # --------------------------------------------------------------------------- the report
 def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 options: ReportOptions = ReportOptions()) -> dict:
@@ -195,7 +157,7 @@ def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
         e = _embed_all(path, crops, options.threads, f"held-out crops {variant}")
         if variant == "float32":
             ref = e
-        stats = cosine_stats(ref, e)
+        stats = evaluate.cosine_stats(ref, e)
         cosines[variant] = np.sum(ref * e, axis=1)
         pe = _embed_all(path, [pcrops[f] for f in pair_keys], options.threads, f"LFW pairs {variant}")
         ver = verification(pairs, pcrops, dict(zip(pair_keys, pe)), lfw,
@@ -217,7 +179,8 @@ def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
             path = models_dir / entries[variant]
             row = {"file": path.name, **file_sizes(path)}
             if variant != "float32":
-                row["fidelity"] = detector_fidelity(fpath, path, files, options.threads)
+                row["fidelity"] = detector_fidelity(fpath, path, files, options.threads,
+                                                       lambda it, d=f"detector {path.stem}": common.progress(it, d))
             out[variant] = row
             report["models"][path.name] = {"role": "detector", "variant": variant, "ops": op_histogram(path)}
         report["detectors"][spec] = out
@@ -329,7 +292,7 @@ def markdown(r: dict) -> str:
                 lines.append(f"| {spec} | {v} | `{d['file']}` | {_kb(d['bytes'])} | {_kb(d['gzip_bytes'])} | "
                              "reference | | | | | |")
                 continue
-            fmt = lambda x, p=4: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731
+            fmt = lambda x, p=4: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731 - a one-line local helper
             kp = f["median_keypoint_error_rel_box"]
             lines.append(f"| {spec} | {v} | `{d['file']}` | {_kb(d['bytes'])} | {_kb(d['gzip_bytes'])} | "
                          f"{f['images']} | {100 * f['recall_vs_float']:.2f}% ({f['variant_found_where_float_did']}/"

@@ -38,10 +38,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from edgeface.errors import EdgefaceError
 from edgeface.manifest import INDEX, read_manifest, write_manifest
+from edgeface.paths import cache_root
 
 from . import common
-from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def convert_variant(float_model: str | os.PathLike, variant: str, cache_dir: Opt
     if manifest["precision"] != "float32":
         raise VariantError(f"{float_model}: variants are made from the float32 model, this one is "
                            f"{manifest['precision']}")
-    cache = Path(cache_dir or os.environ.get("EDGEFACE_CACHE") or Path.home() / ".cache" / "edgeface")
+    cache = Path(cache_dir) if cache_dir else cache_root()
     converter = _detector_converter(manifest) if role == "detector" else _embedder_converter(manifest, cache)
     _configure(converter, variant)
     data = converter.convert()

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from edgeface.errors import EdgefaceError
 from edgeface.manifest import ManifestError, resolve_models
 
 from .config import DeviceConfig
@@ -19,10 +20,17 @@ from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
 from .sources import Backoff, ReconnectingSource, make_source
+
 # the threshold policy lives in .threshold; these names stay importable from here
-from .threshold import (DoorThreshold, ThresholdError, door_threshold, gallery_risk_note,  # noqa: F401
-                        manifest_threshold, operating_point_far, stranger_match_rate)
-from edgeface.errors import EdgefaceError
+from .threshold import (  # noqa: F401
+    DoorThreshold,
+    ThresholdError,
+    door_threshold,
+    gallery_risk_note,
+    manifest_threshold,
+    operating_point_far,
+    stranger_match_rate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +50,8 @@ def edgetpu_model(path: Path) -> Path:
 def delegated_nodes(interpreter) -> tuple[int, int]:
     """(nodes run by the Edge TPU, all nodes) of an interpreter's execution plan."""
     try:
-        ops = interpreter._get_ops_details()  # noqa: SLF001 - the only way the runtimes expose the plan
-    except Exception:  # noqa: BLE001
+        ops = interpreter._get_ops_details()  # private, but the only way the runtimes expose the plan
+    except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
         return -1, -1
     return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
 
@@ -69,7 +77,7 @@ def load_recognizer(cfg: DeviceConfig):
             rec = FaceRecognizer(detector_path=tdet, embedder_path=temb, accelerator="edgetpu", **common)
         except DelegateError as exc:
             if not m.allow_cpu_fallback:
-                raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead")
+                raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead") from exc
             log.warning("Edge TPU unavailable (%s); running on the CPU because allow_cpu_fallback = true", exc)
         else:
             for role, model, path in (("detector", rec.detector, tdet), ("embedder", rec.embedder, temb)):
@@ -195,7 +203,7 @@ class DoorApp:
         if self.events is not None:
             try:
                 self.events.log("error", decision="deny", detail=f"start failed: {msg}")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
                 pass
         self.close()
         raise StartupError(f"cannot start, door stays locked: {msg}") from exc
@@ -216,7 +224,7 @@ class DoorApp:
         if self.events is not None:
             try:
                 self.events.log("stop")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
                 pass
             self.events.close()
             self.events = None

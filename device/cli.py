@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgeface.errors import run_cli
+
 from . import config as config_mod
 from .text import safe_text
 
@@ -234,7 +236,7 @@ def doctor(cfg) -> list[dict]:
         try:
             runtime.load_edgetpu_delegate(rt)
             add("edgetpu", True, f"{runtime.EDGETPU_LIBRARY} loads (Coral present)")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
             needed = cfg.models.accelerator == "edgetpu" and not cfg.models.allow_cpu_fallback
             add("edgetpu", not needed, f"no Edge TPU ({str(exc).splitlines()[0][:120]})"
                                        + ("; REQUIRED by [models] accelerator" if needed else "; CPU is used"))
@@ -249,7 +251,7 @@ def doctor(cfg) -> list[dict]:
                             f"({rec.door_threshold.source})")
         if rec.door_threshold.warning:
             add("threshold", True, rec.door_threshold.warning, warn=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
         from .crypto import gallery_file, make_cipher
@@ -269,7 +271,7 @@ def doctor(cfg) -> list[dict]:
         note = gallery_risk_note(cfg, embeddings)
         if note:
             add("threshold", True, note)  # advice, not a fault
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("gallery", False, str(exc))
     if cfg.encryption.enabled:
         try:
@@ -277,7 +279,7 @@ def doctor(cfg) -> list[dict]:
 
             make_cipher(cfg.encryption)
             add("crypto", True, f"AES-256-GCM at rest (gallery, snapshots), key {key_path(cfg.encryption)}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
             add("crypto", False, str(exc))
     from .events import check_event_log
 
@@ -291,7 +293,7 @@ def doctor(cfg) -> list[dict]:
         src.close()
         add("camera", frame is not None, f"{src.name}: " + (f"frame {frame.image.shape[1]}x{frame.image.shape[0]}"
                                                              if frame is not None else "opened but no frame"))
-    except (SourceError, Exception) as exc:  # noqa: BLE001
+    except (SourceError, Exception) as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("camera", False, f"{src.name}: {exc}" + ("" if picamera2_available() else
                                                     " (picamera2 not importable: sudo apt install python3-picamera2,"
                                                     " venv with --system-site-packages)"))
@@ -302,7 +304,7 @@ def doctor(cfg) -> list[dict]:
             with DoorController(cfg.door, relock_timer=False) as door:
                 add("door", True, f"relay on GPIO{cfg.door.gpio_pin} via {type(door.pin_factory or 'default').__name__}"
                                   f" ({cfg.door.pin_factory}), locked")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
             add("door", False, str(exc))
     else:
         add("door", True, "relay disabled in [door]")
@@ -436,26 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from edgeface.errors import EdgefaceError
-
-    from .app import StartupError
-
-    try:
-        return args.func(args)
-    except (StartupError, config_mod.ConfigError) as exc:
-        _error(str(exc))
-        return 2
-    except TimeoutError as exc:
-        _error(str(exc))
-        return 1
-    except EdgefaceError as exc:  # its message names the file and the problem
-        _error(str(exc))
-        return 2
-    except Exception as exc:  # noqa: BLE001 - edgeface errors become one line
-        if type(exc).__module__.startswith("edgeface") or isinstance(exc, (OSError, ValueError)):
-            _error(f"{type(exc).__name__}: {exc}")
-            return 2
-        raise
+    return run_cli("edgeface-device", args.func, args)
 
 
 if __name__ == "__main__":

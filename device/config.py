@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from edgeface.preprocess import ENHANCEMENTS
 from edgeface.errors import EdgefaceError
+from edgeface.preprocess import ENHANCEMENTS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - 3.9/3.10 only
     try:
         import tomli as tomllib
-    except ImportError:  # noqa: F401
+    except ImportError:
         tomllib = None
 
 

@@ -17,9 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeface.errors import EdgefaceError, OptionError
 from edgeface.preprocess import read_image
 
 log = logging.getLogger(__name__)
+
+
+class DemoError(EdgefaceError, RuntimeError):
+    """The demo cannot run here (e.g. no video writer)."""
 
 
 @dataclass
@@ -55,7 +60,7 @@ def plan_demo(lfw_images: str | Path, n_enrolled: int = 6, n_strangers: int = 6,
     # cap the count to avoid the few hugely over-represented people dominating
     rich = [p for p, n in people if need <= n <= 60]
     if len(rich) < n_enrolled:
-        raise ValueError(f"only {len(rich)} LFW people have {need} photos")
+        raise OptionError(f"only {len(rich)} LFW people have {need} photos")
     enrolled = rng.sample(rich, n_enrolled)
     strangers_pool = [p for p, n in people if n >= photos_per_visit and p not in enrolled]
     strangers = rng.sample(strangers_pool, n_strangers)
@@ -153,7 +158,7 @@ def build_demo_video(plan: DemoPlan, out_dir: str | Path, width: int = 320, heig
     bg = door_scene(width, height, seed)
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"cannot write {video} (OpenCV has no MJPG writer)")
+        raise DemoError(f"cannot write {video} (OpenCV has no MJPG writer)")
     index = 0
 
     def write(frame_rgb):

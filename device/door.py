@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from typing import Callable, Optional
+
 from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class DoorController:
         try:
             self.device = OutputDevice(cfg.gpio_pin, active_high=cfg.active_high, initial_value=False,
                                        pin_factory=self.pin_factory)
-        except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds (BadPinFactory, PinInUse...)
+        except Exception as exc:  # gpiozero raises many kinds (BadPinFactory, PinInUse...)
             raise DoorError(f"cannot drive GPIO{cfg.gpio_pin}: {exc}") from exc
         log.info("door relay on GPIO%d (%s), locked", cfg.gpio_pin,
                  "active high" if cfg.active_high else "active low")
@@ -152,7 +153,7 @@ class DoorController:
             try:
                 if self.device is not None:
                     self.device.off()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - switching the relay off must never raise
                 log.critical("relay did not switch off (%s): check the wiring, the door may be open", exc)
 
     def close(self) -> None:
@@ -160,7 +161,7 @@ class DoorController:
         if self.device is not None:
             try:
                 self.device.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("relay close failed", exc_info=True)
             self.device = None
 

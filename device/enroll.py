@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from edgeface.preprocess import ImageError, read_image
+from edgeface.enroll import EnrollResult, photo_embedding
+from edgeface.enroll import enroll_photos as core_enroll_photos
+from edgeface.errors import EdgefaceError
 
 from . import quality as quality_mod
 from .sources import LOST, FrameCheckError, check_frame
@@ -19,52 +21,29 @@ from .sources import LOST, FrameCheckError, check_frame
 log = logging.getLogger(__name__)
 
 
-class EnrollResult(NamedTuple):
-    name: str
-    accepted: list        #: sources (file names, or "camera frame N") of the stored embeddings
-    rejected: list        #: (source, reason) for each rejected photo
-    total_embeddings: int  #: the person's embeddings in the gallery afterwards (0: nothing stored)
+class EnrollTimeoutError(EdgefaceError, TimeoutError):
+    """Camera enrollment did not collect its good crops in time (nothing was stored)."""
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "accepted": list(self.accepted),
-                "rejected": [{"source": s, "reason": r} for s, r in self.rejected],
-                "total_embeddings": self.total_embeddings}
+
+def quality_check(quality_cfg):
+    """The device's quality gates as an enrollment ``check`` (None: no gates)."""
+    if quality_cfg is None:
+        return None
+
+    def check(image, face):
+        q = quality_mod.assess(image, face.box, face.keypoints, quality_cfg)
+        return None if q.ok else f"poor face: {q.reason}"
+    return check
 
 
 def embed_photo(rec, image: np.ndarray, quality_cfg=None) -> tuple[Optional[np.ndarray], Optional[str]]:
     """(embedding, None) for a usable photo of one person, else (None, reason)."""
-    faces = rec.detect(image)
-    if not faces:
-        return None, "no face found"
-    if len(faces) > 1:
-        return None, f"{len(faces)} faces found; enroll from photos of one person"
-    face = faces[0]
-    if quality_cfg is not None:
-        q = quality_mod.assess(image, face.box, face.keypoints, quality_cfg)
-        if not q.ok:
-            return None, f"poor face: {q.reason}"
-    return rec.embed_face(image, face), None
+    return photo_embedding(rec, image, quality_check(quality_cfg))
 
 
 def enroll_photos(rec, gallery, name: str, paths: Sequence[str], quality_cfg=None) -> EnrollResult:
     """Enroll ``name`` from photo files; photos without exactly one (good) face are rejected with a reason."""
-    embeddings, accepted, rejected = [], [], []
-    for path in paths:
-        try:
-            image = read_image(path)
-        except ImageError as exc:
-            rejected.append((str(path), str(exc).split(": ", 1)[-1]))
-            continue
-        emb, reason = embed_photo(rec, image, quality_cfg)
-        if emb is None:
-            rejected.append((str(path), reason))
-            continue
-        embeddings.append(emb)
-        accepted.append(str(path))
-    for source, reason in rejected:
-        log.warning("%s rejected: %s", source, reason)
-    total = gallery.enroll(name, np.stack(embeddings), accepted) if embeddings else 0
-    return EnrollResult(name, accepted, rejected, total)
+    return core_enroll_photos(rec, gallery, name, paths, quality_check(quality_cfg))
 
 
 GUIDANCE = {
@@ -130,11 +109,11 @@ def enroll_from_camera(rec, gallery, name: str, source, enroll_cfg, quality_cfg,
     try:
         while not enroller.done:
             if clock() > deadline:
-                raise TimeoutError(f"collected {len(enroller.embeddings)} of {enroll_cfg.samples} good crops in "
+                raise EnrollTimeoutError(f"collected {len(enroller.embeddings)} of {enroll_cfg.samples} good crops in "
                                    f"{enroll_cfg.timeout_seconds:.0f} s; nothing enrolled")
             item = source.read()
             if item is None:
-                raise TimeoutError(f"the source ended after {len(enroller.embeddings)} of {enroll_cfg.samples} "
+                raise EnrollTimeoutError(f"the source ended after {len(enroller.embeddings)} of {enroll_cfg.samples} "
                                    "good crops; nothing enrolled")
             if item is LOST:
                 msg = "camera lost, reconnecting"

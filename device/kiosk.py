@@ -12,7 +12,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .app import has_display
+from .app import StartupError, has_display
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class KioskDisplay:
             self.enabled = False
         elif mode == "on":
             if not has_display():
-                raise RuntimeError("[kiosk] display = \"on\" but there is no display or the OpenCV build has no GUI "
+                raise StartupError("[kiosk] display = \"on\" but there is no display or the OpenCV build has no GUI "
                                    "(opencv-python-headless); use display = \"auto\" to run headless")
             self.enabled = True
         else:

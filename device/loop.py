@@ -20,9 +20,9 @@ from edgeface.detect import Face
 
 from . import quality as quality_mod
 from .decision import LivenessCheck, Vote, VoteBox, make_liveness
+from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
 from .text import safe_text
 from .threshold import door_threshold
-from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
 from .tracker import IoUTracker, Track
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class FaceLoop:
             if self.door is not None:
                 self.door.update(now)
             return self._process(frame, image, detect_image, now)
-        except Exception as exc:  # noqa: BLE001 - fail secure on anything unexpected
+        except Exception as exc:  # fail secure on anything unexpected
             self.stats["errors"] += 1
             self._lock_door("error")
             self._rlog.warning("error", "frame %s failed, door locked: %s", frame.index, exc)

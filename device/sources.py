@@ -27,8 +27,8 @@ from typing import Callable, Optional, Protocol
 import cv2
 import numpy as np
 
-from edgeface.preprocess import read_image, to_rgb
 from edgeface.errors import EdgefaceError
+from edgeface.preprocess import read_image, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Picamera2Source:
             config = cam.create_video_configuration(**streams, controls={"FrameRate": float(self.fps)})
             cam.configure(config)
             cam.start()
-        except Exception as exc:  # noqa: BLE001 - libcamera raises many kinds
+        except Exception as exc:  # libcamera raises many kinds
             raise SourceError(f"{self.name}: cannot start the camera ({exc})") from exc
         self._cam = cam
 
@@ -269,7 +269,7 @@ class Picamera2Source:
                 lores = request.make_array("lores") if self.lores_size else None
             finally:
                 request.release()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise SourceError(f"{self.name}: capture failed ({exc})") from exc
         self._index += 1
         image = main[:, :, :3][:, :, ::-1] if main.ndim == 3 else main  # "RGB888" is B,G,R in memory
@@ -283,14 +283,14 @@ class Picamera2Source:
             try:
                 self._cam.stop()
                 self._cam.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("picamera2 close failed", exc_info=True)
             self._cam = None
 
 
 def picamera2_available() -> bool:
     try:
-        import picamera2  # noqa: F401
+        import picamera2  # noqa: F401 - imported only to probe that the optional package is installed
     except ImportError:
         return False
     return True
@@ -361,7 +361,7 @@ class ReconnectingSource:
             log.warning("camera lost: %s", exc)
         try:
             self.source.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("close after failure failed", exc_info=True)
         self.is_open = False
 

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .errors import EdgefaceError, message, run_cli
+from .progress import progress
+
 EXAMPLES = """\
 examples:
   edgeface build --out models                      # int8 + float models from upstream weights (~5 min)
@@ -23,9 +26,17 @@ examples:
   edgeface identify --gallery people.db group.jpg
   edgeface eval lfw --data ../shared/data/lfw --pairs pairsDevTest.txt
   edgeface report --models models                  # fidelity of every variant against float32
-environment: EDGEFACE_MODELS (models folder), EDGEFACE_DATA (data root), EDGEFACE_RUNTIME (litert|tflite_runtime|tensorflow),
-  EDGEFACE_KERNELS (optimized|reference: the runtime's portable reference kernels, bit-exact across platforms and
-  several times slower; for cross-platform checks, not for deployment)
+
+environment (the complete list; every one is optional):
+  EDGEFACE_MODELS   models folder (default ./models)
+  EDGEFACE_DATA     data root holding lfw/ and bbt/ (default ../shared/data from the working directory)
+  EDGEFACE_CACHE    the one cache root: downloads, calibration and pruning caches, the tests' models
+                    (default ~/.cache/edgeface; nothing is ever written into the installed package)
+  EDGEFACE_RUNTIME  litert | tflite_runtime | tensorflow (default: the first that imports)
+  EDGEFACE_KERNELS  optimized | reference: the runtime's portable reference kernels, bit-exact across
+                    platforms and several times slower; for cross-platform checks, not for deployment
+  EDGEFACE_DEVICE_CONFIG  edgeface-device's TOML configuration
+  tests only: EDGEFACE_TEST_MODELS (a prebuilt models folder), EDGEFACE_ARM64_PROOF=1 (run the arm64 proof)
 """
 
 
@@ -56,64 +67,19 @@ def _read(path: str):
     return read_image(path)
 
 
-def cmd_build(args) -> int:
-    try:
-        from edgeface.converters.build import build_models
-    except ImportError as exc:
-        _error(f"building models needs the converter extra: pip install 'edgeface[convert]' ({exc})")
-        return 2
-    index = build_models(args.out, embedder_family=args.embedder, calibration_folder=args.calibration_folder,
-                         count=args.count, seed=args.seed, cache_dir=args.cache,
-                         calibrate_threshold=not args.no_threshold_calibration)
-    lines = [f"built models into {args.out} in {index['build_seconds']} s"]
-    for precision in ("int8", "float32"):
-        for role in ("detector", "embedder"):
-            f = Path(args.out) / index[precision][role]
-            lines.append(f"  {precision:8} {role:9} {f.name:40} {f.stat().st_size / 1024:10.0f} KiB")
-    _emit(args, index, "\n".join(lines))
-    return 0
-
-
-def cmd_prune(args) -> int:
-    try:
-        from edgeface.converters.prune import PruneOptions, prune_embedder
-    except ImportError as exc:
-        _error(f"pruning needs the converter extra: pip install 'edgeface[convert]' ({exc})")
-        return 2
-    try:
-        options = PruneOptions(target_sparsity=args.sparsity, schedule=args.schedule, steps=args.steps,
-                               batch_size=args.batch_size, num_crops=args.crops, pqat_steps=args.pqat_steps,
-                               pqat_learning_rate=args.pqat_lr)
-    except ValueError as exc:
-        _error(str(exc))
-        return 2
-    try:
-        report = prune_embedder(args.models, args.out or args.models, options, save_float=args.float,
-                                pruned_model=args.from_pruned)
-    except ValueError as exc:
-        _error(str(exc))
-        return 2
-    m = report["models"]
-    _emit(args, report, f"pruned {report['family']} to {report['kernel_sparsity']['overall']:.1%} kernel sparsity: "
-                        f"{m['pruned_int8']['file']} gzip {m['pruned_int8']['gzip_bytes'] / 1e6:.1f} MB "
-                        f"({report['gzip_ratio_int8']:.2f}x the unpruned int8), cosine to the float teacher "
-                        f"{report['cosine_to_teacher']['pruned_int8']['mean']:.3f}")
-    return 0
-
-
 def _each_image(args, analyse, describe) -> int:
     """Run ``analyse(image)`` on every file of ``args.images`` and print ``describe(path, result)``.
 
     ``describe`` returns the (JSON payload, text line) pair for :func:`_emit`. A file that cannot be read, or
-    that ``analyse`` rejects with ValueError, gets a one-line error and the run goes on with the others; the
-    exit status is 1 when any file failed, else 0.
+    that ``analyse`` rejects with an :class:`EdgefaceError`, gets a one-line error and the run goes on with the
+    others; the exit status is 1 when any file failed, else 0.
     """
     failed = 0
     for path in args.images:
         try:
             result = analyse(_read(path))
-        except ValueError as exc:
-            _error(str(exc))
+        except EdgefaceError as exc:
+            _error(message(exc))
             failed += 1
             continue
         _emit(args, *describe(path, result))
@@ -148,8 +114,8 @@ def cmd_verify(args) -> int:
     rec = _recognizer(args)
     try:
         images = [_read(p) for p in (args.image1, args.image2)]
-    except ValueError as exc:
-        _error(str(exc))
+    except EdgefaceError as exc:
+        _error(message(exc))
         return 1
     v = rec.verify(*images)
     payload = {"faces": list(v.faces), "similarity": None if v.similarity != v.similarity else round(v.similarity, 4),
@@ -180,38 +146,27 @@ def _name(name: str) -> str:
 
 
 def cmd_enroll(args) -> int:
+    from .enroll import EnrollResult, embed_photos
     from .gallery import check_name
 
     args.name = check_name(args.name)  # before the models load: a bad name is refused at once
     rec = _recognizer(args)
-    embeddings, sources, rejected = [], [], []
-    for path in args.images:
-        try:
-            faces = rec.embed(_read(path))
-        except ValueError as exc:
-            rejected.append({"image": path, "reason": str(exc)})
-            continue
-        if len(faces) != 1:
-            reason = "no face found" if not faces else f"{len(faces)} faces found; enroll from photos of one person"
-            rejected.append({"image": path, "reason": reason})
-            continue
-        embeddings.append(faces[0][1])
-        sources.append(path)
-    for r in rejected:
-        _error(f"{r['image']}: {r['reason']}")
+    embeddings, accepted, rejected = embed_photos(rec, args.images)
+    for source, reason in rejected:
+        _error(f"{source}: {reason}")
     total, created = 0, False
-    if embeddings:
+    if embeddings:  # a gallery is created only when someone is enrolled into it
         import numpy as np
 
         with _gallery(args, rec, create=True) as g:
-            total = g.enroll(args.name, np.stack(embeddings), sources if args.keep_source else None)
+            total = g.enroll(args.name, np.stack(embeddings), accepted if args.keep_source else None)
             created = g.created
-    payload = {"name": args.name, "enrolled": len(embeddings), "total_embeddings": total, "rejected": rejected,
-               "created_gallery": created}
-    _emit(args, payload, (f"created gallery {args.gallery} (readable by its owner only)\n" if created else "")
-          + f"enrolled {len(embeddings)} photo(s) of {_name(args.name)} ({total} in the gallery), "
+    result = EnrollResult(args.name, accepted, rejected, total)
+    _emit(args, dict(result.to_json(), created_gallery=created),
+          (f"created gallery {args.gallery} (readable by its owner only)\n" if created else "")
+          + f"enrolled {len(accepted)} photo(s) of {_name(args.name)} ({total} in the gallery), "
             f"{len(rejected)} rejected")
-    return 0 if embeddings and not rejected else 1
+    return 0 if accepted and not rejected else 1
 
 
 def cmd_identify(args) -> int:
@@ -290,8 +245,8 @@ def cmd_eval(args) -> int:
     for precision in precisions:
         args.precision = precision
         rec = _recognizer(args)
-        progress = _progress(f"LFW {pairs.name} {precision}")
-        r = evaluate_lfw(rec, data, pairs, limit=args.limit, progress=progress)
+        r = evaluate_lfw(rec, data, pairs, limit=args.limit,
+                         progress=lambda it, d=f"LFW {pairs.name} {precision}": progress(it, d))
         r.pop("_scores"), r.pop("_same")
         results.append(r)
     payload = {"results": results}
@@ -313,18 +268,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _progress(desc: str):
-    def wrap(it):
-        if not sys.stderr.isatty():
-            return it
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return it
-        return tqdm(it, desc=desc, leave=False)
-    return wrap
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeface", description=__doc__.split("\n")[0],
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,63 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .preprocess import ENHANCEMENTS
 
-    def common(p, images=False):
+    def common(p, precisions=("int8", "float32", "float")):
         p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
-        if images is not None:
-            p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"),
-                           help="models folder from `edgeface build` (default: $EDGEFACE_MODELS or ./models)")
-            p.add_argument("--precision", choices=["int8", "float32", "float"], default="int8",
-                           help="model precision: int8 (default) or float32 (alias: float)")
-            p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-            p.add_argument("--accelerator", choices=["cpu", "edgetpu"], default=None,
-                           help="run on a Coral Edge TPU (needs libedgetpu and compiled models)")
-            p.add_argument("--min-score", type=float, default=None,
-                           help="minimum detection score in (0,1) (default: the detector manifest's)")
-            p.add_argument("--tiles", type=int, default=1,
-                           help="also detect on N x N overlapping tiles: finds small faces in large photos "
-                                "(group photos: 2)")
-            p.add_argument("--enhance", choices=list(ENHANCEMENTS), default="none",
-                           help="brighten dark or backlit images before detection: equalize recovers dark, "
-                                "hazy photos (51%% -> 98%% on degraded LFW pairs) and costs nothing on good ones; "
-                                "enroll with the same setting")
+        p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"),
+                       help="models folder from `edgeface build` (default: $EDGEFACE_MODELS or ./models)")
+        p.add_argument("--precision", choices=list(precisions), default="int8",
+                       help="model precision: int8 (default) or float32 (alias: float)"
+                            + (", or both side by side" if "both" in precisions else ""))
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+        p.add_argument("--accelerator", choices=["cpu", "edgetpu"], default=None,
+                       help="run on a Coral Edge TPU (needs libedgetpu and compiled models)")
+        p.add_argument("--min-score", type=float, default=None,
+                       help="minimum detection score in (0,1) (default: the detector manifest's)")
+        p.add_argument("--tiles", type=int, default=1,
+                       help="also detect on N x N overlapping tiles: finds small faces in large photos "
+                            "(group photos: 2)")
+        p.add_argument("--enhance", choices=list(ENHANCEMENTS), default="none",
+                       help="brighten dark or backlit images before detection: equalize recovers dark, "
+                            "hazy photos (51%% -> 98%% on degraded LFW pairs) and costs nothing on good ones; "
+                            "enroll with the same setting")
         return p
-
-    p = sub.add_parser("build", help="build int8 and float models from upstream weights",
-                       description="Convert BlazeFace and FaceNet to full-integer int8 TFLite (calibrated on real "
-                                   "faces) plus float references, each with a JSON manifest. Needs edgeface[convert].")
-    p.add_argument("--out", default=os.environ.get("EDGEFACE_MODELS", "models"), help="output folder")
-    p.add_argument("--embedder", default="facenet-msceleb", choices=["facenet-msceleb", "facenet-casia"],
-                   help="upstream embedder: facenet-msceleb (default, 128-d, LFW 98.95%% int8 here) or "
-                        "facenet-casia (512-d, 98.47%% int8 here)")
-    p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "
-                                                "or the 5-celebrity set when LFW is absent)")
-    p.add_argument("--count", type=int, default=300, help="calibration images (default 300)")
-    p.add_argument("--seed", type=int, default=20260101, help="calibration sampling seed")
-    p.add_argument("--cache", help="download/extract cache (default ~/.cache/edgeface)")
-    p.add_argument("--no-threshold-calibration", action="store_true",
-                   help="skip calibrating min_cosine_similarity on LFW DevTrain pairs")
-    p.add_argument("--json", action="store_true", help="print the models index as JSON")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("prune", help="prune the int8 embedder (magnitude pruning + distillation)",
-                       description="Prune the embedder of --models to --sparsity with tfmot, recover by distillation "
-                                   "from the float model on LFW DevTrain faces, write a full-int8 model and its "
-                                   "manifest. Needs edgeface[convert].")
-    p.add_argument("--models", default=os.environ.get("EDGEFACE_MODELS", "models"), help="built models folder")
-    p.add_argument("--out", help="output folder (default: --models)")
-    p.add_argument("--sparsity", type=float, default=0.5, help="target kernel sparsity (presets 0.3, 0.5, 0.75)")
-    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
-    p.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--crops", type=int, default=2000, help="LFW DevTrain face crops to train on (default 2000)")
-    p.add_argument("--pqat-steps", type=int, default=0, help="prune-preserving QAT steps after pruning "
-                                                               "(quantizer ranges seeded from the calibration crops)")
-    p.add_argument("--pqat-lr", type=float, default=None, help="PQAT learning rate (default: a tenth of pruning's)")
-    p.add_argument("--from-pruned", metavar="H5", help="start from a previous run's <family>_float32_prunedNN.h5 "
-                                                       "(skips pruning; e.g. to add --pqat-steps)")
-    p.add_argument("--float", action="store_true", help="also write the pruned float32 model")
-    p.add_argument("--json", action="store_true", help="print the pruning report as JSON")
-    p.set_defaults(func=cmd_prune)
 
     p = common(sub.add_parser("detect", help="find faces", description="Find faces; boxes and keypoints in pixels."))
     p.add_argument("images", nargs="+", metavar="IMG")
@@ -439,52 +345,67 @@ def build_parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("eval", help="accuracy on LFW pairs",
                               description="LFW verification: 10-fold accuracy (threshold chosen on the other nine "
                                           "folds), ROC AUC, TAR at FAR 1e-3. Pairs whose face is not found count "
-                                          "as errors and are reported."))
+                                          "as errors and are reported."),
+               precisions=("int8", "float32", "float", "both"))
     p.add_argument("dataset", choices=["lfw"])
     p.add_argument("--data", required=True, help="LFW folder (holding images_deepfunneled/ and pairs files)")
     p.add_argument("--pairs", default=None, help="pairs file (default pairs.txt; pairsDevTest.txt for the dev split)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (quick check)")
     p.add_argument("--out", help="also write the JSON results here")
     p.set_defaults(func=cmd_eval)
-    sub.add_parser("bench", add_help=False,
-                   help="benchmarks: latency, accuracy, identify, gallery, preprocess, peers (edgeface bench --help)")
-    for action in p._actions:
-        if action.dest == "precision":
-            action.choices = ["int8", "float32", "float", "both"]
-            action.help = "int8, float32 (alias float) or both side by side"
-    from edgeface.converters.commands import add_subcommands  # argparse only; TensorFlow loads when one runs
-
-    add_subcommands(sub)  # variants, onnx, edgetpu, metadata, report; build --variants
+    _add_plugins(sub)
     return parser
+
+
+PLUGIN_GROUP = "edgeface.commands"
+# commands that live in optional parts of the distribution, and what to install when they are missing
+EXTRA_COMMANDS = {"build": "convert", "prune": "convert", "variants": "convert", "onnx": "convert",
+                  "edgetpu": "convert", "metadata": "convert", "report": "convert", "bench": "dev"}
+
+
+def _add_plugins(sub) -> None:
+    """Let installed parts add their subcommands: every entry point of the group ``edgeface.commands``
+    (setup.cfg) is a function ``register(subparsers)``. The core never imports them by name.
+
+    A plug-in command sets ``argv=True`` in its defaults to get the raw arguments after its name instead of
+    parsed options (``bench`` has its own parser). A known command whose plug-in is missing says what to
+    install.
+    """
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    eps = eps.select(group=PLUGIN_GROUP) if hasattr(eps, "select") else eps.get(PLUGIN_GROUP, [])  # 3.9: a dict
+    for ep in sorted(eps, key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # a broken optional part must not take the core commands down
+            logging.getLogger(__name__).warning("edgeface plug-in %s (%s) does not import: %s", ep.name, ep.value, exc)
+            continue
+        register(sub)
+    for name, extra in EXTRA_COMMANDS.items():
+        if name not in sub.choices:
+            p = sub.add_parser(name, add_help=False, help=f"(needs: pip install 'edgeface[{extra}]')")
+            p.set_defaults(argv=True, func=lambda argv, name=name, extra=extra: _missing(name, extra))
+
+
+def _missing(name: str, extra: str) -> int:
+    _error(f"`edgeface {name}` is not installed: pip install 'edgeface[{extra}]'")
+    return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # benchmarks have their own parser; sklearn/pandas/matplotlib load only here
-        from edgeface.benchmarks.cli import main as bench_main
-
-        return bench_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "argv", False):  # the plug-in parses its own arguments
+        return run_cli("edgeface", args.func, argv[argv.index(args.command) + 1:])
+    if unknown:
+        parser.parse_args(argv)  # exits with the subcommand's own usage line and error
     if getattr(args, "threads", None) is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    from .errors import EdgefaceError
-
-    try:
-        return args.func(args)
-    except EdgefaceError as exc:
-        _error(str(exc) if not isinstance(exc, KeyError) else Exception.__str__(exc))
-        return 2
-    except (OSError, ValueError, KeyError) as exc:
-        _error(str(exc) if not isinstance(exc, KeyError) else f"missing key {exc.args[0]!r}")
-        return 2
-    except Exception as exc:  # noqa: BLE001 - an error class of an edgeface module is still one line
-        if type(exc).__module__.startswith("edgeface"):
-            _error(str(exc))
-            return 2
-        raise
+    return run_cli("edgeface", args.func, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import blazeface, preprocess, runtime
+from .errors import OptionError
 from .manifest import ManifestError, check_model, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,9 @@ def tile_windows(height: int, width: int, grid: int, overlap: float = 0.25) -> l
     """Square tiles ``(x0, y0, side)`` covering the image: about ``grid`` tiles along the longer side,
     overlapping by ``overlap`` so a face on a seam is whole in some tile."""
     if grid < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
+        raise OptionError(f"grid must be >= 1, got {grid}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise OptionError(f"overlap must be in [0, 1), got {overlap}")
     side = int(min(max(height, width) / grid * (1 + overlap), min(height, width)))
     side = max(side, 1)
 
@@ -86,7 +87,7 @@ class FaceDetector:
                  iou_threshold: float = 0.3, threads: Optional[int] = None,
                  accelerator: Optional[str] = None, runtime_name: Optional[str] = None, tiles: int = 1):
         if tiles < 1:
-            raise ValueError(f"tiles must be >= 1, got {tiles}")
+            raise OptionError(f"tiles must be >= 1, got {tiles}")
         self.tiles = int(tiles)
         self.manifest = read_manifest(model_path)
         if self.manifest["role"] != "detector":
@@ -103,9 +104,9 @@ class FaceDetector:
                                 f"{self.spec.name!r} ({self.spec.input_size} px square)")
         self.min_score = float(section["min_score"] if min_score is None else min_score)
         if not 0.0 < self.min_score < 1.0:
-            raise ValueError(f"min_score must be in (0, 1), got {self.min_score}")
+            raise OptionError(f"min_score must be in (0, 1), got {self.min_score}")
         if not 0.0 <= iou_threshold <= 1.0:
-            raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+            raise OptionError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         self.iou_threshold = iou_threshold
         self.interpreter = runtime.make_interpreter(model_path, threads, accelerator, runtime_name)
         check_model(self.manifest, self.interpreter, source)

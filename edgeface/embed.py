@@ -7,7 +7,9 @@ from typing import Optional
 import numpy as np
 
 from . import preprocess, runtime
+from .errors import OptionError
 from .manifest import CROP_METHODS, ManifestError, check_model, manifest_path, read_manifest
+
 #: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.
 ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [56.14, 92.28]], np.float32)
 
@@ -30,7 +32,7 @@ def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray
         if keypoints is None:
             raise ValueError("similarity alignment needs keypoints")
         return preprocess.align_face(image, np.asarray(keypoints)[:4], ALIGN_TEMPLATE_112 * (size / 112.0), size)
-    raise ValueError(f"unknown crop method {method!r}; expected one of {CROP_METHODS}")
+    raise OptionError(f"unknown crop method {method!r}; expected one of {CROP_METHODS}")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:

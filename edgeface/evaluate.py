@@ -26,6 +26,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
+from .errors import EdgefaceError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -49,6 +51,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 ArrayLike = npt.ArrayLike
 
 IMAGES_DIRNAME = "images_deepfunneled"
+
+
+class PairsFileError(EdgefaceError, ValueError):
+    """A missing, unreadable or malformed pairs file; the message names the file (and the line)."""
 
 
 class Pair(NamedTuple):
@@ -85,9 +91,9 @@ def _parse_int(token: str, path: Path, lineno: int, what: str) -> int:
     try:
         value = int(token)
     except ValueError:
-        raise ValueError(f"{path}:{lineno}: {what} must be an integer, got {token!r}") from None
+        raise PairsFileError(f"{path}:{lineno}: {what} must be an integer, got {token!r}") from None
     if value < 1:
-        raise ValueError(f"{path}:{lineno}: {what} must be >= 1, got {value}")
+        raise PairsFileError(f"{path}:{lineno}: {what} must be >= 1, got {value}")
     return value
 
 
@@ -105,15 +111,19 @@ def read_pairs(path: PathLike) -> list[Pair]:
     Blank lines are ignored.
 
     Raises:
-        ValueError: naming the file and line number on a malformed header or
-            pair line, or when the number of pair lines does not match the
-            header.
+        PairsFileError (a ValueError): naming the file and line number on a
+            malformed header or pair line, when the number of pair lines does
+            not match the header, or when the file cannot be read.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8") as fh:
-        lines = [(i, ln.split()) for i, ln in enumerate(fh, start=1) if ln.strip()]
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            lines = [(i, ln.split()) for i, ln in enumerate(fh, start=1) if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        raise PairsFileError(f"{path}: cannot read the pairs file ({why})") from exc
     if not lines:
-        raise ValueError(f"{path}: empty pairs file")
+        raise PairsFileError(f"{path}: empty pairs file")
 
     head_no, head = lines[0]
     if len(head) == 2:
@@ -123,7 +133,7 @@ def read_pairs(path: PathLike) -> list[Pair]:
     elif len(head) == 1:
         n_folds, per_fold, first_fold = 1, _parse_int(head[0], path, head_no, "pair count"), 0
     else:
-        raise ValueError(
+        raise PairsFileError(
             f"{path}:{head_no}: header must be '<folds> <n>' or '<n>', got {len(head)} fields"
         )
 
@@ -131,7 +141,7 @@ def read_pairs(path: PathLike) -> list[Pair]:
     expected = n_folds * 2 * per_fold
     if len(body) > expected:
         extra_no = body[expected][0]
-        raise ValueError(
+        raise PairsFileError(
             f"{path}:{extra_no}: unexpected extra line; header promises {expected} pair lines"
         )
 
@@ -141,7 +151,7 @@ def read_pairs(path: PathLike) -> list[Pair]:
         same = (k % (2 * per_fold)) < per_fold
         if same:
             if len(f) != 3:
-                raise ValueError(
+                raise PairsFileError(
                     f"{path}:{lineno}: expected same-person line 'name n1 n2', got {len(f)} fields"
                 )
             pairs.append(
@@ -150,7 +160,7 @@ def read_pairs(path: PathLike) -> list[Pair]:
             )
         else:
             if len(f) != 4:
-                raise ValueError(
+                raise PairsFileError(
                     f"{path}:{lineno}: expected different-person line 'name1 n1 name2 n2', "
                     f"got {len(f)} fields"
                 )
@@ -161,7 +171,7 @@ def read_pairs(path: PathLike) -> list[Pair]:
 
     if len(pairs) < expected:
         last_no = body[-1][0] if body else head_no
-        raise ValueError(
+        raise PairsFileError(
             f"{path}:{last_no}: file ends after {len(pairs)} pair lines; "
             f"header promises {expected}"
         )
@@ -460,3 +470,16 @@ def summarize(
         }
     )
     return out
+
+
+def cosine_stats(a: npt.ArrayLike, b: npt.ArrayLike) -> dict:
+    """Row-wise cosine similarity of two embedding sets (each row L2-normalized here): how closely a
+    converted model reproduces its reference.
+
+    Returns ``{"mean", "p1" (1st percentile: the worst 1% of faces), "min", "n"}``, rounded to 5 digits.
+    """
+    from .embed import l2_normalize
+
+    cos = np.sum(l2_normalize(np.asarray(a, np.float64)) * l2_normalize(np.asarray(b, np.float64)), axis=-1)
+    return {"mean": round(float(cos.mean()), 5), "p1": round(float(np.percentile(cos, 1)), 5),
+            "min": round(float(cos.min()), 5), "n": int(cos.size)}

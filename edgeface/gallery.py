@@ -56,7 +56,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from . import _sqlite
-from .errors import EdgefaceError
+from .errors import EdgefaceError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Gallery:
         self.path = os.fspath(path)
         self.embedder_id = _check_name(embedder_id, "embedder_id")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+            raise OptionError(f"dim must be a positive int, got {dim!r}")
         self.dim = dim
         self._cache: Optional[tuple] = None  # (data_version, matrix, starts, names)
         self._checked = False  # quick_check runs before the first write
@@ -603,7 +603,7 @@ class Gallery:
         to decide "known or unknown".
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+            raise OptionError(f"k must be a positive int, got {k!r}")
         query = _normalize(embedding, self.dim, "embedding", single=True)[0]
         matrix, starts, names = self._matrix()
         if not names:
@@ -627,7 +627,7 @@ class Gallery:
         t = min_cosine_similarity
         if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) \
                 or not -1.0 <= float(t) <= 1.0:
-            raise ValueError(f"min_cosine_similarity must be a number in [-1, 1], got {t!r}")
+            raise OptionError(f"min_cosine_similarity must be a number in [-1, 1], got {t!r}")
         best = self.match(embedding, k=1)
         if not best:
             return Match(None, math.nan)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequen
 
 import numpy as np
 
-from . import evaluate, preprocess
+from . import blazeface, evaluate, preprocess
 
 if TYPE_CHECKING:
     from .detect import Face
@@ -128,3 +128,37 @@ def evaluate_lfw(recognizer, lfw_root: str | os.PathLike, pairs_file: str | os.P
     result["_scores"] = scores
     result["_same"] = same
     return result
+
+
+def detector_fidelity(float_model: Path, variant_model: Path, files: Sequence[Path], threads: Optional[int] = None,
+                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
+    """A detector variant (e.g. int8) against its float32 model on ``files`` (``edgeface report``, and
+    ``benchmarks/detector_fidelity.py``): recall against float (the central float face found again with IoU
+    > 0.3), median and 5th-percentile IoU, keypoint error relative to the box width, extra detections."""
+    from .detect import FaceDetector
+
+    fdet, vdet = FaceDetector(float_model, threads=threads), FaceDetector(variant_model, threads=threads)
+    found_f = found_both = extra = 0
+    ious, kp_err = [], []
+    for f in progress(files):
+        image = preprocess.read_image(f)
+        a, b = fdet.detect(image), vdet.detect(image)
+        extra += max(0, len(b) - len(a))
+        if not a:
+            continue
+        found_f += 1
+        i = central_face(a, image.shape)
+        if not b:
+            continue
+        ov = blazeface.iou(a[i].box, np.stack([x.box for x in b]))
+        j = int(np.argmax(ov))
+        if ov[j] > 0.3:
+            found_both += 1
+            ious.append(float(ov[j]))
+            size = float(a[i].box[2] - a[i].box[0])
+            kp_err.append(float(np.linalg.norm(a[i].keypoints[:4] - b[j].keypoints[:4], axis=1).mean()) / size)
+    return {"images": len(files), "float_found": found_f, "variant_found_where_float_did": found_both,
+            "recall_vs_float": round(found_both / max(found_f, 1), 4), "extra_detections": extra,
+            "median_iou": round(float(np.median(ious)), 4) if ious else None,
+            "p05_iou": round(float(np.percentile(ious, 5)), 4) if ious else None,
+            "median_keypoint_error_rel_box": round(float(np.median(kp_err)), 5) if kp_err else None}

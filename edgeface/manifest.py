@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgefaceError
+from .errors import EdgefaceError, OptionError
 
 FORMAT = "edgeface-manifest/1"
 ROLES = ("detector", "embedder")
@@ -233,7 +233,7 @@ def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tu
     models_dir = Path(models_dir)
     path = models_dir / INDEX
     if precision not in ("int8", "float32"):
-        raise ValueError(f"precision must be 'int8' or 'float32', got {precision!r}")
+        raise OptionError(f"precision must be 'int8' or 'float32', got {precision!r}")
     if models_dir.is_file():
         raise ManifestError(f"{models_dir} is a file; --models / EDGEFACE_MODELS names the folder written by "
                             "`edgeface build` (holding models.json)")

@@ -14,11 +14,11 @@ MAX_PIXELS = 50_000_000
 # OpenCV's own decoder limit (read when it first decodes), as a second guard behind the header check.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
-import cv2  # noqa: E402
+import cv2  # noqa: E402 - after OPENCV_IO_MAX_IMAGE_PIXELS is set
 import numpy as np  # noqa: E402
 
 from . import imageheader  # noqa: E402
-from .errors import EdgefaceError  # noqa: E402
+from .errors import EdgefaceError, OptionError  # noqa: E402
 
 #: Largest file accepted by :func:`read_image`, in bytes.
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -271,7 +271,7 @@ def enhance(image: np.ndarray, method: str = "none") -> np.ndarray:
     both combine (76 %); ``gamma`` hurts on low contrast. Enroll with the same setting as the door uses.
     """
     if method not in ENHANCEMENTS:
-        raise ValueError(f"unknown enhancement {method!r}; choose one of {', '.join(ENHANCEMENTS)}")
+        raise OptionError(f"unknown enhancement {method!r}; choose one of {', '.join(ENHANCEMENTS)}")
     if method == "none":
         return image
     image = np.asarray(image)

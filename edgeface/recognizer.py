@@ -10,6 +10,7 @@ import numpy as np
 from . import preprocess
 from .detect import Face, FaceDetector
 from .embed import FaceEmbedder
+from .errors import OptionError
 from .manifest import resolve_models
 
 DEFAULT_MODELS_DIR = "models"
@@ -62,7 +63,7 @@ class FaceRecognizer:
                  detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None,
                  enhance: str = "none"):
         if enhance not in preprocess.ENHANCEMENTS:
-            raise ValueError(f"unknown enhance {enhance!r}; choose one of {', '.join(preprocess.ENHANCEMENTS)}")
+            raise OptionError(f"unknown enhance {enhance!r}; choose one of {', '.join(preprocess.ENHANCEMENTS)}")
         if detector_path is None or embedder_path is None:
             det, emb = resolve_models(models_dir or default_models_dir(), precision)
             detector_path, embedder_path = detector_path or det, embedder_path or emb
@@ -72,7 +73,7 @@ class FaceRecognizer:
         if min_cosine_similarity is None:
             min_cosine_similarity = self.embedder.min_cosine_similarity
         if not -1.0 <= min_cosine_similarity <= 1.0:
-            raise ValueError(f"min_cosine_similarity must be in [-1, 1], got {min_cosine_similarity}")
+            raise OptionError(f"min_cosine_similarity must be in [-1, 1], got {min_cosine_similarity}")
         self.min_cosine_similarity = float(min_cosine_similarity)
         self.precision = precision
         self.enhance = enhance

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
-from .errors import EdgefaceError
+
+from .errors import EdgefaceError, MissingFileError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ EDGETPU_LIBRARY = "libedgetpu.so.1"
 
 class RuntimeNotFoundError(EdgefaceError, ImportError):
     """No TFLite interpreter could be imported."""
+
+
+class ModelLoadError(EdgefaceError, ValueError):
+    """A model file that the interpreter cannot load (not a TFLite flatbuffer, unsupported ops...)."""
 
 
 class DelegateError(EdgefaceError, RuntimeError):
@@ -77,11 +82,11 @@ def _import_runtime(name: str) -> Runtime:
 
 
 def get_runtime(name: Optional[str] = None) -> Runtime:
-    """Return the interpreter runtime: ``name``, ``$EDGEFACE_RUNTIME``, or the first of :data:`RUNTIMES` that imports."""
+    """The interpreter runtime: ``name``, ``$EDGEFACE_RUNTIME``, or the first of :data:`RUNTIMES` that imports."""
     name = name or os.environ.get("EDGEFACE_RUNTIME") or None
     if name is not None:
         if name not in RUNTIMES:
-            raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+            raise OptionError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
         try:
             return _import_runtime(name)
         except ImportError as exc:
@@ -131,7 +136,8 @@ def get_kernels(kernels: Optional[str] = None) -> str:
     """The kernel set to use: ``kernels``, ``$EDGEFACE_KERNELS`` or ``"optimized"``; an unknown name is an error."""
     kernels = kernels or os.environ.get("EDGEFACE_KERNELS") or "optimized"
     if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels {kernels!r} (argument or EDGEFACE_KERNELS); choose one of {', '.join(KERNELS)}")
+        raise OptionError(f"unknown kernels {kernels!r} (argument or EDGEFACE_KERNELS); "
+                          f"choose one of {', '.join(KERNELS)}")
     return kernels
 
 
@@ -167,31 +173,31 @@ def make_interpreter(model_path: str | os.PathLike, threads: Optional[int] = Non
     """
     path = Path(model_path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise OptionError(f"threads must be >= 1, got {threads}")
     kernels = get_kernels(kernels)
     rt = get_runtime(runtime)
     options = {}
     if kernels == "reference":
         if accelerator == "edgetpu":
-            raise ValueError("kernels='reference' runs on the CPU; it cannot be combined with accelerator='edgetpu'")
+            raise OptionError("kernels='reference' runs on the CPU; it cannot be combined with accelerator='edgetpu'")
         if rt.OpResolverType is None:
-            raise ValueError(f"runtime {rt.name} {rt.version} cannot select reference kernels (no OpResolverType)")
+            raise OptionError(f"runtime {rt.name} {rt.version} cannot select reference kernels (no OpResolverType)")
         options["experimental_op_resolver_type"] = rt.OpResolverType.BUILTIN_REF
         log.warning("%s: reference kernels (portable and slow; for proofs and debugging)", path.name)
     delegates = []
     if accelerator == "edgetpu":
         delegates.append(load_edgetpu_delegate(rt))
     elif accelerator not in (None, "cpu"):
-        raise ValueError(f"unknown accelerator {accelerator!r}; use None, 'cpu' or 'edgetpu'")
+        raise OptionError(f"unknown accelerator {accelerator!r}; use None, 'cpu' or 'edgetpu'")
     try:
         with _native_stderr_to_log():
             interpreter = rt.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1,
                                          experimental_delegates=delegates or None, **options)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a loadable TFLite model ({exc})") from exc
+        raise ModelLoadError(f"{path}: not a loadable TFLite model ({exc})") from exc
     if delegates:
         log.info("%s: Edge TPU delegate loaded", path.name)
     return interpreter

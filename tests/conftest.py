@@ -1,4 +1,11 @@
-"""Shared fixtures: real data from ../shared/data and models built once per session (cached on disk)."""
+"""Shared fixtures: real data ($EDGEFACE_DATA or ../shared/data) and models built once per session.
+
+Models: ``$EDGEFACE_TEST_MODELS`` when set (a prebuilt folder), else built into
+``<cache root>/test-models/<key>`` (cache root: ``$EDGEFACE_CACHE`` or ``~/.cache/edgeface``), where the key
+hashes every .py file of the packages the build imports, so tests never run on models built by old code.
+Tests that need built models are marked ``slow``; ``pytest -m "not slow"`` runs without any model (a test
+using a model fixture without the mark is an error at collection).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,22 +15,34 @@ from pathlib import Path
 
 import pytest
 
+from edgeface.paths import cache_root
+from edgeface.paths import data_root as _data_root
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EDGEFACE_DATA", REPO.parent / "shared" / "data"))
+DATA = _data_root()
 LFW = DATA / "lfw"
 BBT = DATA / "bbt"
 
 
+MODEL_FIXTURES = {"models_dir", "index", "recognizer", "float_recognizer"}
+BUILD_PACKAGES = ("edgeface", "converters", "calibration_data")  # everything `edgeface build` imports
+
+
 def _converter_key() -> str:
-    """Models are rebuilt when the code that makes them changes."""
+    """Models are rebuilt when any code the build imports changes: every .py of the build's packages."""
     h = hashlib.sha256()
-    for f in ("build.py", "detector.py", "embedder.py", "tflite_rebuild.py", "facenet_keras.py", "common.py"):
-        h.update((REPO / "converters" / f).read_bytes())
-    for f in sorted((REPO / "calibration_data").glob("*.py")):
-        h.update(f.read_bytes())
-    for f in ("preprocess.py", "detect.py", "embed.py", "blazeface.py", "manifest.py"):
-        h.update((REPO / "edgeface" / f).read_bytes())
+    for package in BUILD_PACKAGES:
+        for f in sorted((REPO / package).rglob("*.py")):
+            h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests that use built models must be marked @pytest.mark.slow: "
+                                + ", ".join(unmarked))
 
 
 def lfw_image(name: str, n: int) -> Path:
@@ -39,20 +58,16 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def models_dir(data_root) -> Path:
-    """Built models: $EDGEFACE_TEST_MODELS if set, else built once into .cache/test-models."""
+    """Built models: $EDGEFACE_TEST_MODELS if set, else built once per code version under the cache root."""
     env = os.environ.get("EDGEFACE_TEST_MODELS")
     if env:
         return Path(env)
-    out = REPO / ".cache" / "test-models"
-    stamp = out / "build-key.txt"
-    key = _converter_key()
-    if (out / "models.json").is_file() and stamp.is_file() and stamp.read_text() == key:
+    out = cache_root() / "test-models" / _converter_key()
+    if (out / "models.json").is_file():
         return out
-    pytest.importorskip("tensorflow")
-    from edgeface.converters.build import build_models
+    from edgeface.converters.build import build_models  # CI installs edgeface[convert]: no skip
 
-    build_models(out, cache_dir=str(REPO / ".cache" / "downloads"))
-    stamp.write_text(key)
+    build_models(out)
     return out
 
 

@@ -220,7 +220,8 @@ def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         check.main(["ops-run", "--ops", str(tmp_path), "--out", str(tmp_path / "o.npz")])
     assert exc.value.code == 2 and "no ops.json" in capsys.readouterr().err
-    assert check.main(["run", "--models", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
+    run = ["run", "--models", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "x.npz")]
+    assert check.main(run) == 2
     err = capsys.readouterr().err
     assert "check.py run: error:" in err and "models.json" in err and "Traceback" not in err
 
@@ -234,6 +235,7 @@ def ops_dir(models_dir, data_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # needs built models
 def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_dir):
     """Op k run alone on its recorded inputs gives the same integers as inside the whole model (same kernels)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -261,6 +263,7 @@ def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_
         assert np.array_equal(got, whole.get_tensor(ops[op["op"]]["outputs"][0])), op
 
 
+@pytest.mark.slow  # needs built models
 def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
     """On this machine, the deployed kernels (LiteRT + XNNPACK) and the reference kernels agree op by op
     within one step, although the whole int8 detector's outputs differ by tens of steps between them."""
@@ -279,7 +282,8 @@ def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
 # --------------------------------------------------------------------------- the whole proof (opt-in)
 def _skip_reason() -> str | None:
     if os.environ.get("EDGEFACE_ARM64_PROOF") != "1":
-        return "arm64 proof runs only with EDGEFACE_ARM64_PROOF=1 (root, qemu-user-static, debootstrap, network; minutes)"
+        return ("arm64 proof runs only with EDGEFACE_ARM64_PROOF=1 "
+                "(root, qemu-user-static, debootstrap, network; minutes)")
     if os.geteuid() != 0:
         return "arm64 proof needs root (debootstrap, chroot, binfmt_misc)"
     for tool in ("qemu-aarch64-static", "debootstrap"):

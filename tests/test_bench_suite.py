@@ -3,6 +3,7 @@ JSON, markdown and PNG. No timing assertions: speed claims live in the benchmark
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from edgeface.benchmarks import cli
@@ -22,6 +23,7 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.slow  # needs built models
 def test_latency_quick(models_dir, data_root, out):
     r = _run("latency", models_dir, data_root, out, "--bbt", str(data_root / "bbt"))
     assert (out / "latency.png").stat().st_size > 1000
@@ -48,6 +50,7 @@ def test_latency_quick(models_dir, data_root, out):
     assert r["runtimes"] == ["litert"] and isinstance(r["notes"], list)
 
 
+@pytest.mark.slow  # needs built models
 def test_latency_reference_and_drift(models_dir, data_root, out):
     from edgeface.benchmarks import latency
 
@@ -60,6 +63,7 @@ def test_latency_reference_and_drift(models_dir, data_root, out):
     assert latency.drift_check(r, slow, 0.5)["drifted"] == same["compared"]
 
 
+@pytest.mark.slow  # needs built models
 def test_accuracy_quick(models_dir, data_root, out):
     r = _run("accuracy", models_dir, data_root, out)
     (v,) = r["variants"]
@@ -75,6 +79,7 @@ def test_accuracy_quick(models_dir, data_root, out):
     assert list((out / "cache").glob("emb_*.npz"))
 
 
+@pytest.mark.slow  # needs built models
 def test_identify_quick(models_dir, data_root, out):
     r = _run("identify", models_dir, data_root, out)
     (v,) = r["variants"]
@@ -92,6 +97,7 @@ def test_identify_quick(models_dir, data_root, out):
         assert (out / f).is_file()
 
 
+@pytest.mark.slow  # needs built models
 def test_gallery_quick(models_dir, data_root, out):
     r = _run("gallery", models_dir, data_root, out)
     by = {(row["embeddings"], row["store"]): row for row in r["rows"]}
@@ -103,6 +109,7 @@ def test_gallery_quick(models_dir, data_root, out):
         assert by[(n, "int8")]["max_score_diff"] < 0.02
 
 
+@pytest.mark.slow  # needs built models
 def test_preprocess_quick(models_dir, data_root, out):
     r = _run("preprocess", models_dir, data_root, out)
     assert {(x["degradation"], x["enhancement"]) for x in r["rows"]} == {
@@ -110,13 +117,14 @@ def test_preprocess_quick(models_dir, data_root, out):
     assert all(0.5 <= x["accuracy_at_manifest_threshold"] <= 1.0 for x in r["rows"])
 
 
+@pytest.mark.slow  # needs built models
 def test_peers_quick(models_dir, data_root, out):
     r = _run("peers", models_dir, data_root, out)
     ours = r["peers"][0]
     assert ours["name"].startswith("edgeface") and ours["pairs"] == 8
     assert ours["per_image_ms"]["n"] == ours["images"]
     try:
-        import face_recognition  # noqa: F401
+        import face_recognition  # noqa: F401 - imported only to probe that the optional package is installed
     except ImportError:
         assert any("face_recognition not installed" in n for n in r["notes"])
         return

@@ -80,6 +80,7 @@ def test_compact_stores_agree():
     assert gallery_scaling.Store("int8", g).nbytes < gallery_scaling.Store("float16", g).nbytes
 
 
+@pytest.mark.slow  # needs built models
 def test_delegate_info_counts_nodes(models_dir):
     from edgeface.benchmarks.latency import delegate_info
     from edgeface.runtime import make_interpreter

@@ -7,8 +7,6 @@ import pytest
 
 from edgeface.calibration_data import builder
 
-from conftest import REPO
-
 
 def test_lfw_devtrain_is_deterministic_and_excludes_test_people(data_root):
     lfw = data_root / "lfw"
@@ -46,10 +44,11 @@ def test_face_crops_without_any_face_is_an_error():
 
 @pytest.mark.slow
 def test_falls_back_to_celebrity_photos_with_a_warning(monkeypatch, tmp_path, caplog):
-    pytest.importorskip("tensorflow")
+    from edgeface.converters.calibration import default_set
+
     monkeypatch.setenv("EDGEFACE_DATA", str(tmp_path / "no-data"))
     with caplog.at_level(logging.WARNING):
-        cset = builder.default_set(count=40, cache_dir=REPO / ".cache" / "downloads")
+        cset = default_set(count=40)
     assert cset.source == "celebrity" and len(cset.files) == 40
     assert any("5-celebrity" in r.message for r in caplog.records)
     assert all(Path(f).suffix.lower() in builder.IMAGE_SUFFIXES for f in cset.files)

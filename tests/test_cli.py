@@ -78,7 +78,7 @@ def test_enroll_identify_and_manage_gallery(models_dir, tmp_path):
     r = run("enroll", "--json", "--gallery", db, "--name", "penny", *penny, group, blank, models=models_dir)
     out = json.loads(r.stdout)
     assert out["enrolled"] >= 3
-    reasons = {x["image"]: x["reason"] for x in out["rejected"]}
+    reasons = {x["source"]: x["reason"] for x in out["rejected"]}
     assert "faces found" in reasons[str(group)] and reasons[str(blank)] == "no face found"
     assert r.returncode == 1  # some photos were rejected
     r = run("enroll", "--gallery", db, "--name", "raj", *sorted((BBT / "raj").glob("*.png")), models=models_dir)

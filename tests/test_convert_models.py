@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from edgeface import blazeface  # noqa: E402
-from edgeface.manifest import read_manifest  # noqa: E402
+from edgeface import blazeface  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
+from edgeface.manifest import read_manifest  # noqa: E402 - after pytest.importorskip
+from edgeface.paths import cache_root  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def test_facenet_msceleb_rebuild_matches_the_h5_graph(real_crops):
 
     from edgeface.converters import facenet_keras as fk
 
-    cache = Path(os.environ.get("EDGEFACE_CACHE", REPO / ".cache")) / "facenet_keras"
+    cache = cache_root() / "facenet_keras"
     try:
         h5 = fk.extract_member(fk.fetch_sdist(cache), fk.H5_MEMBER, cache)
     except RuntimeError as exc:

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 pytest.importorskip("tensorflow_model_optimization")
 tf_keras = pytest.importorskip("tf_keras")
 
-from edgeface.converters import prune  # noqa: E402
+from edgeface.converters import prune  # noqa: E402 - after pytest.importorskip: skip before importing what needs it
 
 
 def test_options_validate_and_name_the_field():
@@ -85,6 +85,7 @@ def devtrain_crops(models_dir, data_root):
     return crops
 
 
+@pytest.mark.slow  # needs built models
 def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_path):
     from edgeface.embed import FaceEmbedder
     from edgeface.manifest import read_manifest, resolve_models
@@ -113,7 +114,7 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     note = {"target_sparsity": 0.5, "kernel_sparsity": round(sparsity["overall"], 4), "schedule": "polynomial"}
     manifest = prune.pruned_manifest(base, note, "int8", "uint8")
     manifest["embedder"]["embedding_size"] = 32
-    dst = prune._write_model(prune.quantize_int8(stripped, list(devtrain_crops[:8])), tmp_path / "mini_int8.tflite",
+    dst = prune.write_model(prune.quantize_int8(stripped, list(devtrain_crops[:8])), tmp_path / "mini_int8.tflite",
                              manifest)
     back = read_manifest(dst)
     assert back["precision"] == "int8" and back["family"] == base["family"]
@@ -129,6 +130,7 @@ def test_small_pruning_run_int8_and_manifest(models_dir, devtrain_crops, tmp_pat
     assert float(np.dot(e, float_e)) > 0.9
 
 
+@pytest.mark.slow  # needs built models
 def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
     """The tf_keras rebuild of the CASIA FaceNet against the upstream frozen graph itself, run in TensorFlow."""
     import tensorflow as tf
@@ -154,6 +156,7 @@ def test_casia_keras_rebuild_matches_frozen_graph(devtrain_crops):
     assert np.abs(keras_raw - ref).max() <= 1e-4
 
 
+@pytest.mark.slow  # needs built models
 def test_pqat_seeded_ranges_match_float_and_keep_zeros(models_dir, devtrain_crops, tmp_path):
     """PQAT on a model whose activations exceed tfmot's initial [-6, 6] ranges: seeding the quantizer ranges
     from a float calibration pass makes the QAT model match the float one before any training; a few PQAT

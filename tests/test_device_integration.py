@@ -20,7 +20,7 @@ from edgeface.device.config import DeviceConfig
 from edgeface.device.sources import SourceError, VideoFileSource
 
 gpiozero = pytest.importorskip("gpiozero")
-from gpiozero.pins.mock import MockFactory  # noqa: E402
+from gpiozero.pins.mock import MockFactory  # noqa: E402 - after pytest.importorskip
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,7 @@ def demo(models_dir, data_root, tmp_path_factory):
     return work, result
 
 
+@pytest.mark.slow  # needs built models
 def test_door_demo_meets_the_issue_criteria(demo):
     work, r = demo
     s = r["summary"]
@@ -50,6 +51,7 @@ def test_door_demo_meets_the_issue_criteria(demo):
     assert r["stats"]["embeddings"] < r["frames"] / 2
 
 
+@pytest.mark.slow  # needs built models
 def test_enrollment_from_photos_rejects_with_reasons(demo, recognizer, tmp_path, data_root):
     from edgeface import Gallery
     from edgeface.device.enroll import enroll_photos
@@ -74,6 +76,7 @@ def test_enrollment_from_photos_rejects_with_reasons(demo, recognizer, tmp_path,
         assert len(res.accepted) >= 4 and res.total_embeddings == len(res.accepted)
 
 
+@pytest.mark.slow  # needs built models
 def test_enrollment_from_camera_collects_diverse_crops(demo, recognizer, tmp_path):
     from edgeface import Gallery
     from edgeface.device.enroll import enroll_from_camera
@@ -154,6 +157,7 @@ def _app(work, models_dir, tmp_path, factory, **over):
     return DoorApp(cfg, pin_factory=factory, clock="frame")
 
 
+@pytest.mark.slow  # needs built models
 def test_camera_vanishes_door_locks_and_loop_recovers(demo, models_dir, tmp_path):
     from edgeface.device.sources import Backoff, ReconnectingSource
 
@@ -182,6 +186,7 @@ def test_camera_vanishes_door_locks_and_loop_recovers(demo, models_dir, tmp_path
     assert flaky.src._index > die + 100
 
 
+@pytest.mark.slow  # needs built models
 def test_bad_frames_are_skipped_and_logged(demo, models_dir, tmp_path, caplog):
     from edgeface.device.sources import Backoff, ReconnectingSource
 
@@ -223,6 +228,7 @@ class _Dark:
         self.src.close()
 
 
+@pytest.mark.slow  # needs built models
 def test_enhance_equalize_lets_the_door_see_in_the_dark(demo, models_dir, tmp_path):
     """[recognition] enhance = "equalize" at a dark door: enrolled people who are not recognised in the dark
     frames are recognised with it, and no stranger is let in either way."""
@@ -249,6 +255,7 @@ def test_enhance_equalize_lets_the_door_see_in_the_dark(demo, models_dir, tmp_pa
 
 @pytest.mark.parametrize("damage", ["truncated", "swapped", "no_manifest", "other_embedder_gallery", "no_gallery",
                                     "corrupt_gallery"])
+@pytest.mark.slow  # needs built models
 def test_start_fails_clearly_and_door_stays_locked(demo, models_dir, tmp_path, damage):
     from edgeface import Gallery
     from edgeface.device.app import StartupError
@@ -313,6 +320,7 @@ def _kill_when(proc, lines_wanted, extra_sleep):
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.013])
+@pytest.mark.slow  # needs built models
 def test_sigkill_during_enrollment_keeps_the_gallery_intact(models_dir, data_root, tmp_path, delay):
     gallery = tmp_path / "g.db"
     photos = sorted(str(p) for p in (data_root / "bbt" / "raj").glob("*.png"))
@@ -368,6 +376,7 @@ def test_sigkill_during_event_logging_keeps_the_log_intact(tmp_path):
     assert all(i in stored and stored[i].detail == str(stored[i].track) for i in recent)
 
 
+@pytest.mark.slow  # needs built models
 def test_cli_events_and_print_config(demo, tmp_path):
     work, _ = demo
     out = subprocess.run([sys.executable, "-m", "edgeface.device.cli", "events", "--events-db",

@@ -1,6 +1,7 @@
 """edgeface.device pure parts: config, quality gates, tracker, votes, liveness maths, queue, frames, door, events."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import sys
@@ -13,8 +14,16 @@ import pytest
 from edgeface.device import config as C
 from edgeface.device.decision import KeypointParallaxLiveness, Vote, VoteBox, nonrigid_residual, parallax_score
 from edgeface.device.quality import assess, laplacian_variance, pose_from_keypoints
-from edgeface.device.sources import (LOST, Backoff, FrameCheckError, LatestQueue, Picamera2Source, ReconnectingSource,
-                                     SourceError, check_frame)
+from edgeface.device.sources import (
+    LOST,
+    Backoff,
+    FrameCheckError,
+    LatestQueue,
+    Picamera2Source,
+    ReconnectingSource,
+    SourceError,
+    check_frame,
+)
 from edgeface.device.tracker import IoUTracker, iou
 
 KP = np.array([[40, 50], [80, 50], [60, 70], [60, 90], [20, 55], [100, 55]], np.float32)  # frontal face keypoints
@@ -59,7 +68,7 @@ def test_config_file_errors_name_the_file(tmp_path):
     good.write_text("[door]\nunlock_seconds = 3\n[recognition]\nmin_cosine_similarity = 0.6\n")
     cfg = C.load(good)
     assert cfg.door.unlock_seconds == 3.0 and cfg.recognition.min_cosine_similarity == 0.6
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.door.unlock_seconds = 9  # frozen
 
 

@@ -263,7 +263,7 @@ def test_pair_scores_with_separate_second_image_embeddings(tmp_path) -> None:
     from edgeface.lfw import pair_scores
 
     pairs = [ev.Pair("A", 1, "A", 2, True, 0), ev.Pair("A", 1, "B", 1, False, 0)]
-    path = lambda n, k: ev.lfw_image_path(tmp_path, n, k)  # noqa: E731
+    path = lambda n, k: ev.lfw_image_path(tmp_path, n, k)  # noqa: E731 - a one-line local helper
     e = np.eye(3, dtype=np.float32)
     clean = {path("A", 1): e[0], path("A", 2): e[0], path("B", 1): e[1]}
     probe = {path("A", 2): e[1], path("B", 1): None}

@@ -2,7 +2,7 @@
 
 Needs TensorFlow/tf_keras (skipped otherwise).  The sdist is fetched once with
 pip into ``$EDGEFACE_CACHE`` (default ``<repo>/.cache``, gitignored) under
-``facenet_keras/``; LFW checks use ``../shared/data/lfw`` (or ``$EDGEFACE_LFW_DIR``).
+``facenet_keras/``; LFW checks use ``<data root>/lfw`` (``$EDGEFACE_DATA`` or ``../shared/data``).
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ pytest.importorskip('tf_keras')
 pytest.importorskip('h5py')
 cv2 = pytest.importorskip('cv2')
 
-from edgeface.converters import facenet_keras as fk  # noqa: E402
+from edgeface.converters import facenet_keras as fk  # noqa: E402 - after pytest.importorskip
+from edgeface.paths import cache_root, data_root  # noqa: E402 - after pytest.importorskip
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get('EDGEFACE_CACHE', REPO / '.cache')) / 'facenet_keras'
-LFW = Path(os.environ.get('EDGEFACE_LFW_DIR', REPO.parent / 'shared' / 'data' / 'lfw' / 'images_deepfunneled'))
+CACHE = cache_root() / 'facenet_keras'
+LFW = data_root() / 'lfw' / 'images_deepfunneled'
 
 
 @pytest.fixture(scope='module')

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.gallery import (EmbedderMismatchError, Gallery, GalleryError, Match,
-                              PersonExistsError, UnknownPersonError)
+from edgeface.gallery import EmbedderMismatchError, Gallery, GalleryError, Match, PersonExistsError, UnknownPersonError
 
 DIM = 16
 

@@ -307,8 +307,16 @@ def test_9_rotated_phone_photo_verifies_as_the_same_person(tmp_path, models_dir)
 
 
 # -- galleries: shared helpers --------------------------------------------------------------------------
-from edgeface.gallery import (CorruptGalleryError, Gallery, GalleryError, InvalidNameError,  # noqa: E402
-                              UnknownPersonError, check_gallery, check_name, escape_name)
+from edgeface.gallery import (  # noqa: E402
+    CorruptGalleryError,
+    Gallery,
+    GalleryError,
+    InvalidNameError,
+    UnknownPersonError,
+    check_gallery,
+    check_name,
+    escape_name,
+)
 
 PEOPLE = {"Colin_Powell": (1, 2), "George_W_Bush": (1, 2)}
 

@@ -4,12 +4,15 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 FORBIDDEN = ("tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx", "onnxruntime",
              "sklearn", "pandas", "matplotlib", "torch")
 CORE_MODULES = ("edgeface", "edgeface.runtime", "edgeface.preprocess", "edgeface.manifest", "edgeface.blazeface",
                 "edgeface.detect", "edgeface.embed", "edgeface.gallery", "edgeface.recognizer",
                 "edgeface.evaluate", "edgeface.lfw", "edgeface.cli", "edgeface.device",
-                "edgeface.device.config", "edgeface.device.sources", "edgeface.device.quality", "edgeface.device.tracker",
+                "edgeface.device.config", "edgeface.device.sources", "edgeface.device.quality",
+                "edgeface.device.tracker",
                 "edgeface.device.decision", "edgeface.device.door", "edgeface.device.events", "edgeface.device.loop",
                 "edgeface.device.app", "edgeface.device.enroll", "edgeface.device.kiosk", "edgeface.device.demo",
                 "edgeface.device.cli", "edgeface.device.threshold", "edgeface.device.files", "edgeface.device.text",
@@ -50,6 +53,7 @@ def test_blocker_really_blocks():
     assert r.returncode != 0 and "import budget" in r.stderr
 
 
+@pytest.mark.slow  # needs built models
 def test_pipeline_runs_without_tensorflow(models_dir, data_root):
     image = data_root / "lfw" / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
     r = _run(f"""

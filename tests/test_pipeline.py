@@ -33,8 +33,15 @@ def test_every_tensor_of_int8_models_is_integer(models_dir):
     for path in resolve_models(models_dir, "int8"):
         it = Interpreter(str(path))
         details = it.get_tensor_details()
-        ops = {d["op_name"] for d in it._get_ops_details()}
-        assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops or path.name.startswith("facenet")
+        ops = it._get_ops_details()
+        assert not [o for o in ops if o["op_name"] == "DEQUANTIZE"], path.name
+        # the one QUANTIZE allowed: the uint8 model input requantized to int8 (integer to integer)
+        dtypes = {d["index"]: np.dtype(d["dtype"]) for d in details}
+        (model_input,) = [d["index"] for d in it.get_input_details()]
+        for o in ops:
+            if o["op_name"] == "QUANTIZE":
+                assert list(o["inputs"]) == [model_input], f"{path.name}: QUANTIZE inside the graph"
+                assert dtypes[model_input] == np.uint8 and dtypes[o["outputs"][0]] == np.int8, path.name
         io = it.get_input_details() + it.get_output_details()
         assert all(np.dtype(d["dtype"]).kind in "iu" for d in io), path.name
         float_activations = [d["name"] for d in details if d["dtype"] == np.float32]

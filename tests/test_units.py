@@ -106,7 +106,7 @@ def test_runtime_selection_errors(monkeypatch):
         runtime.get_runtime("onnx")
     monkeypatch.setenv("EDGEFACE_RUNTIME", "tflite_runtime")
     try:
-        import tflite_runtime  # noqa: F401
+        import tflite_runtime  # noqa: F401 - imported only to probe that the optional package is installed
     except ImportError:
         with pytest.raises(runtime.RuntimeNotFoundError, match="tflite_runtime"):
             runtime.get_runtime()

@@ -52,6 +52,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from edgeface.errors import MissingFileError, OptionError, run_cli
+
 PEOPLE = ("amy", "bernadette", "howard", "leonard", "penny", "raj", "sheldon", "stuart")
 ENROLL_PHOTOS = (1, 2, 3)
 PROBE_PHOTOS = (4, 5)
@@ -113,7 +115,7 @@ def _raw_run(interpreter, tensor: np.ndarray, forced: Optional[np.ndarray], out_
     own = interpreter.get_tensor(detail["index"]).copy()
     if forced is not None:
         if forced.shape != own.shape or forced.dtype != own.dtype:
-            raise ValueError(f"reference input {forced.dtype}{forced.shape} does not fit {own.dtype}{own.shape}")
+            raise OptionError(f"reference input {forced.dtype}{forced.shape} does not fit {own.dtype}{own.shape}")
         interpreter.set_tensor(detail["index"], forced)
     interpreter.invoke()
     outs = []
@@ -141,11 +143,11 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
     t0 = time.perf_counter()
     ref = _load(inputs) if inputs else None
     if ref is not None and ref["meta"].get("kernels", "optimized") != kernels:
-        raise SystemExit(f"{inputs}: a run with {ref['meta'].get('kernels', 'optimized')} kernels; this run uses "
+        raise OptionError(f"{inputs}: a run with {ref['meta'].get('kernels', 'optimized')} kernels; this run uses "
                          f"{kernels} kernels")
     images = image_list()
     if ref is not None and [i["path"] for i in ref["meta"]["images"]] != [p for _, p, _ in images]:
-        raise SystemExit(f"{inputs}: recorded for another image list; rerun the reference")
+        raise OptionError(f"{inputs}: recorded for another image list; rerun the reference")
     rec = FaceRecognizer(models, precision="int8", threads=threads)
     det, emb = rec.detector, rec.embedder
     det_outs = [det.manifest["outputs"]["boxes"], det.manifest["outputs"]["scores"]]
@@ -158,11 +160,11 @@ def run(models: Path, data: Path, out: Path, inputs: Optional[Path] = None, thre
         meta["inputs_from"] = str(inputs)
         if (ref["meta"]["detector_sha256"], ref["meta"]["embedder_sha256"]) != (meta["detector_sha256"],
                                                                                 meta["embedder_sha256"]):
-            raise SystemExit(f"{inputs}: recorded with other models than {models}")
+            raise OptionError(f"{inputs}: recorded with other models than {models}")
     decoded = {}
     # 1. raw detector outputs on the letterboxed full frame of every image
     t = time.perf_counter()
-    for i, (kind, rel, person) in enumerate(images):
+    for i, (_kind, rel, _person) in enumerate(images):
         image = decoded[rel] = read_image(data / rel)
         tensor, _ = detector_input(image, det.input_size, det.mean, det.std)
         forced = ref["arrays"][f"det_in:{i}"] if ref is not None else None
@@ -294,9 +296,13 @@ def split(models: Path, data: Path, out: Path) -> dict:
         samples["detector"].append(detector_input(image, det.input_size, det.mean, det.std)[0])
         for face in rec.detect(image, max_faces=1):  # the best face's crop
             if len(samples["embedder"]) < OP_CROPS:
-                samples["embedder"].append(normalize(emb.crop(image, face.box, face.keypoints), emb.mean, emb.std)[None])
+                crop = emb.crop(image, face.box, face.keypoints)
+                samples["embedder"].append(normalize(crop, emb.mean, emb.std)[None])
     arrays, index = {}, {"models": {}}
-    files = json.loads((models / "models.json").read_text())["int8"]
+    try:
+        files = json.loads((models / "models.json").read_text())["int8"]
+    except OSError as exc:
+        raise MissingFileError(f"{models / 'models.json'}: {exc.strerror}; build the models first") from exc
     for role in ("detector", "embedder"):
         model_path = models / files[role]
         it = Interpreter(model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=1,
@@ -311,7 +317,7 @@ def split(models: Path, data: Path, out: Path) -> dict:
         folder = out / role
         folder.mkdir(parents=True, exist_ok=True)
         ops = []
-        for k, op in enumerate(fb.subgraphs[0].operators):
+        for k in range(len(fb.subgraphs[0].operators)):
             single, variable = _single_op_model(fb, k)
             flatbuffer_utils.write_model(single, str(folder / f"op{k:03d}.tflite"))
             name = it._get_ops_details()[k]["op_name"]
@@ -444,12 +450,9 @@ def compare_int8(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np
 
 
 def _iou(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    from edgeface.blazeface import iou
+
+    return float(iou(a, np.asarray(b, float)[None])[0])
 
 
 def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float = 0.5) -> dict:
@@ -496,7 +499,8 @@ def compare_faces(reference: list[dict], candidate: list[dict], min_iou: float =
                 problems.append(values[-1])
     return {"ok": not problems, "problems": problems, "value_problems": values, "images": len(reference),
             "faces": faces,
-            "candidate_faces": candidate_faces, "count_mismatches": count_mismatches, "identity_mismatches": name_mismatches,
+            "candidate_faces": candidate_faces, "count_mismatches": count_mismatches,
+            "identity_mismatches": name_mismatches,
             "min_iou": round(min(ious), 4) if ious else None,
             "max_box_shift_px": round(max(shifts), 3) if shifts else None}
 
@@ -709,11 +713,7 @@ def main(argv=None) -> int:
                 p.error(f"--{flag.replace('_', '-')} {path}: no such file")
     if getattr(a, "ops", None) is not None and not (a.ops / "ops.json").is_file():
         p.error(f"--ops {a.ops}: no ops.json there (written by `check.py split`)")
-    try:
-        return _dispatch(p, a)
-    except (OSError, ValueError) as exc:  # a missing or wrong model / image folder: one line, not a traceback
-        print(f"check.py {a.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(f"check.py {a.cmd}", _dispatch, p, a)  # a missing model / image folder: one line
 
 
 def _dispatch(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
