@@ -47,32 +47,55 @@ def dev_test(data_root):
     return lfw, pairs
 
 
-def test_mediapipe_face_detector_finds_the_faces_edgeface_detect_finds(models_dir, index, dev_test):
-    lfw, pairs = dev_test
-    images = pair_files(pairs, lfw)[:100]
-    model = models_dir / index["int8"]["detector"]
-    section = read_manifest(model)["detector"]
+#: Score band above the detection threshold where the int8 detector's score is unstable: MediaPipe resamples
+#: the frame with its own warp, and on a face cut by the image border that moves an int8 score by up to 0.18
+#: (0.03 for the float model on the same images).
+BORDERLINE = 0.15
+
+
+def _detect_both(models_dir, model, images, min_score, iou_threshold, precision):
     r = subprocess.run([sys.executable, "-m", "edgeface.cli", "detect", "--models", str(models_dir), "--json",
-                        *map(str, images)], capture_output=True, text=True, timeout=600)
+                        "--precision", precision, *map(str, images)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    ours = {json.loads(line)["image"]: [f["box"] for f in json.loads(line)["faces"]]
+    ours = {json.loads(line)["image"]: [(f["box"], f["score"]) for f in json.loads(line)["faces"]]
             for line in r.stdout.splitlines() if line.startswith("{")}
     assert len(ours) == len(images)
     theirs = venvs.run_json("mediapipe", SIDECAR / "mediapipe_tasks.py", {"detector": {
-        "model": str(model), "images": [str(p) for p in images], "min_score": section["min_score"],
-        "iou_threshold": section["iou_threshold"]}})["detections"]
-    ious, missed, extra = [], [], 0
-    for path, boxes in ours.items():
+        "model": str(model), "images": [str(p) for p in images], "min_score": min_score - BORDERLINE,
+        "iou_threshold": iou_threshold}})["detections"]
+    matches, extra = [], 0  # (image, edgeface score, MediaPipe score or None, IoU)
+    for path, faces in ours.items():
         found = theirs[path]
-        for box in boxes:
-            best = max((_iou(box, f[:4]) for f in found), default=0.0)
-            (ious.append(best) if best >= 0.5 else missed.append((Path(path).name, box)))
-        extra += sum(1 for f in found if max((_iou(b, f[:4]) for b in boxes), default=0.0) < 0.5)
-    faces = sum(len(b) for b in ours.values())
-    assert faces >= 100, "every LFW image has its subject"
-    assert not missed, f"MediaPipe missed {len(missed)} of {faces} faces edgeface found: {missed[:5]}"
+        for box, score in faces:
+            best = max(found, key=lambda f: _iou(box, f[:4]), default=None)
+            hit = best is not None and _iou(box, best[:4]) >= 0.5
+            matches.append((Path(path).name, score, best[4] if hit else None, _iou(box, best[:4]) if hit else 0.0))
+        extra += sum(1 for f in found if f[4] >= min_score and all(_iou(b, f[:4]) < 0.5 for b, _ in faces))
+    return matches, extra
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_mediapipe_face_detector_finds_the_faces_edgeface_detect_finds(models_dir, index, dev_test, precision):
+    """MediaPipe's FaceDetector on 100 whole LFW photos (it letterboxes and resamples them itself)."""
+    lfw, pairs = dev_test
+    images = pair_files(pairs, lfw)[:100]
+    model = models_dir / index[precision]["detector"]
+    section = read_manifest(model)["detector"]
+    thr = section["min_score"]
+    matches, extra = _detect_both(models_dir, model, images, thr, section["iou_threshold"], precision)
+    assert len(matches) >= 100, "every LFW image has its subject"
+    ious = [m[3] for m in matches if m[2] is not None and m[2] >= thr]
+    missed = [m for m in matches if m[2] is None or m[2] < thr]
     assert np.median(ious) >= 0.9, f"median IoU {np.median(ious):.3f} over {len(ious)} faces"
-    assert extra <= 0.05 * faces, f"MediaPipe found {extra} faces edgeface did not ({faces} faces)"
+    assert extra <= 0.02 * len(matches), f"MediaPipe found {extra} faces edgeface did not ({len(matches)} faces)"
+    if precision == "float32":
+        assert not missed, f"MediaPipe missed {len(missed)} of {len(matches)} faces: {missed}"
+        return
+    # int8: no clear face is missed; a borderline one (edgeface score < threshold + BORDERLINE, e.g. a face cut
+    # by the image border) may score below the threshold in MediaPipe, but MediaPipe still sees it
+    assert all(m[1] < thr + BORDERLINE for m in missed), f"clear faces missed: {missed}"
+    assert all(m[2] is not None for m in missed), f"faces MediaPipe does not see at all: {missed}"
+    assert len(missed) <= 0.02 * len(matches), f"{len(missed)} of {len(matches)} faces missed: {missed}"
 
 
 def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev_test, tmp_path):
