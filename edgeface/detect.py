@@ -100,6 +100,7 @@ class FaceDetector:
             raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         self.iou_threshold = iou_threshold
         self.interpreter = runtime.make_interpreter(model_path, threads, accelerator, runtime_name)
+        runtime.check_input(self.interpreter, self.manifest, model_path)
         outputs = self.manifest["outputs"]
         self._boxes = runtime.output_index(self.interpreter, outputs["boxes"])
         self._scores = runtime.output_index(self.interpreter, outputs["scores"])

@@ -55,6 +55,7 @@ class FaceEmbedder:
         self.section = self.manifest["embedder"]
         self.recipe = self.section["crop"]
         self.interpreter = runtime.make_interpreter(model_path, threads, accelerator, runtime_name)
+        runtime.check_input(self.interpreter, self.manifest, model_path)
         self._out = runtime.output_index(self.interpreter, self.manifest["outputs"]["embedding"])
         self.mean, self.std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
         self.size = int(self.recipe["size"])

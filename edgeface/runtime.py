@@ -240,6 +240,22 @@ def get_output(interpreter, index: int = 0) -> np.ndarray:
     return value.astype(np.float32, copy=False)
 
 
+def check_input(interpreter, manifest: dict, model_path: str | os.PathLike) -> None:
+    """The model's input tensor has the dtype and shape its manifest promises, else ``ManifestError``.
+
+    The runtime quantizes with the tensor's own scale and zero point whatever the dtype (uint8 input of the
+    built int8 models, int8 of the ``_io`` twins, float32), so this only catches a model and manifest that do
+    not belong together.
+    """
+    from .manifest import ManifestError
+
+    detail = interpreter.get_input_details()[0]
+    got = (np.dtype(detail["dtype"]).name, [int(d) for d in detail["shape"]])
+    want = (manifest["input"]["dtype"], [int(d) for d in manifest["input"]["shape"]])
+    if got != want:
+        raise ManifestError(f"{model_path}: input tensor is {got[0]} {got[1]}, its manifest says {want[0]} {want[1]}")
+
+
 def output_index(interpreter, name: str) -> int:
     """Position of the output tensor called ``name`` (a model's manifest names its outputs)."""
     for i, detail in enumerate(interpreter.get_output_details()):
