@@ -137,7 +137,6 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
           cache_dir: Path, crop: dict | None = None, threshold: dict | None = None,
           precisions: Sequence[str] = ("float32", "int8"), input_dtype: str = "uint8") -> dict[str, Path]:
     """Build the embedder in the requested precisions; int8 needs calibration ``crops`` (RGB uint8)."""
-    import tensorflow as tf
 
     src = source(family)
     crop = dict(crop or DEFAULT_CROP)
