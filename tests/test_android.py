@@ -107,16 +107,18 @@ def test_mediapipe_face_detector_finds_the_faces_edgeface_detect_finds(models_di
     assert len(missed) <= 0.02 * len(matches), f"{len(missed)} of {len(matches)} faces missed: {missed}"
 
 
-def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev_test, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev_test, tmp_path, precision):
+    """int8: uint8 pixels in, float32 out. float32: MediaPipe normalizes with the metadata's mean/std."""
     lfw, pairs = dev_test
-    rec = FaceRecognizer(models_dir, precision="int8")
+    rec = FaceRecognizer(models_dir, precision=precision)
     files = pair_files(pairs, lfw)
     crops = crop_files(rec.detect, files, rec.embedder.section["crop"])
     assert all(c is not None for c in crops.values()), "a face was not found"
     ours = {p: rec.embedder.embed_crop(c) for p, c in crops.items()}
     np.savez(tmp_path / "crops.npz", crops=np.stack([crops[p] for p in files]))
     result = venvs.run_json("mediapipe", SIDECAR / "mediapipe_tasks.py", {"embedder": {
-        "model": str(models_dir / index["int8"]["embedder"]), "crops": str(tmp_path / "crops.npz"),
+        "model": str(models_dir / index[precision]["embedder"]), "crops": str(tmp_path / "crops.npz"),
         "out": str(tmp_path / "embeddings.npz")}})
     theirs = dict(zip(files, np.load(result["embeddings"])["embeddings"]))
     assert theirs[files[0]].shape == ours[files[0]].shape
