@@ -167,13 +167,16 @@ def read_index(models: Path) -> dict:
 
 def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32"),
                    detectors: Sequence[str] = ("short_range",)) -> tuple[list[Variant], list[str]]:
-    """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` when built) and notes on the
+    """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and notes on the
     ones that are not there."""
     models = Path(models)
     index = read_index(models)
     variants, notes = [], []
     for det_name in detectors:
         for precision in precisions:
+            if precision == INT8_IO:
+                _add_int8_io(models, index, det_name, variants, notes)
+                continue
             entry = index.get(precision)
             if not entry:
                 notes.append(f"{precision}: not in {models}/models.json (not built): skipped")
@@ -188,6 +191,23 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
             variants.append(Variant(name, precision.replace("_pruned", ""), models / det_file,
                                     models / entry["embedder"]))
     return variants, notes
+
+
+#: The int8 models with int8 input and int8 outputs (``edgeface variants --variants int8_io``): the built int8
+#: models have a uint8 input and float32 outputs (Android); the latency benchmark measures what that costs.
+INT8_IO = "int8_io"
+
+
+def _add_int8_io(models: Path, index: dict, det_name: str, variants: list, notes: list) -> None:
+    saved = index.get("variants", {})
+    det = saved.get("detectors", {}).get(det_name, {}).get(INT8_IO)
+    emb = saved.get("embedder", {}).get(INT8_IO)
+    if not det or not emb or not (models / det).is_file() or not (models / emb).is_file():
+        notes.append(f"{INT8_IO} {det_name}: not built in {models} (edgeface variants --models {models} "
+                     f"--variants {INT8_IO}): skipped")
+        return
+    name = INT8_IO if det_name == "short_range" else f"{INT8_IO}+{det_name}"
+    variants.append(Variant(name, "int8", models / det, models / emb))
 
 
 # --------------------------------------------------------------------------- LFW

@@ -344,7 +344,29 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
     result = {"benchmark": "latency", "machine": info, "settings": {k: v for k, v in settings.items()},
               "runtimes": runtimes, "threads": threads, "notes": notes, "scenes": scenes_out}
     result["int8_vs_float32"] = speedups(result)
+    result["interface_cost"] = interface_cost(result)
     return result
+
+
+def interface_cost(result: dict) -> list[dict]:
+    """What the Android interface costs: int8 (uint8 input, float32 outputs) against ``int8_io`` (int8 tensors,
+    the runtime quantizes and dequantizes in numpy), medians of the same run; > 0 ms: the interface is slower."""
+    out = []
+    for sc in result["scenes"]:
+        by = {(r["runtime"], r["precision"], r["threads"]): r for r in sc["rows"]}
+        for (rt, prec, th), r in by.items():
+            io = by.get((rt, common.INT8_IO, th))
+            if prec != "int8" or io is None:
+                continue
+            row = {"scene": sc["scene"], "runtime": rt, "threads": th}
+            for stage in ("detect_invoke", "total"):
+                a, b = r["stages_ms"][stage]["median"], io["stages_ms"][stage]["median"]
+                row[f"{stage}_ms"] = {"int8": a, "int8_io": b, "delta": round(a - b, 3)}
+            a, b = r["embed_per_face_ms"]["median"], io["embed_per_face_ms"]["median"]
+            row["embed_per_face_ms"] = {"int8": a, "int8_io": b,
+                                        "delta": None if a is None or b is None else round(a - b, 3)}
+            out.append(row)
+    return out
 
 
 def speedups(result: dict) -> list[dict]:
@@ -429,6 +451,16 @@ def markdown(result: dict) -> str:
                                      [[s["scene"], s["runtime"], s["threads"], s["total_speedup"], s["embed_speedup"],
                                        s["detect_invoke_speedup"], "yes" if s["at_least_2x"] else "no"]
                                       for s in result["int8_vs_float32"]]))
+    if result.get("interface_cost"):
+        lines.append("\n### Android interface (uint8 in, float32 out) vs int8 tensors (median ms, same run)\n")
+        lines.append(common.md_table(
+            ["scene", "runtime", "threads", "detector model int8 / int8_io", "embed/face int8 / int8_io",
+             "total int8 / int8_io", "total delta"],
+            [[c["scene"], c["runtime"], c["threads"],
+              f"{c['detect_invoke_ms']['int8']} / {c['detect_invoke_ms']['int8_io']}",
+              f"{c['embed_per_face_ms']['int8']} / {c['embed_per_face_ms']['int8_io']}",
+              f"{c['total_ms']['int8']} / {c['total_ms']['int8_io']}", c["total_ms"]["delta"]]
+             for c in result["interface_cost"]]))
     if result.get("drift"):
         d = result["drift"]
         lines.append(f"\nDrift against reference {d['reference_device']} ({d['reference_date']}): "

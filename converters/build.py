@@ -19,7 +19,7 @@ from edgeface.embed import face_crop
 from edgeface.manifest import INDEX
 from edgeface.paths import cache_root
 
-from . import calibration, common, detector, embedder
+from . import calibration, common, detector, embedder, metadata
 from .stages import stage
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
                                                 out / index[precision]["embedder"], lfw, threshold_pairs)
         else:
             log.warning("LFW not found at %s: min_cosine_similarity stays provisional", lfw)
+    for path in common.index_models(out, index=index):  # last: it changes the files and their sha256
+        metadata.write_metadata(path)
     index["build_seconds"] = round(time.time() - t0, 1)
     tmp = out / (INDEX + ".part")
     tmp.write_text(json.dumps(index, indent=2) + "\n")

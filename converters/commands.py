@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgeface.errors import OptionError
 
-VARIANT_CHOICES = ("float32", "float16", "dynamic_int8", "int8", "pruned_int8")
+VARIANT_CHOICES = ("float32", "float16", "dynamic_int8", "int8", "int8_io", "pruned_int8")
 
 
 def _models_arg(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from edgeface.detect import detector_input
 from edgeface.manifest import sha256_file, write_manifest
 
 from . import common
+from . import quantize as quantize_lib
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,18 @@ def _set_head_ranges(tflite_bytes: bytes, ranges: dict) -> bytes:
     for out in sg.outputs:
         t = sg.tensors[int(out)]
         last = int(t.shape[-1])
-        visit(int(out), ranges["boxes"] if last == blazeface.NUM_COORDS else ranges["scores"])
+        visit(_int8_head(sg, kinds, producer, int(out)),
+              ranges["boxes"] if last == blazeface.NUM_COORDS else ranges["scores"])
     log.info("detector heads: set int8 ranges on %d tensors", len(edited))
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _int8_head(sg, kinds, producer, out_tensor: int) -> int:
+    """The int8 head tensor behind a graph output (the input of its final DEQUANTIZE, if any)."""
+    op = producer.get(out_tensor)
+    if op is not None and kinds[op] == "DEQUANTIZE":
+        return int(sg.operators[op].inputs[0])
+    return out_tensor
 
 
 def _head_convs(model, out_tensor: int) -> list[tuple[int, int, int]]:
@@ -170,6 +180,7 @@ def _head_convs(model, out_tensor: int) -> list[tuple[int, int, int]]:
             for i in data_inputs:
                 visit(i)
 
+    out_tensor = _int8_head(sg, kinds, producer, out_tensor)
     visit(out_tensor)
     out, start = [], 0
     for op in found:
@@ -258,6 +269,20 @@ def correct_head_bias(tflite_bytes: bytes, float_boxes: np.ndarray, float_logits
     return data, report
 
 
+def boxes_first(tflite_bytes: bytes) -> bytes:
+    """The model with its box output before its score output: the order MediaPipe's FaceDetector reads
+    (``TensorsToDetectionsCalculator`` takes output 0 as the regressors), as in the upstream float model."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
+    sg = model.subgraphs[0]
+    order = sorted(sg.outputs, key=lambda t: int(sg.tensors[int(t)].shape[-1]) != blazeface.NUM_COORDS)
+    if list(order) == list(sg.outputs):
+        return tflite_bytes
+    sg.outputs = order
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _output_tensor(model, name: str) -> int:
     sg = model.subgraphs[0]
     for t in sg.outputs:
@@ -267,8 +292,8 @@ def _output_tensor(model, name: str) -> int:
 
 
 def quantize(spec: blazeface.ModelSpec, images: Sequence[np.ndarray], out_dir: str | os.PathLike,
-             calibration: dict, input_dtype: str = "int8") -> Path:
-    """Build ``blazeface_<spec>_int8.tflite`` (every tensor int8, int8 or uint8 input) plus manifest."""
+             calibration: dict, input_dtype: str = quantize_lib.INPUT_TYPE) -> Path:
+    """Build ``blazeface_<spec>_int8.tflite`` (every op int8; uint8 input, float32 outputs) plus manifest."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -276,8 +301,6 @@ def quantize(spec: blazeface.ModelSpec, images: Sequence[np.ndarray], out_dir: s
 
     from .tflite_rebuild import keras_from_tflite
 
-    if input_dtype not in ("int8", "uint8"):
-        raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
     src = upstream_path(spec)
     model = keras_from_tflite(src)
     samples = [detector_input(c, spec.input_size, MEAN, STD)[0]
@@ -291,13 +314,10 @@ def quantize(spec: blazeface.ModelSpec, images: Sequence[np.ndarray], out_dir: s
             yield [x]
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8 if input_dtype == "int8" else tf.uint8
-    converter.inference_output_type = tf.int8
+    quantize_lib.configure_full_int8(converter, representative, input_type=input_dtype)
     data = _set_head_ranges(converter.convert(), ranges)
     data, bias_report = correct_head_bias(data, f_boxes, f_logits, samples, BIAS_CORRECTION_SCORE)
+    data = boxes_first(data)
     dst = Path(out_dir) / f"blazeface_{spec.name}_int8.tflite"
     common.atomic_write_bytes(dst, data)
     outputs = _output_names(Interpreter(str(dst)).get_output_details())

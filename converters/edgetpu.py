@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from .common import read_index, tflite_schema, variant_table
+
 log = logging.getLogger(__name__)
 
 DOC_URL = "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
@@ -80,15 +82,6 @@ COMPILER = "edgetpu_compiler"
 SRAM_BYTES = 8 * 2**20
 
 
-def tflite_schema():
-    """The TFLite flatbuffer schema module: LiteRT's copy (no TensorFlow import), else TensorFlow's."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
-
-
 def _model(path: Path):
     schema = tflite_schema()
     data = path.read_bytes()
@@ -135,11 +128,15 @@ def analyze(model_path: str | os.PathLike) -> dict:
         buf = model.Buffers(t.Buffer())
         if buf is not None and (buf.DataLength() > 0 or buf.Offset() > 1):
             constant.add(i)
+    interface = _interface_ops(model, schema, sg)
+    boundary = {x["tensor_index"] for x in interface}
     bad_types, dynamic, rank_bad = [], [], []
     for i in range(sg.TensorsLength()):
         t = sg.Tensors(i)
         name = t.Name().decode()
         kind = _TYPE_NAMES.get(t.Type(), f"type{t.Type()}")
+        if i in boundary:
+            continue
         if t.Type() not in (_INT8, _UINT8) and not (t.Type() == _INT32 and i in constant):
             bad_types.append({"tensor": name, "type": kind, "constant": i in constant})
         sig = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()
@@ -153,7 +150,10 @@ def analyze(model_path: str | os.PathLike) -> dict:
     if param_bytes > SRAM_BYTES:
         warnings.append(f"{param_bytes / 2**20:.1f} MiB of parameters exceed the Edge TPU's ~8 MiB on-chip memory: "
                         "the weights that do not fit stream from host memory on every inference (slower)")
+    skip = {x["index"] for x in interface}
     for k in range(sg.OperatorsLength()):
+        if k in skip:
+            continue
         op = sg.Operators(k)
         kind = _op_name(model, schema, op)
         reasons = []
@@ -213,10 +213,41 @@ def analyze(model_path: str | os.PathLike) -> dict:
         "outputs": [_tensor_info(sg.Tensors(int(i))) for i in sg.OutputsAsNumpy()],
         "first_unsupported_op": first_cut,
         "ops_before_cut": mapped_before_cut,
-        "cut": _cut_text(first_cut, mapped_before_cut, n),
+        "cut": _cut_text(first_cut, mapped_before_cut, n) + _interface_text(interface),
+        "interface_ops": [{k: v for k, v in x.items() if k != "tensor_index"} for x in interface],
         "ready": not problems, "problems": problems, "warnings": warnings, "parameter_bytes": int(param_bytes),
         "op_list": ops, "source": DOC_URL,
     }
+
+
+def _interface_ops(model, schema, sg) -> list[dict]:
+    """Float boundary ops: a ``QUANTIZE`` reading a float32 graph input, a ``DEQUANTIZE`` writing a float32
+    graph output from an 8-bit tensor. The compiler leaves them on the CPU, before / after the one Edge TPU
+    partition (Coral: "float inputs and outputs ... the quantize / dequantize ops stay on the CPU")."""
+    inputs, outputs = set(int(i) for i in sg.InputsAsNumpy()), set(int(i) for i in sg.OutputsAsNumpy())
+    found = []
+    for k in range(sg.OperatorsLength()):
+        op = sg.Operators(k)
+        kind = _op_name(model, schema, op)
+        if op.InputsLength() < 1 or op.OutputsLength() != 1:
+            continue
+        src, dst = int(op.Inputs(0)), int(op.Outputs(0))
+        if (kind == "QUANTIZE" and src in inputs and sg.Tensors(src).Type() not in (_INT8, _UINT8)
+                and sg.Tensors(dst).Type() in (_INT8, _UINT8)):
+            found.append({"index": k, "op": kind, "tensor": sg.Tensors(src).Name().decode(), "tensor_index": src,
+                          "type": _TYPE_NAMES.get(sg.Tensors(src).Type()), "where": "input"})
+        elif (kind == "DEQUANTIZE" and dst in outputs and sg.Tensors(src).Type() in (_INT8, _UINT8)
+              and sg.Tensors(dst).Type() not in (_INT8, _UINT8)):
+            found.append({"index": k, "op": kind, "tensor": sg.Tensors(dst).Name().decode(), "tensor_index": dst,
+                          "type": _TYPE_NAMES.get(sg.Tensors(dst).Type()), "where": "output"})
+    return found
+
+
+def _interface_text(interface: list[dict]) -> str:
+    if not interface:
+        return ""
+    kinds = Counter(f"{x['op']} ({x['type']} {x['where']})" for x in interface)
+    return "; on the CPU around it: " + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
 
 
 def _cut_text(first_cut: Optional[dict], before: int, n: int) -> str:
@@ -301,8 +332,6 @@ def check_model(model_path: str | os.PathLike, compile: bool = True,
 
 def default_models(models_dir: str | os.PathLike) -> list[Path]:
     """The full-int8 models of a models folder (default detector, other detectors, embedder, pruned)."""
-    from .variants import read_index, variant_table
-
     models_dir = Path(models_dir)
     table = variant_table(read_index(models_dir))
     files = []

@@ -25,7 +25,7 @@ import numpy as np
 from edgeface import preprocess
 from edgeface.manifest import sha256_file, write_manifest
 
-from . import common
+from . import common, quantize
 
 log = logging.getLogger(__name__)
 MEAN, STD = 127.5, 128.0
@@ -137,7 +137,6 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
           cache_dir: Path, crop: dict | None = None, threshold: dict | None = None,
           precisions: Sequence[str] = ("float32", "int8"), input_dtype: str = "uint8") -> dict[str, Path]:
     """Build the embedder in the requested precisions; int8 needs calibration ``crops`` (RGB uint8)."""
-    import tensorflow as tf
 
     src = source(family)
     crop = dict(crop or DEFAULT_CROP)
@@ -159,11 +158,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
                 for x in common.progress(samples, f"calibrating {family}"):
                     yield [x]
 
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
-            converter.inference_output_type = tf.int8
+            quantize.configure_full_int8(converter, representative, input_type=input_dtype)
             dtype = input_dtype
         else:
             raise ValueError(f"unknown precision {precision!r}; use float32 or int8")

@@ -46,8 +46,9 @@ OUTPUT_DESCRIPTIONS = {
     "boxes": "BlazeFace raw box regressors per anchor: 16 values (box centre offset x, y, width, height, then "
              "6 keypoints x, y), in input pixels relative to the anchor; decode with the SSD anchors",
     "scores": "BlazeFace raw score logit per anchor; sigmoid gives the face probability",
-    "embedding": "FaceNet bottleneck (not normalized): L2-normalize, then compare two faces by cosine "
-                 "similarity (dot product)",
+    "embedding": "face embedding, not normalized: L2-normalize it (MediaPipe ImageEmbedder l2_normalize=True), "
+                 "then two faces are the same person when their cosine similarity (dot product) reaches the "
+                 "manifest's min_cosine_similarity",
 }
 
 
@@ -120,10 +121,13 @@ def build_metadata(manifest: dict, output_keys: list[str]) -> bytes:
     inp = manifest["input"]
     _, h, w, c = inp["shape"]
     mean, std = float(inp["mean"]), float(inp["std"])
-    quantized = inp["dtype"] in ("int8", "uint8")
-    in_desc = (f"RGB image {w}x{h}, normalized as (pixel - {mean:g}) / {std:g}"
-               + (f"; the {inp['dtype']} input tensor folds this normalization into its scale and zero point, "
-                  "so feed quantized pixels with the tensor's quantization parameters" if quantized else ""))
+    in_desc = f"RGB image {w}x{h}, normalized as (pixel - {mean:g}) / {std:g}"
+    if inp["dtype"] == "uint8":
+        in_desc += ("; the uint8 input tensor folds this normalization into its scale and zero point: feed the "
+                    "RGB pixels 0..255 as they are (MediaPipe Tasks and the TFLite Task Library do)")
+    elif inp["dtype"] == "int8":
+        in_desc += ("; the int8 input tensor folds this normalization into its scale and zero point: feed "
+                    "round(normalized / scale) + zero_point")
     if manifest["role"] == "embedder":
         crop = manifest["embedder"]["crop"]
         recipe = json.dumps({k: v for k, v in crop.items() if k != "source"})
@@ -196,14 +200,7 @@ def write_metadata(model_path: str | os.PathLike) -> Path:
 
 def default_models(models_dir: str | os.PathLike) -> list[Path]:
     """Every model listed in a models folder's index (float32, int8 and variants)."""
-    from .variants import read_index, variant_table
-
-    models_dir = Path(models_dir)
-    table = variant_table(read_index(models_dir))
-    files = list(table["embedder"].values())
-    for entries in table["detectors"].values():
-        files += list(entries.values())
-    return [models_dir / f for f in dict.fromkeys(files)]
+    return common.index_models(models_dir)
 
 
 # --------------------------------------------------------------------------- reading
@@ -296,9 +293,7 @@ def parse_metadata(buf: bytes) -> dict:
 
 def metadata_buffer(model_path: str | os.PathLike) -> bytes:
     """The raw ``TFLITE_METADATA`` buffer of a .tflite file (read-only flatbuffer access, no copy of weights)."""
-    from .edgetpu import tflite_schema
-
-    schema = tflite_schema()
+    schema = common.tflite_schema()
     model_path = Path(model_path)
     data = model_path.read_bytes()
     if data[4:8] != b"TFL3":

@@ -209,7 +209,7 @@ def export_pair(float_model: Path, int8_model: Optional[Path], out_dir: Path, in
 def export_models(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   options: OnnxOptions = OnnxOptions()) -> list[dict]:
     """Export the float32 (and int8) detector(s) and embedder of a models folder; parity for each."""
-    from .variants import read_index, variant_table
+    from .common import read_index, variant_table
 
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     index = read_index(models_dir)

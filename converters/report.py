@@ -122,7 +122,7 @@ def verification(pairs, crops: dict, embeddings: dict, lfw: Path, threshold: flo
 def make_report(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 options: ReportOptions = ReportOptions()) -> dict:
     """Measure every variant of ``models_dir`` and write ``report.json``, ``report.md`` and plots."""
-    from .variants import read_index, variant_table
+    from .common import read_index, variant_table
 
     t0 = time.time()
     models_dir, out_dir = Path(models_dir), Path(out_dir)

@@ -109,3 +109,38 @@ def test_bench_cli_help_and_delegation():
 def test_notes_markdown():
     assert common.notes_markdown([]) == ""
     assert common.notes_markdown(["a", "b"]) == "\nNotes:\n* a\n* b"
+
+
+def test_interface_cost_pairs_int8_with_its_int8_io_twin():
+    from edgeface.benchmarks import latency
+
+    def row(precision, det, emb, total):
+        return {"runtime": "litert", "precision": precision, "threads": 1,
+                "stages_ms": {"detect_invoke": {"median": det}, "total": {"median": total}},
+                "embed_per_face_ms": {"median": emb}}
+
+    result = {"scenes": [{"scene": "lfw_1face", "rows": [row("int8", 1.1, 17.3, 24.1), row("int8_io", 1.0, 17.5, 24.4),
+                                                         row("float32", 2.0, 60.0, 70.0)]},
+                         {"scene": "group", "rows": [row("int8", 9.0, 21.0, 140.0)]}]}  # no twin: no row
+    (cost,) = latency.interface_cost(result)
+    assert cost["scene"] == "lfw_1face" and cost["threads"] == 1
+    assert cost["detect_invoke_ms"] == {"int8": 1.1, "int8_io": 1.0, "delta": 0.1}
+    assert cost["total_ms"]["delta"] == -0.3 and cost["embed_per_face_ms"]["int8_io"] == 17.5
+
+
+def test_model_variants_find_the_int8_io_twin_or_say_how_to_build_it(tmp_path):
+    import json
+
+    index = {"int8": {"detector": "d8.tflite", "embedder": "e8.tflite"},
+             "detectors": {"short_range": {"int8": "d8.tflite"}}}
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    for f in ("d8.tflite", "e8.tflite", "d8_io.tflite", "e8_io.tflite"):
+        (tmp_path / f).write_bytes(b"")
+    variants, notes = common.model_variants(tmp_path, ["int8", "int8_io"])
+    assert [v.name for v in variants] == ["int8"] and "edgeface variants" in notes[0] and "int8_io" in notes[0]
+    index["variants"] = {"embedder": {"int8_io": "e8_io.tflite"}, "detectors": {"short_range": {"int8_io": "d8_io.tflite"}}}
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    variants, notes = common.model_variants(tmp_path, ["int8", "int8_io"])
+    io = variants[1]
+    assert (io.name, io.precision, io.detector.name, io.embedder.name) == ("int8_io", "int8", "d8_io.tflite",
+                                                                          "e8_io.tflite") and not notes

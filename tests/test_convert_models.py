@@ -193,9 +193,9 @@ def test_metadata_round_trip_on_a_real_model_keeps_its_outputs(models_dir, index
         fb = tflite_schema().Model.GetRootAs(dst.read_bytes(), 0)
         names = [fb.Metadata(i).Name().decode() for i in range(fb.MetadataLength())]
         assert names.count("TFLITE_METADATA") == 1
-        man = read_manifest(dst)
-        assert man["sha256"] != read_manifest(src)["sha256"]
+        man = read_manifest(dst)  # its sha256 was updated
         md = metadata.read_metadata(dst)
+        assert md == metadata.read_metadata(src)  # `edgeface build` wrote the same metadata
         (sg,) = md["subgraphs"]
         assert sg["custom"]["edgeface_manifest"]["family"] == man["family"]
         assert sg["inputs"][0]["default_size"] == man["input"]["shape"][1:3]
@@ -211,8 +211,14 @@ def test_metadata_round_trip_on_a_real_model_keeps_its_outputs(models_dir, index
         else:
             crop = np.full((160, 160, 3), 120, np.uint8)
             np.testing.assert_array_equal(FaceEmbedder(src).embed_crop(crop), FaceEmbedder(dst).embed_crop(crop))
-    with pytest.raises(metadata.MetadataError, match=src.name):
-        metadata.read_metadata(src)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    bare = flatbuffer_utils.convert_bytearray_to_object(bytearray(src.read_bytes()))
+    bare.metadata = [m for m in bare.metadata if m.name.decode() != "TFLITE_METADATA"]
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(bare)))
+    with pytest.raises(metadata.MetadataError, match="plain.tflite"):
+        metadata.read_metadata(plain)
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -282,6 +288,12 @@ def test_edgetpu_readiness_of_the_default_models(models_dir, index):
         assert r["non_int8_tensor_count"] == 0 and not r["dynamic_tensors"] and not r["rank_violations"]
         assert len(r["op_list"]) == r["ops"] == sum(r["op_histogram"].values())
         assert all(o["supported"] for o in r["op_list"]) and r["first_unsupported_op"] is None
+        # the Android interface: uint8 input (its QUANTIZE maps), float32 outputs through a final DEQUANTIZE
+        # that the compiler leaves on the CPU after the one partition
+        assert [t["type"] for t in r["inputs"]] == ["uint8"] and r["op_list"][0]["op"] == "QUANTIZE"
+        assert {t["type"] for t in r["outputs"]} == {"float32"}
+        assert [x["op"] for x in r["interface_ops"]] == ["DEQUANTIZE"] * len(r["outputs"])
+        assert "one partition" in r["cut"] and "on the CPU around it: DEQUANTIZE" in r["cut"]
     emb = edgetpu.analyze(models_dir / index["int8"]["embedder"])
     assert any("on-chip memory" in w for w in emb["warnings"])  # 22 MiB of weights
     flt = edgetpu.analyze(models_dir / index["float32"]["detector"])
@@ -362,10 +374,10 @@ def test_variants_cli_rejects_unknown_variant_names():
     assert r.returncode == 2 and "int4" in r.stderr
 
 
-def test_pruned_variant_hook_contract_and_add_to_index(models_dir, index, tmp_path):
-    """The pruning step plugs in through register_variant (or prune.build_variant): the hook writes
-    ``<stem>_pruned_int8.tflite`` + manifest, build_variants adds metadata and lists it in models.json."""
-    from edgeface.converters import metadata, variants
+def test_pruned_and_int8_io_variants_and_add_to_index(models_dir, index, tmp_path, monkeypatch):
+    """pruned_int8 comes from prune.prune_embedder (faked here: the int8 embedder stands in for the pruned one);
+    int8_io is the int8 model with int8 input/outputs; build_variants adds metadata and lists both."""
+    from edgeface.converters import metadata, prune, quantize, variants
     from edgeface.manifest import write_manifest
 
     for f in models_dir.iterdir():
@@ -374,29 +386,36 @@ def test_pruned_variant_hook_contract_and_add_to_index(models_dir, index, tmp_pa
     shutil.copyfile(models_dir / "models.json", tmp_path / "models.json")
     calls = []
 
-    def fake_prune(role, name, float_model, out_dir, options):
-        calls.append((role, name, float_model.name, options.prune_sparsity))
-        src = out_dir / index["int8"]["detector"]  # a small int8 model stands in for the pruned one
-        dst = out_dir / "blazeface_short_range_pruned_int8.tflite"
+    def fake_prune_embedder(models, out_dir, options):
+        calls.append((Path(models), options.target_sparsity))
+        src = Path(out_dir) / index["int8"]["embedder"]
+        dst = Path(out_dir) / "facenet_pruned_int8.tflite"
         shutil.copyfile(src, dst)
         write_manifest(dst, {k: v for k, v in read_manifest(src).items() if k not in ("sha256", "model_file")})
-        return dst
+        return {"models": {"pruned_int8": {"file": str(dst)}}}
 
-    variants.register_variant("pruned_int8", fake_prune)
-    try:
-        built = variants.build_variants(tmp_path, variants.VariantOptions(
-            variants=("pruned_int8",), roles=("detector",), detectors=("short_range",), prune_sparsity=0.3))
-    finally:
-        variants._HOOKS.pop("pruned_int8", None)
-    assert calls == [("detector", "short_range", index["detectors"]["short_range"]["float32"], 0.3)]
-    assert built == {"detector:short_range": {"pruned_int8": "blazeface_short_range_pruned_int8.tflite"}}
-    assert metadata.read_metadata(tmp_path / "blazeface_short_range_pruned_int8.tflite")["subgraphs"]
-    listed = json.loads((tmp_path / "models.json").read_text())["variants"]["detectors"]["short_range"]
-    assert listed == {"pruned_int8": "blazeface_short_range_pruned_int8.tflite"}
+    monkeypatch.setattr(prune, "prune_embedder", fake_prune_embedder)
+    built = variants.build_variants(tmp_path, variants.VariantOptions(
+        variants=("pruned_int8",), roles=("embedder",), prune_sparsity=0.3))
+    assert calls == [(tmp_path, 0.3)]
+    assert built == {"embedder": {"pruned_int8": "facenet_pruned_int8.tflite"}}
+    assert metadata.read_metadata(tmp_path / "facenet_pruned_int8.tflite")["subgraphs"]
+    with pytest.raises(variants.VariantError, match="embedder only"):
+        variants.build_variants(tmp_path, variants.VariantOptions(variants=("pruned_int8",), roles=("detector",),
+                                                                  detectors=("short_range",)))
+    built = variants.build_variants(tmp_path, variants.VariantOptions(
+        variants=("int8_io",), roles=("detector",), detectors=("short_range",)))
+    twin = tmp_path / built["detector:short_range"]["int8_io"]
+    assert twin.name == Path(index["int8"]["detector"]).stem + "_io.tflite"
+    assert quantize.interface(twin) == {"input": "int8", "outputs": ["int8", "int8"]}
+    assert read_manifest(twin)["input"]["dtype"] == "int8" and "Coral" in read_manifest(twin)["description"]
+    listed = json.loads((tmp_path / "models.json").read_text())["variants"]
+    assert listed["detectors"]["short_range"] == {"int8_io": twin.name}
+    assert listed["embedder"] == {"pruned_int8": "facenet_pruned_int8.tflite"}
     # an already built model (the pruning CLI's output) can be listed by name
-    saved = variants.add_to_index(tmp_path, tmp_path / "blazeface_short_range_pruned_int8.tflite", "float16")
-    assert saved["detectors"]["short_range"]["float16"] == "blazeface_short_range_pruned_int8.tflite"
+    saved = variants.add_to_index(tmp_path, twin, "float16")
+    assert saved["detectors"]["short_range"]["float16"] == twin.name
     with pytest.raises(ValueError, match="int4"):
-        variants.add_to_index(tmp_path, tmp_path / "blazeface_short_range_pruned_int8.tflite", "int4")
+        variants.add_to_index(tmp_path, twin, "int4")
     with pytest.raises(variants.VariantError, match="inside the models folder"):
         variants.add_to_index(tmp_path, models_dir / index["int8"]["detector"], "pruned_int8")

@@ -1,5 +1,5 @@
-"""Converter-side units without built models: options, metadata flatbuffer, Edge TPU log parsing, source
-format and Keras layer errors, atomic writes."""
+"""Converter-side units without built models: options, metadata flatbuffer, Edge TPU log parsing, the int8
+interface (on a tiny real model), the one-way imports of the converter modules."""
 from __future__ import annotations
 
 import os
@@ -46,11 +46,6 @@ def test_variant_options_name_the_bad_value(kwargs, message):
 def test_onnx_and_report_options_validate(cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cls(**kwargs)
-
-
-def test_register_variant_only_for_the_pruned_hook():
-    with pytest.raises(ValueError, match="float16"):
-        variants.register_variant("float16", lambda *a: None)
 
 
 def test_metadata_flatbuffer_round_trip():
@@ -106,77 +101,99 @@ def test_compile_command_is_exact(tmp_path):
     assert cmd == ["edgetpu_compiler", "--show_operations", "--out_dir", str(tmp_path), str(tmp_path / "m_int8.tflite")]
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "weights.bin", "README"])
-def test_unsupported_source_format_names_the_file(tmp_path, name):
-    f = tmp_path / name
-    f.write_bytes(b"not a model")
-    with pytest.raises(variants.UnsupportedModelError, match=name):
-        variants.load_source(f)
-
-
-def test_folder_that_is_not_a_savedmodel(tmp_path):
-    with pytest.raises(variants.UnsupportedModelError, match="saved_model.pb"):
-        variants.load_source(tmp_path)
-
-
-def _tiny_keras(tmp_path, extra_layer):
+def _tiny_int8(tmp_path, **interface):
+    """A real (tiny) conv model through the shared full-int8 conversion: two outputs, like a detector."""
+    import tensorflow as tf
     import tf_keras as keras
 
-    inp = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inp)
-    x = extra_layer(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    path = tmp_path / "tiny.keras"
-    keras.Model(inp, x).save(path)
-    return path
+    from edgeface.converters import quantize
+
+    inp = keras.Input((8, 8, 3), batch_size=1)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inp)
+    a = keras.layers.Reshape((64, 1))(keras.layers.Conv2D(1, 1, name="score")(x))
+    b = keras.layers.Reshape((64, 16))(keras.layers.Conv2D(16, 1, name="box")(x))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, [a, b]))
+    rng = np.random.RandomState(0)
+    samples = [rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32) for _ in range(8)]
+    quantize.configure_full_int8(converter, lambda: ([s] for s in samples), **interface)
+    path = tmp_path / "tiny_int8.tflite"
+    path.write_bytes(converter.convert())
+    return path, samples
 
 
-def test_keras_lambda_layer_is_named_and_nothing_is_written(tmp_path):
+def test_full_int8_interface_and_its_int8_io_twin_are_the_same_model(tmp_path):
+    """uint8 input + float32 outputs (MediaPipe / Android) and the int8-I/O twin give bit-identical outputs
+    through the runtime's own quantize / dequantize, and the Edge TPU report passes both."""
+    from edgeface import runtime
+    from edgeface.converters import quantize
+
+    path, samples = _tiny_int8(tmp_path)
+    assert quantize.interface(path) == {"input": "uint8", "outputs": ["float32", "float32"]}
+    twin = tmp_path / "tiny_int8_io.tflite"
+    twin.write_bytes(quantize.int8_io(path.read_bytes()))
+    assert quantize.interface(twin) == {"input": "int8", "outputs": ["int8", "int8"]}
+    a, b = runtime.make_interpreter(path, threads=1), runtime.make_interpreter(twin, threads=1)
+    assert [d["name"] for d in a.get_output_details()] == [d["name"] for d in b.get_output_details()]
+    (qa,), (qb,) = ([d["quantization"] for d in it.get_input_details()] for it in (a, b))
+    assert qa[0] == qb[0] and qa[1] == qb[1] + 128  # same scale; the uint8 zero point is the int8 one + 128
+    for x in samples:
+        for it in (a, b):
+            runtime.set_input(it, x)
+            it.invoke()
+        for i in range(2):
+            np.testing.assert_array_equal(runtime.get_output(a, i), runtime.get_output(b, i))
+    r = edgetpu.analyze(path)
+    assert r["ready"], r["problems"]
+    assert [(x["op"], x["where"]) for x in r["interface_ops"]] == [("DEQUANTIZE", "output")] * 2
+    assert "DEQUANTIZE (float32 output) x2" in r["cut"] and "QUANTIZE" in r["op_histogram"]
+    assert edgetpu.analyze(twin)["ready"] and edgetpu.analyze(twin)["interface_ops"] == []
+    with pytest.raises(ValueError, match="already has an int8 interface"):
+        quantize.int8_io(twin.read_bytes())
+
+
+def test_float_inside_an_int8_model_is_still_reported(tmp_path):
+    """Only the boundary DEQUANTIZE is excused: a model whose input is float32 *and* computed in float is not ready."""
+    import tensorflow as tf
     import tf_keras as keras
 
-    src = _tiny_keras(tmp_path, keras.layers.Lambda(lambda t: t * 2.0, name="times_two"))
-    out = tmp_path / "out" / "tiny_int8.tflite"
-    with pytest.raises(variants.UnsupportedModelError, match=r"times_two.*Lambda"):
-        variants.convert_model(src, out, "float16")
-    assert not out.exists() and not list(tmp_path.glob("out/*"))
+    inp = keras.Input((8, 8, 3), batch_size=1)
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(
+        keras.Model(inp, keras.layers.Conv2D(2, 3)(inp))).convert())
+    r = edgetpu.analyze(path)
+    assert not r["ready"] and r["interface_ops"] == [] and r["first_unsupported_op"]["index"] == 0
 
 
-def test_keras_unknown_layer_is_named(tmp_path):
-    import tf_keras as keras
+def test_converter_modules_import_each_other_one_way():
+    """No import cycle among the converter modules (module level or inside functions)."""
+    import ast
+    from pathlib import Path
 
-    @keras.utils.register_keras_serializable(package="test_convert")
-    class Weird(keras.layers.Layer):
-        def call(self, x):
-            return x
+    folder = Path(metadata.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[f.stem] = deps & {p.stem for p in folder.glob("*.py")}
 
-    src = _tiny_keras(tmp_path, Weird(name="weird_one"))
-    with pytest.raises(variants.UnsupportedModelError, match=r"weird_one.*Weird"):
-        variants.check_keras_layers(src)
+    def cycle_from(start, node, seen):
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return [node, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                found = cycle_from(start, nxt, seen)
+                if found:
+                    return [node, *found]
+        return None
 
-
-def test_supported_keras_model_converts_atomically(tmp_path):
-    import tf_keras as keras
-
-    src = _tiny_keras(tmp_path, keras.layers.ReLU(name="relu"))
-    assert [c for _, c in variants.check_keras_layers(src)] == ["InputLayer", "Conv2D", "ReLU",
-                                                               "GlobalAveragePooling2D"]
-    out = variants.convert_model(src, tmp_path / "tiny_f16.tflite", "float16")
-    assert out.read_bytes()[4:8] == b"TFL3" and not list(tmp_path.glob("*.part"))
-    samples = [np.random.RandomState(i).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32) for i in range(4)]
-    q = variants.convert_model(src, tmp_path / "tiny_int8.tflite", "int8", samples)
-    from ai_edge_litert.interpreter import Interpreter
-
-    assert Interpreter(str(q)).get_input_details()[0]["dtype"] == np.uint8
-
-
-def test_keras_h5_weights_only_is_refused(tmp_path):
-    import h5py
-
-    f = tmp_path / "weights.h5"
-    with h5py.File(f, "w") as h:
-        h.create_dataset("x", data=np.zeros(3))
-    with pytest.raises(variants.UnsupportedModelError, match="weights.h5"):
-        variants.load_source(f)
+    cycles = {m: cycle_from(m, m, set()) for m in graph}
+    assert not {m: c for m, c in cycles.items() if c}, cycles
 
 
 def test_build_variants_flag_runs_the_variants_after_the_build(monkeypatch, tmp_path):

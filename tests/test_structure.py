@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 # source folder -> import name (setup.cfg package_dir)
 PACKAGES = {"edgeface": "edgeface", "converters": "edgeface.converters",
@@ -20,12 +18,6 @@ PARTS = ("edgeface.converters", "edgeface.calibration_data", "edgeface.device", 
 # which parts each part may import besides the core
 ALLOWED = {"edgeface": set(), "edgeface.converters": {"edgeface.calibration_data"},
            "edgeface.calibration_data": set(), "edgeface.device": set(), "edgeface.benchmarks": set()}
-# cycles being removed on other branches (issue 13); each entry names the branch that removes it
-KNOWN_CYCLES = {
-    frozenset({"edgeface.converters.edgetpu", "edgeface.converters.metadata", "edgeface.converters.variants"}):
-        "i14-android",
-    frozenset({"edgeface.device.app", "edgeface.device.loop"}): "i12-device",
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -152,13 +144,6 @@ def test_the_core_imports_no_other_part_even_by_name():
                 assert f'"{part}' not in text and f"'{part}" not in text, f"{module} names {part}"
 
 
-def test_no_new_import_cycles():
-    cycles = [c for c in _cycles() if not _package_cycle(c) and c not in KNOWN_CYCLES]
-    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in cycles)
-
-
-@pytest.mark.xfail(strict=True, reason="cycles removed on branches " + ", ".join(sorted(set(KNOWN_CYCLES.values())))
-                   + " (issue 13); once merged this passes: delete KNOWN_CYCLES and this marker")
 def test_import_graph_has_no_cycles():
     cycles = [c for c in _cycles() if not _package_cycle(c)]
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in cycles)

@@ -10,12 +10,12 @@ import numpy as np
 
 from edgeface import preprocess
 
-from .. import common, embedder
+from .. import common, embedder, quantize
 
 
 def quantize_int8(model, calibration_crops: Sequence[np.ndarray], input_dtype: str = "uint8",
                   desc: str = "calibrating pruned model") -> bytes:
-    """Full-integer TFLite with :mod:`embedder`'s settings: int8 builtins, uint8 input, int8 output."""
+    """Full-integer TFLite with the settings of every int8 model (:mod:`quantize`: uint8 input, float32 output)."""
     import tensorflow as tf
 
     if input_dtype not in ("uint8", "int8"):
@@ -30,11 +30,7 @@ def quantize_int8(model, calibration_crops: Sequence[np.ndarray], input_dtype: s
 
     # static batch 1, like embedder.py: a dynamic batch is rejected by the Edge TPU compiler
     converter = tf.lite.TFLiteConverter.from_keras_model(embedder.fixed_batch(model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8 if input_dtype == "uint8" else tf.int8
-    converter.inference_output_type = tf.int8
+    quantize.configure_full_int8(converter, representative, input_type=input_dtype)
     return converter.convert()
 
 
