@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgeface.gallery import escape_name
+
 from . import config as config_mod
-from .text import safe_text
 
 
 def _error(msg: str) -> None:
@@ -70,8 +71,8 @@ def cmd_run(args) -> int:
             display(frame, loop, decisions)
         for d in decisions:
             print(json.dumps(d.to_json()) if args.json else
-                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {safe_text(d.identity or 'unknown'):24} "
-                  f"{d.score:.3f}  {safe_text(d.detail, 400)}", flush=True)
+                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {escape_name(d.identity or 'unknown'):24} "
+                  f"{d.score:.3f}  {escape_name(d.detail, 400)}", flush=True)
 
     try:
         loop = app.run(max_frames=args.max_frames, stop=lambda: bool(stopping) or bool(display and display.quit),
@@ -117,8 +118,8 @@ def cmd_enroll(args) -> int:
         print(json.dumps(result.to_json()))
     else:
         for source, reason in result.rejected:
-            _error(f"{safe_text(source, 400)}: {reason}")
-        print(f"enrolled {len(result.accepted)} crop(s) of {safe_text(args.name)} ({result.total_embeddings} in "
+            _error(f"{escape_name(source, 400)}: {reason}")
+        print(f"enrolled {len(result.accepted)} crop(s) of {escape_name(args.name)} ({result.total_embeddings} in "
               f"{cfg.gallery.path}), {len(result.rejected)} rejected")
     return 0 if result.accepted and not result.rejected else 1
 
@@ -134,9 +135,9 @@ def cmd_events(args) -> int:
             print(json.dumps(e.to_json()))
         else:
             score = "" if e.score is None else f"{e.score:.3f}"
-            who = safe_text(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
-            print(f"{safe_text(e.time)}  {safe_text(e.kind):15} {safe_text(e.decision or ''):8} {who:24}"
-                  f" {score:6} {safe_text(e.detail or '', 400)}")
+            who = escape_name(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
+            print(f"{escape_name(e.time)}  {escape_name(e.kind):15} {escape_name(e.decision or ''):8} {who:24}"
+                  f" {score:6} {escape_name(e.detail or '', 400)}")
     return 0
 
 
@@ -157,7 +158,7 @@ def cmd_gallery(args) -> int:
         with gallery_file(cfg.gallery.path, cipher) as g:
             people = g.people()
         for p in people:
-            print(json.dumps(p._asdict()) if args.json else f"{safe_text(p.name):40} {p.num_embeddings:3d} embeddings"
+            print(json.dumps(p._asdict()) if args.json else f"{escape_name(p.name):40} {p.num_embeddings:3d} embeddings"
                                                              f"  enrolled {p.created}")
         return 0
     if args.action == "forget":
@@ -168,10 +169,10 @@ def cmd_gallery(args) -> int:
         if args.json:
             print(json.dumps(r.to_json()))
         else:
-            print(f"forgot {safe_text(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
+            print(f"forgot {escape_name(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
                   f"event(s) from {cfg.events.path}, {r.snapshots} snapshot file(s)")
         if not (r.embeddings or r.events or r.snapshots):
-            _error(f"nothing stored about {safe_text(r.name)}")
+            _error(f"nothing stored about {escape_name(r.name)}")
             return 1
         return 0
     if len(args.names) != 2:
@@ -180,7 +181,7 @@ def cmd_gallery(args) -> int:
     old, new = args.names
     n = rename_person(old, new, cfg.gallery.path, cfg.events.path, cipher)
     print(json.dumps({"old": old, "new": new, "events": n}) if args.json else
-          f"renamed {safe_text(old)} to {safe_text(new)} in {cfg.gallery.path} and in {n} event(s)")
+          f"renamed {escape_name(old)} to {escape_name(new)} in {cfg.gallery.path} and in {n} event(s)")
     return 0
 
 
