@@ -397,12 +397,19 @@ def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves
 
     with Gallery.open(mine) as g:
         enrolled = next(p.num_embeddings for p in g.people() if p.name == "Person_A")
+    conn = sqlite3.connect(mine)
+    blobs = [r[0] for r in conn.execute("SELECT e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                                        "WHERE p.name = 'Person_A'")]
+    conn.close()
     p = _cli("-c", toml, "gallery", "forget", "Person_A", "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report == {"name": "Person_A", "embeddings": enrolled, "events": n, "snapshots": len(theirs)}
     assert rows("SELECT COUNT(*) FROM events WHERE identity = 'Person_A'")[0][0] == 0
     assert {p.name for p in snaps.iterdir()} == others
+    for f in tmp_path.glob("gallery.db*"):  # Gallery.forget: rows overwritten, write-ahead log truncated
+        content = f.read_bytes()
+        assert blobs and not any(b in content for b in blobs), f"{f.name} still holds an embedding of Person_A"
     listed = _cli("-c", toml, "gallery", "list")
     assert listed.returncode == 0 and "Person_A" not in listed.stdout
     # nothing left to erase: said so, exit 1; wrong arity: one line, exit 2
