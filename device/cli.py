@@ -111,9 +111,10 @@ def cmd_enroll(args) -> int:
             src = ReconnectingSource(make_source(cfg.source), Backoff(cfg.source.reopen_initial_seconds,
                                                                       cfg.source.reopen_max_seconds))
             result = enroll_from_camera(rec, g, args.name, src, cfg.enroll, cfg.quality,
-                                        on_progress=lambda m: print(m, flush=True))
+                                        on_progress=lambda m: print(m, flush=True), keep_source=args.keep_source)
         else:
-            result = enroll_photos(rec, g, args.name, args.photos, None if args.no_quality_gates else cfg.quality)
+            result = enroll_photos(rec, g, args.name, args.photos, None if args.no_quality_gates else cfg.quality,
+                                   keep_source=args.keep_source)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -374,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="override [source] uri (with --camera)")
     sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
     sp.add_argument("--no-quality-gates", action="store_true", help="accept photos that fail the quality gates")
+    sp.add_argument("--keep-source", action="store_true",
+                    help="also store each photo's path (or camera frame label) in the gallery "
+                         "(default: only the embeddings are stored)")
     sp.add_argument("photos", nargs="*")
     sp.set_defaults(func=cmd_enroll)
 

@@ -419,6 +419,27 @@ def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_device_enrollment_stores_photo_paths_only_with_keep_source(site, models_dir, data_root, tmp_path):
+    """Class 6, last part: like ``edgeface enroll``, ``edgeface-device enroll`` stores only the embeddings unless
+    ``--keep-source`` asks for the photo paths too."""
+    mine = tmp_path / "people.db"
+    toml = _toml(_cfg(site, tmp_path, models_dir, gallery={"path": str(mine)}), tmp_path / "device.toml")
+    plain = [_lfw(data_root, STRANGER, i) for i in (4, 5)]
+    p = _cli("-c", toml, "enroll", "--name", STRANGER, *plain)
+    assert p.returncode == 0, p.stderr
+    kept = _lfw(data_root, ENROLLED, 1)
+    p = _cli("-c", toml, "enroll", "--name", ENROLLED, "--keep-source", kept)
+    assert p.returncode == 0, p.stderr
+    conn = sqlite3.connect(mine)
+    try:
+        rows = conn.execute("SELECT p.name, e.source FROM embeddings e JOIN people p ON p.id = e.person_id").fetchall()
+    finally:
+        conn.close()
+    assert sorted(rows, key=str) == sorted([(STRANGER, None)] * 2 + [(ENROLLED, str(kept))], key=str)
+    content = b"".join(f.read_bytes() for f in tmp_path.glob("people.db*"))
+    assert not any(str(f).encode() in content for f in plain)
+
+
 # -- 8. encryption at rest ---------------------------------------------------------------------------------------------
 def test_encrypted_gallery_and_snapshots_work_end_to_end_and_leave_no_plaintext(site, models_dir, data_root,
                                                                                 tmp_path):
