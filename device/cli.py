@@ -204,7 +204,7 @@ def cmd_decrypt(args) -> int:
         return 2
     src = Path(args.file)
     data = Cipher(read_key(key_path(cfg.encryption))).open(src.read_bytes(), src.name.encode(), f"snapshot {src}")
-    from .files import write_private
+    from edgeface.private import write_private
 
     write_private(args.output, data)
     print(f"wrote {args.output} ({len(data)} bytes, mode 600)")

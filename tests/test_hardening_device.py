@@ -281,7 +281,7 @@ def test_event_log_and_snapshots_are_private_and_loose_ones_are_tightened(site, 
             ev.log("start")
             assert mode(str(db) + "-wal") == 0o600 and mode(str(db) + "-shm") == 0o600
     assert mode(db) == 0o600 and mode(snaps) == 0o700 and mode(shots[0]) == 0o600
-    assert sum("readable by others" in r.getMessage() for r in caplog.records) == 3
+    assert sum("accessible to other users" in r.getMessage() for r in caplog.records) == 3
     unit = (Path(__file__).resolve().parents[1] / "device" / "systemd" / "edgeface-door.service").read_text()
     assert "\nUMask=0077\n" in unit
 
