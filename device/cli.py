@@ -254,10 +254,16 @@ def doctor(cfg) -> list[dict]:
     except Exception as exc:  # noqa: BLE001
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
+        from edgeface.gallery import CorruptGalleryError, check_gallery
+
         from .crypto import gallery_file, make_cipher
 
         cipher = make_cipher(cfg.encryption)
         with gallery_file(cfg.gallery.path, cipher) as g:
+            problems = check_gallery(g.path)  # PRAGMA quick_check and every embedding (g.path: the RAM copy if sealed)
+            if problems:
+                raise CorruptGalleryError(f"{cfg.gallery.path} is corrupt ({'; '.join(problems[:3])}): restore a "
+                                          "backup or re-enroll")
             meta = g.read_meta(g.path)
             people = len(g)
             embeddings = sum(p.num_embeddings for p in g.people())

@@ -128,7 +128,7 @@ class EventLog:
             raise EventLogError(f"no event log at {self.path}" + (" (it is a folder)" if p.is_dir() else ""))
         if p.stat().st_size == 0:
             raise EventLogError(f"{self.path} is an empty file, not an edgeface event log")
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+        conn = _sqlite.connect_readonly(p, check_same_thread=False)
         try:
             tables = _sqlite.table_names(conn)
         except sqlite3.Error as exc:
@@ -287,12 +287,10 @@ class EventLog:
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot rename {old!r} in event log {self.path}: {exc}") from exc
 
-    def check(self) -> str:
-        """``PRAGMA quick_check`` of the database: "ok" or the first problem."""
-        try:
-            return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
-        except sqlite3.Error as exc:
-            return str(exc)
+    def check(self) -> list[str]:
+        """``PRAGMA quick_check`` of the database: an empty list when sound, else SQLite's problems
+        (:func:`edgeface._sqlite.quick_check`, as :meth:`edgeface.Gallery.check`)."""
+        return _sqlite.quick_check(self._db)
 
     def events(self, limit: Optional[int] = 100, since: Optional[float] = None,
                kind: Optional[str] = None) -> list[Event]:
@@ -347,8 +345,8 @@ def check_event_log(path: str | os.PathLike, snapshot_dir: Optional[str | os.Pat
             with EventLog(path, readonly=True) as ev:
                 state = ev.check()
                 notes.append(f"{ev.count()} events")
-            if state != "ok":
-                problems.append(f"corrupt ({state})")
+            if state:
+                problems.append(f"corrupt ({'; '.join(state[:3])})")
         except EventLogError as exc:
             problems.append(str(exc))
     else:

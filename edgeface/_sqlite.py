@@ -39,12 +39,15 @@ def connect(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = T
     return conn
 
 
-def connect_readonly(path: Union[str, "os.PathLike[str]"]) -> sqlite3.Connection:
-    """Open an existing database read-only (``mode=ro``): never creates the file or writes a schema into it."""
+def connect_readonly(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open an existing database read-only (``mode=ro``): never creates the file or writes a schema into it.
+
+    ``check_same_thread`` as in :func:`connect`.
+    """
     from urllib.parse import quote
 
     uri = "file:" + quote(Path(path).resolve().as_posix()) + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=check_same_thread)
 
 
 def use_wal(conn: sqlite3.Connection) -> None:

@@ -363,6 +363,51 @@ def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site,
     assert empty.stat().st_size == 0 and not (tmp_path / "none.db").exists()
 
 
+def test_doctor_reports_a_corrupt_gallery_and_a_corrupt_event_log(site, models_dir, tmp_path):
+    """Class 10 on the device: ``doctor`` runs the core's ``check_gallery`` (PRAGMA quick_check, every embedding)
+    and the event log's quick_check, and says BAD for a damaged page that ``gallery list`` does not touch."""
+    import random
+
+    from edgeface import Gallery
+
+    work, gallery, frames = site
+    mine, db = tmp_path / "gallery.db", tmp_path / "events.db"
+    shutil.copy(gallery, mine)
+    toml = _toml(_cfg(site, tmp_path, models_dir, gallery={"path": str(mine)}, events={"path": str(db)}),
+                 tmp_path / "device.toml")
+    assert _cli("-c", toml, "run", "--max-frames", 3).returncode == 0
+    doc = _cli("-c", toml, "doctor")
+    assert any(ln.startswith("ok  gallery") for ln in doc.stdout.splitlines()), doc.stdout
+
+    def damage(path, fill):  # a damaged sector in the middle of a file with enough pages
+        with open(path, "r+b") as fh:
+            fh.seek(20 * 4096)
+            fh.write(bytes(random.Random(1).getrandbits(8) for _ in range(4096)))
+        assert path.stat().st_size > 30 * 4096, fill
+
+    with Gallery.open(mine) as g:
+        rng = np.random.default_rng(0)
+        for i in range(300):
+            g.enroll(f"person {i:03d}", rng.normal(size=g.dim))
+        g._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage(mine, "gallery")
+    doc = _cli("-c", toml, "doctor")
+    line = next(ln for ln in doc.stdout.splitlines() if " gallery " in ln)
+    assert doc.returncode == 1 and line.startswith("BAD") and "corrupt" in line, doc.stdout
+    assert "Traceback" not in doc.stderr
+    shutil.copy(gallery, mine)  # a sound gallery again; now the event log
+    conn = sqlite3.connect(db)
+    conn.executemany("INSERT INTO events (ts, time, kind, detail) VALUES (0, '', 'start', ?)",
+                     [("x" * 200,)] * 2000)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage(db, "events")
+    doc = _cli("-c", toml, "doctor")
+    line = next(ln for ln in doc.stdout.splitlines() if " events " in ln)
+    assert doc.returncode == 1 and line.startswith("BAD") and "corrupt" in line, doc.stdout
+
+
 # -- 5. a person can be erased ----------------------------------------------------------------------------------------
 def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves_no_old_name(site, models_dir,
                                                                                               tmp_path):
