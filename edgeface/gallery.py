@@ -372,10 +372,7 @@ class Gallery:
                 _sqlite.use_wal(self._conn)
         except sqlite3.Error as exc:
             self.close()
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup "
-                                          "or enroll into a new gallery") from exc
-            raise GalleryError(f"cannot open gallery {self.path}: {_explain(exc)}") from exc
+            raise self._error(exc, "open") from exc
         except GalleryError:
             self.close()
             raise
@@ -443,20 +440,22 @@ class Gallery:
             with self._transaction() as conn:
                 yield conn
         except sqlite3.Error as exc:
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); {action} refused") from exc
-            raise GalleryError(f"cannot {action} in gallery {self.path}: {_explain(exc)}; nothing was "
-                               "changed") from exc
+            raise self._error(exc, f"{action} in", "; nothing was changed", f"{action} refused") from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup or "
-                                          "enroll into a new gallery") from exc
-            raise GalleryError(f"cannot read gallery {self.path}: {_explain(exc)}") from exc
+            raise self._error(exc, "read") from exc
+
+    def _error(self, exc: sqlite3.Error, doing: str, tail: str = "",
+               corrupt: str = "restore a backup or enroll into a new gallery") -> GalleryError:
+        """The one-line error for a SQLite error while ``doing`` (open, read...): :class:`CorruptGalleryError`
+        (``corrupt`` says what now) for a damaged file, else a GalleryError saying what SQLite's error means."""
+        if _is_corruption(exc):
+            return CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); {corrupt}")
+        return GalleryError(f"cannot {doing} gallery {self.path}: {_explain(exc)}{tail}")
 
     def _person_id(self, conn: sqlite3.Connection, name: str) -> Optional[int]:
         row = conn.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
