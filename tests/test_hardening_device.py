@@ -113,7 +113,7 @@ def test_weak_door_thresholds_are_refused_unless_explicitly_allowed(site, models
     m["embedder"]["operating_points"]["far_0.001"]["min_cosine_similarity"] = -3
     man.write_text(json.dumps(m))
     cfg = _cfg(site, tmp_path, models_dir, models={"dir": str(models)}, recognition={"allow_weak_threshold": True})
-    with pytest.raises(StartupError, match=r"far_0.001.min_cosine_similarity must be a cosine similarity in \[-1, 1\]"):
+    with pytest.raises(StartupError, match=r"far_0.001.min_cosine_similarity must be in \[-1, 1\], got -3"):
         DoorApp(cfg, pin_factory=MockFactory(), clock="frame")
     # allowed explicitly: it starts, and both run and doctor print a warning line at every start
     cfg = _cfg(site, tmp_path, models_dir, recognition={"min_cosine_similarity": -1.0, "allow_weak_threshold": True})
