@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgeface.errors import run_cli
+from edgeface.gallery import escape_name
 
 from . import config as config_mod
-from .text import safe_text
 
 
 def _error(msg: str) -> None:
@@ -72,8 +72,8 @@ def cmd_run(args) -> int:
             display(frame, loop, decisions)
         for d in decisions:
             print(json.dumps(d.to_json()) if args.json else
-                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {safe_text(d.identity or 'unknown'):24} "
-                  f"{d.score:.3f}  {safe_text(d.detail, 400)}", flush=True)
+                  f"frame {d.frame:6d} track {d.track:4d} {d.decision:8} {escape_name(d.identity or 'unknown'):24} "
+                  f"{d.score:.3f}  {escape_name(d.detail, 400)}", flush=True)
 
     try:
         loop = app.run(max_frames=args.max_frames, stop=lambda: bool(stopping) or bool(display and display.quit),
@@ -112,15 +112,16 @@ def cmd_enroll(args) -> int:
             src = ReconnectingSource(make_source(cfg.source), Backoff(cfg.source.reopen_initial_seconds,
                                                                       cfg.source.reopen_max_seconds))
             result = enroll_from_camera(rec, g, args.name, src, cfg.enroll, cfg.quality,
-                                        on_progress=lambda m: print(m, flush=True))
+                                        on_progress=lambda m: print(m, flush=True), keep_source=args.keep_source)
         else:
-            result = enroll_photos(rec, g, args.name, args.photos, None if args.no_quality_gates else cfg.quality)
+            result = enroll_photos(rec, g, args.name, args.photos, None if args.no_quality_gates else cfg.quality,
+                                   keep_source=args.keep_source)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         for source, reason in result.rejected:
-            _error(f"{safe_text(source, 400)}: {reason}")
-        print(f"enrolled {len(result.accepted)} crop(s) of {safe_text(args.name)} ({result.total_embeddings} in "
+            _error(f"{escape_name(source, 400)}: {reason}")
+        print(f"enrolled {len(result.accepted)} crop(s) of {escape_name(args.name)} ({result.total_embeddings} in "
               f"{cfg.gallery.path}), {len(result.rejected)} rejected")
     return 0 if result.accepted and not result.rejected else 1
 
@@ -136,9 +137,9 @@ def cmd_events(args) -> int:
             print(json.dumps(e.to_json()))
         else:
             score = "" if e.score is None else f"{e.score:.3f}"
-            who = safe_text(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
-            print(f"{safe_text(e.time)}  {safe_text(e.kind):15} {safe_text(e.decision or ''):8} {who:24}"
-                  f" {score:6} {safe_text(e.detail or '', 400)}")
+            who = escape_name(e.identity) if e.identity is not None else "unknown" if e.kind == "access" else ""
+            print(f"{escape_name(e.time)}  {escape_name(e.kind):15} {escape_name(e.decision or ''):8} {who:24}"
+                  f" {score:6} {escape_name(e.detail or '', 400)}")
     return 0
 
 
@@ -159,7 +160,7 @@ def cmd_gallery(args) -> int:
         with gallery_file(cfg.gallery.path, cipher) as g:
             people = g.people()
         for p in people:
-            print(json.dumps(p._asdict()) if args.json else f"{safe_text(p.name):40} {p.num_embeddings:3d} embeddings"
+            print(json.dumps(p._asdict()) if args.json else f"{escape_name(p.name):40} {p.num_embeddings:3d} embeddings"
                                                              f"  enrolled {p.created}")
         return 0
     if args.action == "forget":
@@ -170,10 +171,10 @@ def cmd_gallery(args) -> int:
         if args.json:
             print(json.dumps(r.to_json()))
         else:
-            print(f"forgot {safe_text(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
+            print(f"forgot {escape_name(r.name)}: {r.embeddings} embedding(s) from {cfg.gallery.path}, {r.events} "
                   f"event(s) from {cfg.events.path}, {r.snapshots} snapshot file(s)")
         if not (r.embeddings or r.events or r.snapshots):
-            _error(f"nothing stored about {safe_text(r.name)}")
+            _error(f"nothing stored about {escape_name(r.name)}")
             return 1
         return 0
     if len(args.names) != 2:
@@ -182,7 +183,7 @@ def cmd_gallery(args) -> int:
     old, new = args.names
     n = rename_person(old, new, cfg.gallery.path, cfg.events.path, cipher)
     print(json.dumps({"old": old, "new": new, "events": n}) if args.json else
-          f"renamed {safe_text(old)} to {safe_text(new)} in {cfg.gallery.path} and in {n} event(s)")
+          f"renamed {escape_name(old)} to {escape_name(new)} in {cfg.gallery.path} and in {n} event(s)")
     return 0
 
 
@@ -204,7 +205,7 @@ def cmd_decrypt(args) -> int:
         return 2
     src = Path(args.file)
     data = Cipher(read_key(key_path(cfg.encryption))).open(src.read_bytes(), src.name.encode(), f"snapshot {src}")
-    from .files import write_private
+    from edgeface.private import write_private
 
     write_private(args.output, data)
     print(f"wrote {args.output} ({len(data)} bytes, mode 600)")
@@ -254,10 +255,16 @@ def doctor(cfg) -> list[dict]:
     except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
+        from edgeface.gallery import CorruptGalleryError, check_gallery
+
         from .crypto import gallery_file, make_cipher
 
         cipher = make_cipher(cfg.encryption)
         with gallery_file(cfg.gallery.path, cipher) as g:
+            problems = check_gallery(g.path)  # PRAGMA quick_check and every embedding (g.path: the RAM copy if sealed)
+            if problems:
+                raise CorruptGalleryError(f"{cfg.gallery.path} is corrupt ({'; '.join(problems[:3])}): restore a "
+                                          "backup or re-enroll")
             meta = g.read_meta(g.path)
             people = len(g)
             embeddings = sum(p.num_embeddings for p in g.people())
@@ -375,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="override [source] uri (with --camera)")
     sp.add_argument("--source-kind", choices=["auto", "picamera2", "opencv", "video", "folder"])
     sp.add_argument("--no-quality-gates", action="store_true", help="accept photos that fail the quality gates")
+    sp.add_argument("--keep-source", action="store_true",
+                    help="also store each photo's path (or camera frame label) in the gallery "
+                         "(default: only the embeddings are stored)")
     sp.add_argument("photos", nargs="*")
     sp.set_defaults(func=cmd_enroll)
 

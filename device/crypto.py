@@ -27,9 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+from edgeface import private
 from edgeface.errors import EdgefaceError
 
-from . import files
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def new_key(path: str | os.PathLike) -> Path:
     """Write a new random key to ``path`` (mode 0600, never overwriting a file)."""
     path = Path(path)
     try:
-        files.write_private(path, os.urandom(KEY_BYTES))
+        private.write_private(path, os.urandom(KEY_BYTES))
     except FileExistsError:
         raise CryptoError(f"{path} exists; a key is never overwritten (its data would be lost)") from None
     return path
@@ -140,7 +140,7 @@ def write_sealed(path: str | os.PathLike, blob: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        files.write_private(tmp, blob)
+        private.write_private(tmp, blob)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -208,7 +208,7 @@ class SealedGallery:
                 raise CryptoError(f"gallery {self.path} is not encrypted but [encryption] is on: encrypt it with "
                                   "`edgeface-device gallery encrypt`")
             try:
-                files.write_private(self.plain, self.cipher.open(blob, GALLERY_AAD, f"gallery {self.path}"))
+                private.write_private(self.plain, self.cipher.open(blob, GALLERY_AAD, f"gallery {self.path}"))
             except BaseException:
                 self.close(save=False)
                 raise

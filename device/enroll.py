@@ -2,6 +2,8 @@
 camera (K diverse good crops of one person, guided by the quality gates).
 
 Every enrollment is one gallery transaction: a process killed half-way leaves the gallery as it was before.
+Only the embeddings are stored: the photo paths (or camera frame labels) they came from are kept in the gallery
+only with ``keep_source=True`` (``edgeface-device enroll --keep-source``), as in ``edgeface enroll``.
 """
 from __future__ import annotations
 
@@ -41,9 +43,12 @@ def embed_photo(rec, image: np.ndarray, quality_cfg=None) -> tuple[Optional[np.n
     return photo_embedding(rec, image, quality_check(quality_cfg))
 
 
-def enroll_photos(rec, gallery, name: str, paths: Sequence[str], quality_cfg=None) -> EnrollResult:
-    """Enroll ``name`` from photo files; photos without exactly one (good) face are rejected with a reason."""
-    return core_enroll_photos(rec, gallery, name, paths, quality_check(quality_cfg))
+def enroll_photos(rec, gallery, name: str, paths: Sequence[str], quality_cfg=None,
+                  keep_source: bool = False) -> EnrollResult:
+    """Enroll ``name`` from photo files; photos without exactly one (good) face are rejected with a reason.
+
+    ``keep_source``: also store each accepted photo's path in the gallery (default: embeddings only)."""
+    return core_enroll_photos(rec, gallery, name, paths, quality_check(quality_cfg), keep_source=keep_source)
 
 
 GUIDANCE = {
@@ -99,9 +104,10 @@ class CameraEnroller:
 
 def enroll_from_camera(rec, gallery, name: str, source, enroll_cfg, quality_cfg,
                        on_progress: Optional[Callable[[str], None]] = None,
-                       clock: Callable[[], float] = time.monotonic) -> EnrollResult:
+                       clock: Callable[[], float] = time.monotonic, keep_source: bool = False) -> EnrollResult:
     """Collect ``enroll_cfg.samples`` crops from ``source`` (a ReconnectingSource) and store them in one
-    transaction. Raises TimeoutError (nothing stored) when they are not collected in time."""
+    transaction. Raises TimeoutError (nothing stored) when they are not collected in time. ``keep_source``:
+    also store the frame labels ("camera frame N") in the gallery (default: embeddings only)."""
     enroller = CameraEnroller(rec, enroll_cfg, quality_cfg)
     deadline = clock() + enroll_cfg.timeout_seconds
     last = None
@@ -129,5 +135,5 @@ def enroll_from_camera(rec, gallery, name: str, source, enroll_cfg, quality_cfg,
             last = msg
     finally:
         source.close()
-    total = gallery.enroll(name, np.stack(enroller.embeddings), enroller.sources)
+    total = gallery.enroll(name, np.stack(enroller.embeddings), enroller.sources if keep_source else None)
     return EnrollResult(name, list(enroller.sources), [], total)

@@ -26,10 +26,8 @@ from typing import NamedTuple, Optional
 import cv2
 import numpy as np
 
-from edgeface import _sqlite
+from edgeface import _sqlite, private
 from edgeface.errors import EdgefaceError
-
-from . import files
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +93,8 @@ class EventLog:
             if readonly:
                 self._conn = self._open_readonly()
             else:
-                if self.path != ":memory:":
-                    files.private_dir(Path(self.path).absolute().parent, tighten_existing=False)
-                    files.private_file(self.path)
-                    for side in ("-wal", "-shm"):  # SQLite gives them the database's mode; older ones may be loose
-                        if os.path.exists(self.path + side):
-                            files.tighten(self.path + side, files.FILE_MODE)
+                if self.path != ":memory:" and not _sqlite.create_private(self.path):
+                    _sqlite.tighten(self.path, log)  # with its -wal/-shm files: older ones may be loose
                 self._conn = _sqlite.connect(self.path, check_same_thread=False)
                 tables = _sqlite.table_names(self._conn)
                 if tables and "events" not in tables:
@@ -121,7 +115,7 @@ class EventLog:
             return
         if self.snapshot_dir is not None:
             try:
-                files.private_dir(self.snapshot_dir)
+                private.private_dir(self.snapshot_dir, log=log)
             except OSError as exc:
                 self.close()
                 raise EventLogError(f"cannot create snapshot folder {self.snapshot_dir}: {exc.strerror or exc}") from exc
@@ -134,7 +128,7 @@ class EventLog:
             raise EventLogError(f"no event log at {self.path}" + (" (it is a folder)" if p.is_dir() else ""))
         if p.stat().st_size == 0:
             raise EventLogError(f"{self.path} is an empty file, not an edgeface event log")
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+        conn = _sqlite.connect_readonly(p, check_same_thread=False)
         try:
             tables = _sqlite.table_names(conn)
         except sqlite3.Error as exc:
@@ -211,7 +205,7 @@ class EventLog:
         """Write the snapshot (0600, via a temporary file); on any failure nothing is left behind."""
         tmp = path.with_name(path.name.split(".")[0] + ".tmp")
         try:
-            files.write_private(tmp, self._encode_snapshot(image, path.name))
+            private.write_private(tmp, self._encode_snapshot(image, path.name))
             os.replace(tmp, path)
         except OSError as exc:
             _unlink_all([tmp])
@@ -235,7 +229,7 @@ class EventLog:
             if not entry.is_file(follow_symlinks=False) or not entry.name.endswith(SNAPSHOT_SUFFIXES):
                 continue
             if entry.name in named:
-                files.tighten(entry.path, files.FILE_MODE)
+                private.tighten(entry.path, log)
             else:
                 orphans.append(entry.path)
         _unlink_all(orphans)
@@ -293,12 +287,10 @@ class EventLog:
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot rename {old!r} in event log {self.path}: {exc}") from exc
 
-    def check(self) -> str:
-        """``PRAGMA quick_check`` of the database: "ok" or the first problem."""
-        try:
-            return str(self._db.execute("PRAGMA quick_check").fetchone()[0])
-        except sqlite3.Error as exc:
-            return str(exc)
+    def check(self) -> list[str]:
+        """``PRAGMA quick_check`` of the database: an empty list when sound, else SQLite's problems
+        (:func:`edgeface._sqlite.quick_check`, as :meth:`edgeface.Gallery.check`)."""
+        return _sqlite.quick_check(self._db)
 
     def events(self, limit: Optional[int] = 100, since: Optional[float] = None,
                kind: Optional[str] = None) -> list[Event]:
@@ -353,8 +345,8 @@ def check_event_log(path: str | os.PathLike, snapshot_dir: Optional[str | os.Pat
             with EventLog(path, readonly=True) as ev:
                 state = ev.check()
                 notes.append(f"{ev.count()} events")
-            if state != "ok":
-                problems.append(f"corrupt ({state})")
+            if state:
+                problems.append(f"corrupt ({'; '.join(state[:3])})")
         except EventLogError as exc:
             problems.append(str(exc))
     else:
@@ -367,7 +359,7 @@ def check_event_log(path: str | os.PathLike, snapshot_dir: Optional[str | os.Pat
             continue
         probe = target / f".edgeface-probe-{os.getpid()}"
         try:
-            files.write_private(probe, b"\0" * 65536)
+            private.write_private(probe, b"\0" * 65536)
             with open(probe, "rb+") as fh:
                 os.fsync(fh.fileno())
         except OSError as exc:

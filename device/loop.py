@@ -17,11 +17,11 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from edgeface.detect import Face
+from edgeface.gallery import escape_name
 
 from . import quality as quality_mod
 from .decision import LivenessCheck, Vote, VoteBox, make_liveness
 from .sources import LOST, Frame, FrameCheckError, FrameGrabber, ReconnectingSource, check_frame
-from .text import safe_text
 from .threshold import door_threshold
 from .tracker import IoUTracker, Track
 
@@ -384,7 +384,7 @@ class FaceLoop:
                 audit()
                 granted = True
             else:
-                granted = self.door.grant(now, safe_text(name), audit=audit)
+                granted = self.door.grant(now, escape_name(name), audit=audit)
         except Exception as exc:  # noqa: BLE001 - no audit record, no access
             self._lock_door("event log not writable")
             return self._decide(track, frame, None, now, "deny", name, score,
@@ -411,7 +411,7 @@ class FaceLoop:
         self.stats[f"decision_{decision}"] += 1
         if log_it:
             self._log_access(track, frame, image, decision, name, score, detail)
-        log.info("track %d: %s %s (%.3f) %s", track.id, decision, safe_text(name or "unknown"), score, detail)
+        log.info("track %d: %s %s (%.3f) %s", track.id, decision, escape_name(name or "unknown"), score, detail)
         return d
 
     def finish(self) -> list[Decision]:

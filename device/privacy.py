@@ -54,10 +54,8 @@ def forget_person(name: str, gallery_path: str | os.PathLike, events_path: Optio
     embeddings = 0
     try:
         with gallery_file(gallery_path, cipher, write=True) as g:
-            person = next((p for p in g.people() if p.name == name), None)
-            if person is not None:
-                g.remove(name)  # the core's Gallery.forget (issue 12) supersedes this when it lands
-                embeddings = person.num_embeddings
+            if name in g:  # Gallery.forget overwrites the rows and truncates the write-ahead log
+                embeddings = sum(f.embeddings for f in g.forget(name))
     except (GalleryError, CryptoError) as exc:
         raise PrivacyError(f"cannot erase {name!r} from gallery {gallery_path}: {exc}; nothing was erased") from exc
     try:

@@ -5,15 +5,15 @@ value for ``[recognition] operating_point``. Either way it must not be weaker (l
 ``far_0.01`` point - the threshold at which 1 in 100 different-person pairs already match. A lower threshold
 opens the door to strangers (``min_cosine_similarity = -1.0`` matches everyone), so it is refused at start
 unless ``[recognition] allow_weak_threshold = true`` says it is deliberate; then ``run`` and ``doctor``
-print a warning line at every start. The manifest's own thresholds are checked too (finite, within
-[-1, 1], stricter FAR = higher threshold), so an edited manifest cannot smuggle in a weak door.
+print a warning line at every start. The manifest's own thresholds are checked too (finite and within
+[-1, 1] by the core's manifest validation at load; stricter FAR = higher threshold here), so an edited manifest
+cannot smuggle in a weak door.
 
 Used by :mod:`edgeface.device.app` (start-up), :mod:`edgeface.device.loop` and ``doctor``.
 """
 from __future__ import annotations
 
 import logging
-import math
 from typing import NamedTuple, Optional
 
 from edgeface.errors import EdgefaceError
@@ -36,37 +36,23 @@ class DoorThreshold(NamedTuple):
     warning: Optional[str]   #: set when a weak threshold is allowed by allow_weak_threshold (print it every start)
 
 
-def _similarity(value, where: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ThresholdError(f"{where} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or not -1.0 <= v <= 1.0:
-        raise ThresholdError(f"{where} must be a cosine similarity in [-1, 1], got {value!r}")
-    return v
-
-
 def manifest_points(embedder) -> dict[str, float]:
-    """The embedder manifest's thresholds by name (``accuracy``, ``far_0.01``, ...), each checked to be in [-1, 1];
-    the FAR points must get stricter (higher) as the FAR falls. Raises :class:`ThresholdError`."""
+    """The embedder manifest's thresholds by name (``accuracy``, ``far_0.01``, ...); the FAR points must get
+    stricter (higher) as the FAR falls. Raises :class:`ThresholdError`.
+
+    Each threshold's presence and range ([-1, 1]) is checked by the core when the manifest is loaded
+    (:mod:`edgeface.manifest`); an edited manifest never gets this far.
+    """
     section = embedder.section
-    if "min_cosine_similarity" not in section:
-        raise ThresholdError("the embedder manifest has no min_cosine_similarity")
-    points = {"accuracy": _similarity(section["min_cosine_similarity"], "manifest embedder.min_cosine_similarity")}
-    ops = section.get("operating_points") or {}
-    if not isinstance(ops, dict):
-        raise ThresholdError("manifest embedder.operating_points must be a table")
+    points = {"accuracy": float(section["min_cosine_similarity"])}
     fars = []
-    for name, op in ops.items():
-        where = f"manifest embedder.operating_points.{name}"
-        if not isinstance(op, dict) or "min_cosine_similarity" not in op:
-            raise ThresholdError(f"{where} has no min_cosine_similarity")
-        points[name] = _similarity(op["min_cosine_similarity"], f"{where}.min_cosine_similarity")
+    for name, op in (section.get("operating_points") or {}).items():
+        points[name] = float(op["min_cosine_similarity"])
         if name.startswith("far_"):
             try:
                 fars.append((float(name[4:]), name))
             except ValueError:
-                raise ThresholdError(f"{where}: not a FAR name (far_<rate>)") from None
+                raise ThresholdError(f"manifest embedder.operating_points.{name}: not a FAR name (far_<rate>)") from None
     fars.sort()
     for (_, strict), (_, loose) in zip(fars, fars[1:]):
         if points[strict] < points[loose]:

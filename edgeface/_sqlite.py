@@ -11,7 +11,8 @@ the same way:
 
 Biometric data lives in these files, so a file edgeface creates is readable by its owner only
 (:func:`create_private`: 0600, and 0700 for any folder it has to create) and an existing one is tightened
-when opened (:func:`tighten`). SQLite gives the ``-wal`` and ``-shm`` files the database file's mode.
+when opened (:func:`tighten`), both through :mod:`edgeface.private`. SQLite gives the ``-wal`` and ``-shm``
+files the database file's mode.
 
 Only the standard library is used.
 """
@@ -21,9 +22,10 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
+
+from . import private
 
 
 def connect(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -37,12 +39,15 @@ def connect(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = T
     return conn
 
 
-def connect_readonly(path: Union[str, "os.PathLike[str]"]) -> sqlite3.Connection:
-    """Open an existing database read-only (``mode=ro``): never creates the file or writes a schema into it."""
+def connect_readonly(path: Union[str, "os.PathLike[str]"], *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open an existing database read-only (``mode=ro``): never creates the file or writes a schema into it.
+
+    ``check_same_thread`` as in :func:`connect`.
+    """
     from urllib.parse import quote
 
     uri = "file:" + quote(Path(path).resolve().as_posix()) + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=check_same_thread)
 
 
 def use_wal(conn: sqlite3.Connection) -> None:
@@ -84,47 +89,21 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def create_private(path: Union[str, "os.PathLike[str]"]) -> bool:
     """Create ``path`` as an empty file of mode 0600 (and its missing parent folders as 0700).
 
-    Returns False when the file already existed (it is left as it is). SQLite then opens the empty file
-    as a new database and gives its ``-wal``/``-shm`` files the same mode.
+    Returns False when the file already existed (it is left as it is: :func:`tighten` it). SQLite then opens
+    the empty file as a new database and gives its ``-wal``/``-shm`` files the same mode.
     """
-    path = Path(path)
-    missing = []
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder, 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
+    return private.private_file(path)
 
 
-def tighten(path: Union[str, "os.PathLike[str]"], log: logging.Logger) -> None:
-    """Take away group and other permissions from ``path`` and its ``-wal``/``-shm`` files, with a warning.
-
-    A file that cannot be changed (owned by someone else) gets a warning saying so; nothing is raised.
-    """
+def tighten(path: Union[str, "os.PathLike[str]"], log: Optional[logging.Logger] = None) -> None:
+    """Take away group and other permissions from the database ``path`` and its ``-wal``/``-shm`` files,
+    with a warning each (:func:`edgeface.private.tighten`)."""
     base = os.fspath(path)
     for name in (base, base + "-wal", base + "-shm"):
         try:
-            mode = stat.S_IMODE(os.stat(name).st_mode)
-        except OSError:
+            private.tighten(name, log)
+        except FileNotFoundError:
             continue
-        if not mode & 0o077:
-            continue
-        try:
-            os.chmod(name, mode & 0o700)
-        except OSError as exc:
-            log.warning("%s is readable by other users (mode %04o) and could not be made private: %s",
-                        name, mode, exc.strerror or exc)
-        else:
-            log.warning("%s was accessible to other users (mode %04o); now %04o (owner only)",
-                        name, mode, mode & 0o700)
 
 
 def quick_check(conn: sqlite3.Connection) -> list[str]:

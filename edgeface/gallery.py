@@ -134,17 +134,32 @@ def check_name(name: object) -> str:
     return stripped
 
 
-def escape_name(text: str, max_length: int = 80) -> str:
-    """``text`` made safe to print on one line of a terminal or a log.
+def escape_name(text: object, max_length: int = 80) -> str:
+    """``text`` (a name, or any stored text: an event's detail, a file name) made safe to print on one line
+    of a terminal or a log.
 
-    Non-printable characters (line breaks, ANSI escapes, bidi overrides...) become Python escapes such as
-    ``\\n`` or ``\\x1b``, a backslash is doubled (so an escape cannot be faked), and text longer than
-    ``max_length`` is cut with ``…``. Use it for every name read from a gallery or an event log: galleries
-    written before names were checked may hold anything.
+    Non-printable characters (line breaks, tabs, ANSI escapes, bidi overrides, zero-width and other format
+    characters, unusual spaces...) become Python escapes such as ``\\n``, ``\\x1b`` or ``\\u202e``, a
+    backslash is doubled (so an escape cannot be faked), and a result longer than ``max_length`` characters
+    is cut with ``…`` (never inside an escape). Use it for every name read from a gallery or an event log:
+    galleries written before names were checked may hold anything (a 10 kB name prints as ``max_length``
+    characters). The core CLI and ``edgeface-device`` both print through it.
+
+    >>> escape_name("ada\\n2026-01-01 grant mallory\\x1b[2J")
+    'ada\\\\n2026-01-01 grant mallory\\\\x1b[2J'
     """
-    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-                  for c in str(text))
-    return out if len(out) <= max_length else out[:max(1, max_length - 1)] + "…"
+    max_length = max(1, int(max_length))
+    out, used = [], 0
+    for c in str(text):
+        piece = c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        if used + len(piece) > max_length:
+            while used > max_length - 1:  # room for the marker (max_length 1: the marker alone)
+                used -= len(out.pop())
+            out.append("…")
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
 
 
 class Match(NamedTuple):
@@ -357,10 +372,7 @@ class Gallery:
                 _sqlite.use_wal(self._conn)
         except sqlite3.Error as exc:
             self.close()
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup "
-                                          "or enroll into a new gallery") from exc
-            raise GalleryError(f"cannot open gallery {self.path}: {_explain(exc)}") from exc
+            raise self._error(exc, "open") from exc
         except GalleryError:
             self.close()
             raise
@@ -428,20 +440,22 @@ class Gallery:
             with self._transaction() as conn:
                 yield conn
         except sqlite3.Error as exc:
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); {action} refused") from exc
-            raise GalleryError(f"cannot {action} in gallery {self.path}: {_explain(exc)}; nothing was "
-                               "changed") from exc
+            raise self._error(exc, f"{action} in", "; nothing was changed", f"{action} refused") from exc
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            if _is_corruption(exc):
-                raise CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); restore a backup or "
-                                          "enroll into a new gallery") from exc
-            raise GalleryError(f"cannot read gallery {self.path}: {_explain(exc)}") from exc
+            raise self._error(exc, "read") from exc
+
+    def _error(self, exc: sqlite3.Error, doing: str, tail: str = "",
+               corrupt: str = "restore a backup or enroll into a new gallery") -> GalleryError:
+        """The one-line error for a SQLite error while ``doing`` (open, read...): :class:`CorruptGalleryError`
+        (``corrupt`` says what now) for a damaged file, else a GalleryError saying what SQLite's error means."""
+        if _is_corruption(exc):
+            return CorruptGalleryError(f"gallery {self.path} is corrupt ({exc}); {corrupt}")
+        return GalleryError(f"cannot {doing} gallery {self.path}: {_explain(exc)}{tail}")
 
     def _person_id(self, conn: sqlite3.Connection, name: str) -> Optional[int]:
         row = conn.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()

@@ -74,6 +74,10 @@ def test_enrollment_from_photos_rejects_with_reasons(demo, recognizer, tmp_path,
         assert "faces found" in reasons[str(group)]
         assert reasons[str(blank)] == "no face found"
         assert len(res.accepted) >= 4 and res.total_embeddings == len(res.accepted)
+        assert g._db.execute("SELECT COUNT(source) FROM embeddings").fetchone()[0] == 0  # no paths by default
+        kept = enroll_photos(recognizer, g, "penny kept", res.accepted[:1], keep_source=True)
+        assert kept.accepted == res.accepted[:1]
+        assert [r[0] for r in g._db.execute("SELECT source FROM embeddings WHERE source IS NOT NULL")] == kept.accepted
 
 
 @pytest.mark.slow  # needs built models
@@ -97,6 +101,11 @@ def test_enrollment_from_camera_collects_diverse_crops(demo, recognizer, tmp_pat
         # the crops are of the right person: they match the demo gallery's enrollment
         with Gallery(work / "demo_gallery.db", recognizer.embedder_id, recognizer.embedder.dim) as dg:
             assert all(dg.identify(v, 0.45).name == visit["person"] for v in e)
+    conn = sqlite3.connect(tmp_path / "cam.db")  # frame labels are stored only with keep_source=True
+    try:
+        assert conn.execute("SELECT COUNT(*), COUNT(source) FROM embeddings").fetchone() == (3, 0)
+    finally:
+        conn.close()
 
 
 class _Slice:

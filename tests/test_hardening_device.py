@@ -113,7 +113,7 @@ def test_weak_door_thresholds_are_refused_unless_explicitly_allowed(site, models
     m["embedder"]["operating_points"]["far_0.001"]["min_cosine_similarity"] = -3
     man.write_text(json.dumps(m))
     cfg = _cfg(site, tmp_path, models_dir, models={"dir": str(models)}, recognition={"allow_weak_threshold": True})
-    with pytest.raises(StartupError, match=r"far_0.001.min_cosine_similarity must be a cosine similarity in \[-1, 1\]"):
+    with pytest.raises(StartupError, match=r"far_0.001.min_cosine_similarity must be in \[-1, 1\], got -3"):
         DoorApp(cfg, pin_factory=MockFactory(), clock="frame")
     # allowed explicitly: it starts, and both run and doctor print a warning line at every start
     cfg = _cfg(site, tmp_path, models_dir, recognition={"min_cosine_similarity": -1.0, "allow_weak_threshold": True})
@@ -246,7 +246,7 @@ def test_hostile_names_are_escaped_by_events_run_and_the_logs(site, models_dir, 
         assert not any(ln.startswith("2026-11-30T06:00:00.000") for ln in out.splitlines()), "a forged line"
         assert max(len(ln) for ln in out.splitlines()) < 1000
     grants = [ln for ln in run.stdout.splitlines() if ln.startswith("frame ") and " grant " in ln]
-    assert grants and all("Colin\\n2026-11-30" in ln and "\\x1b[2J" in ln and "(+" in ln for ln in grants)
+    assert grants and all("Colin\\n2026-11-30" in ln and "\\x1b[2J" in ln and "…" in ln for ln in grants)  # cut by escape_name
     assert sum(" access " in ln and " grant " in ln for ln in ev.stdout.splitlines()) == len(grants)
     # JSON output keeps the stored name exactly (JSON escapes control characters itself)
     js = _cli("-c", toml, "events", "--json", "--kind", "access")
@@ -281,7 +281,7 @@ def test_event_log_and_snapshots_are_private_and_loose_ones_are_tightened(site, 
             ev.log("start")
             assert mode(str(db) + "-wal") == 0o600 and mode(str(db) + "-shm") == 0o600
     assert mode(db) == 0o600 and mode(snaps) == 0o700 and mode(shots[0]) == 0o600
-    assert sum("readable by others" in r.getMessage() for r in caplog.records) == 3
+    assert sum("accessible to other users" in r.getMessage() for r in caplog.records) == 3
     unit = (Path(__file__).resolve().parents[1] / "device" / "systemd" / "edgeface-door.service").read_text()
     assert "\nUMask=0077\n" in unit
 
@@ -363,6 +363,51 @@ def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site,
     assert empty.stat().st_size == 0 and not (tmp_path / "none.db").exists()
 
 
+def test_doctor_reports_a_corrupt_gallery_and_a_corrupt_event_log(site, models_dir, tmp_path):
+    """Class 10 on the device: ``doctor`` runs the core's ``check_gallery`` (PRAGMA quick_check, every embedding)
+    and the event log's quick_check, and says BAD for a damaged page that ``gallery list`` does not touch."""
+    import random
+
+    from edgeface import Gallery
+
+    work, gallery, frames = site
+    mine, db = tmp_path / "gallery.db", tmp_path / "events.db"
+    shutil.copy(gallery, mine)
+    toml = _toml(_cfg(site, tmp_path, models_dir, gallery={"path": str(mine)}, events={"path": str(db)}),
+                 tmp_path / "device.toml")
+    assert _cli("-c", toml, "run", "--max-frames", 3).returncode == 0
+    doc = _cli("-c", toml, "doctor")
+    assert any(ln.startswith("ok  gallery") for ln in doc.stdout.splitlines()), doc.stdout
+
+    def damage(path, fill):  # a damaged sector in the middle of a file with enough pages
+        with open(path, "r+b") as fh:
+            fh.seek(20 * 4096)
+            fh.write(bytes(random.Random(1).getrandbits(8) for _ in range(4096)))
+        assert path.stat().st_size > 30 * 4096, fill
+
+    with Gallery.open(mine) as g:
+        rng = np.random.default_rng(0)
+        for i in range(300):
+            g.enroll(f"person {i:03d}", rng.normal(size=g.dim))
+        g._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage(mine, "gallery")
+    doc = _cli("-c", toml, "doctor")
+    line = next(ln for ln in doc.stdout.splitlines() if " gallery " in ln)
+    assert doc.returncode == 1 and line.startswith("BAD") and "corrupt" in line, doc.stdout
+    assert "Traceback" not in doc.stderr
+    shutil.copy(gallery, mine)  # a sound gallery again; now the event log
+    conn = sqlite3.connect(db)
+    conn.executemany("INSERT INTO events (ts, time, kind, detail) VALUES (0, '', 'start', ?)",
+                     [("x" * 200,)] * 2000)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage(db, "events")
+    doc = _cli("-c", toml, "doctor")
+    line = next(ln for ln in doc.stdout.splitlines() if " events " in ln)
+    assert doc.returncode == 1 and line.startswith("BAD") and "corrupt" in line, doc.stdout
+
+
 # -- 5. a person can be erased ----------------------------------------------------------------------------------------
 def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves_no_old_name(site, models_dir,
                                                                                               tmp_path):
@@ -397,12 +442,19 @@ def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves
 
     with Gallery.open(mine) as g:
         enrolled = next(p.num_embeddings for p in g.people() if p.name == "Person_A")
+    conn = sqlite3.connect(mine)
+    blobs = [r[0] for r in conn.execute("SELECT e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                                        "WHERE p.name = 'Person_A'")]
+    conn.close()
     p = _cli("-c", toml, "gallery", "forget", "Person_A", "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report == {"name": "Person_A", "embeddings": enrolled, "events": n, "snapshots": len(theirs)}
     assert rows("SELECT COUNT(*) FROM events WHERE identity = 'Person_A'")[0][0] == 0
     assert {p.name for p in snaps.iterdir()} == others
+    for f in tmp_path.glob("gallery.db*"):  # Gallery.forget: rows overwritten, write-ahead log truncated
+        content = f.read_bytes()
+        assert blobs and not any(b in content for b in blobs), f"{f.name} still holds an embedding of Person_A"
     listed = _cli("-c", toml, "gallery", "list")
     assert listed.returncode == 0 and "Person_A" not in listed.stdout
     # nothing left to erase: said so, exit 1; wrong arity: one line, exit 2
@@ -410,6 +462,27 @@ def test_gallery_forget_erases_embeddings_events_and_snapshots_and_rename_leaves
     assert p.returncode == 1 and "nothing stored about Person_A" in p.stderr
     p = _cli("-c", toml, "gallery", "rename", "only-one")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_device_enrollment_stores_photo_paths_only_with_keep_source(site, models_dir, data_root, tmp_path):
+    """Class 6, last part: like ``edgeface enroll``, ``edgeface-device enroll`` stores only the embeddings unless
+    ``--keep-source`` asks for the photo paths too."""
+    mine = tmp_path / "people.db"
+    toml = _toml(_cfg(site, tmp_path, models_dir, gallery={"path": str(mine)}), tmp_path / "device.toml")
+    plain = [_lfw(data_root, STRANGER, i) for i in (4, 5)]
+    p = _cli("-c", toml, "enroll", "--name", STRANGER, *plain)
+    assert p.returncode == 0, p.stderr
+    kept = _lfw(data_root, ENROLLED, 1)
+    p = _cli("-c", toml, "enroll", "--name", ENROLLED, "--keep-source", kept)
+    assert p.returncode == 0, p.stderr
+    conn = sqlite3.connect(mine)
+    try:
+        rows = conn.execute("SELECT p.name, e.source FROM embeddings e JOIN people p ON p.id = e.person_id").fetchall()
+    finally:
+        conn.close()
+    assert sorted(rows, key=str) == sorted([(STRANGER, None)] * 2 + [(ENROLLED, str(kept))], key=str)
+    content = b"".join(f.read_bytes() for f in tmp_path.glob("people.db*"))
+    assert not any(str(f).encode() in content for f in plain)
 
 
 # -- 8. encryption at rest ---------------------------------------------------------------------------------------------

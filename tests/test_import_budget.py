@@ -15,7 +15,7 @@ CORE_MODULES = ("edgeface", "edgeface.runtime", "edgeface.preprocess", "edgeface
                 "edgeface.device.tracker",
                 "edgeface.device.decision", "edgeface.device.door", "edgeface.device.events", "edgeface.device.loop",
                 "edgeface.device.app", "edgeface.device.enroll", "edgeface.device.kiosk", "edgeface.device.demo",
-                "edgeface.device.cli", "edgeface.device.threshold", "edgeface.device.files", "edgeface.device.text",
+                "edgeface.device.cli", "edgeface.device.threshold", "edgeface.private",
                 "edgeface.device.privacy", "edgeface.device.crypto")
 
 BLOCKER = textwrap.dedent(f"""
