@@ -167,7 +167,8 @@ def read_index(models: Path) -> dict:
 
 def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32"),
                    detectors: Sequence[str] = ("short_range",)) -> tuple[list[Variant], list[str]]:
-    """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and notes on the
+    """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and
+    notes on the
     ones that are not there."""
     models = Path(models)
     index = read_index(models)

@@ -85,11 +85,11 @@ def run(data: Path, repeats: int = 30, sizes=(100, 1000)) -> dict:
             shutil.copy(plain, sealed)
             encrypt_gallery_file(sealed, cipher)
 
-            def open_plain():
+            def open_plain(plain=plain):
                 with Gallery.open(plain) as g:
                     g.identify(probe, 0.5)
 
-            def open_sealed():
+            def open_sealed(sealed=sealed):
                 with SealedGallery(sealed, cipher) as sg:
                     sg.open().identify(probe, 0.5)
 
@@ -103,12 +103,12 @@ def run(data: Path, repeats: int = 30, sizes=(100, 1000)) -> dict:
                              "median_ms": _median_ms(lambda: g.identify(probe, 0.5), repeats * 10), "bytes": None})
             n = [0]
 
-            def enroll_plain():
+            def enroll_plain(plain=plain, n=n):
                 n[0] += 1
                 with Gallery.open(plain) as g:
                     g.enroll(f"new{n[0]}", rng.standard_normal((PER_PERSON, DIM)))
 
-            def enroll_sealed():
+            def enroll_sealed(sealed=sealed, n=n):
                 n[0] += 1
                 with SealedGallery(sealed, cipher, write=True) as sg:
                     sg.open().enroll(f"new{n[0]}", rng.standard_normal((PER_PERSON, DIM)))

@@ -30,7 +30,6 @@ from typing import Iterator, Optional
 from edgeface import private
 from edgeface.errors import EdgefaceError
 
-
 log = logging.getLogger(__name__)
 
 MAGIC = b"EDGEFACE-AESGCM1"

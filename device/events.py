@@ -118,7 +118,8 @@ class EventLog:
                 private.private_dir(self.snapshot_dir, log=log)
             except OSError as exc:
                 self.close()
-                raise EventLogError(f"cannot create snapshot folder {self.snapshot_dir}: {exc.strerror or exc}") from exc
+                raise EventLogError(f"cannot create snapshot folder {self.snapshot_dir}: "
+                                    f"{exc.strerror or exc}") from exc
             self.sweep_snapshots()
         self.prune()
 
@@ -223,7 +224,8 @@ class EventLog:
         and tighten loose ones; returns how many were deleted."""
         if self.snapshot_dir is None or not self.snapshot_dir.is_dir():
             return 0
-        named = {os.path.basename(r[0]) for r in self._db.execute("SELECT snapshot FROM events WHERE snapshot IS NOT NULL")}
+        rows = self._db.execute("SELECT snapshot FROM events WHERE snapshot IS NOT NULL")
+        named = {os.path.basename(r[0]) for r in rows}
         orphans = []
         for entry in os.scandir(self.snapshot_dir):
             if not entry.is_file(follow_symlinks=False) or not entry.name.endswith(SNAPSHOT_SUFFIXES):

@@ -92,4 +92,5 @@ def rename_person(old: str, new: str, gallery_path: str | os.PathLike,
         with ev:
             return ev.rename(old, new)
     except EdgefaceError as exc:
-        raise PrivacyError(f"{old!r} renamed in the gallery, but not in the event log: {exc}; run rename again") from exc
+        raise PrivacyError(f"{old!r} renamed in the gallery, but not in the event log: {exc}; "
+                           "run rename again") from exc

@@ -153,7 +153,8 @@ class VideoFileSource(OpenCVSource):
 
     def open(self) -> None:
         if not self.path.is_file():
-            raise SourceError(f"{self.name}: no such file {self.path}" + (" (it is a folder)" if self.path.is_dir() else ""))
+            folder = " (it is a folder)" if self.path.is_dir() else ""
+            raise SourceError(f"{self.name}: no such file {self.path}{folder}")
         if not os.access(self.path, os.R_OK):
             raise SourceError(f"{self.name}: {self.path} is not readable (permissions)")
         super().open()

@@ -52,7 +52,8 @@ def manifest_points(embedder) -> dict[str, float]:
             try:
                 fars.append((float(name[4:]), name))
             except ValueError:
-                raise ThresholdError(f"manifest embedder.operating_points.{name}: not a FAR name (far_<rate>)") from None
+                raise ThresholdError(f"manifest embedder.operating_points.{name}: "
+                                     "not a FAR name (far_<rate>)") from None
     fars.sort()
     for (_, strict), (_, loose) in zip(fars, fars[1:]):
         if points[strict] < points[loose]:

@@ -39,10 +39,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     The headers are checked before a pixel is decoded (:func:`edgeface.imageheader.probe`): the declared
     size must stay within ``max_pixels`` (default :data:`MAX_PIXELS`) wherever the size field sits (a
     decompression bomb is refused at the cost of reading its file), and only JPEG, PNG, WebP, BMP, TIFF, GIF,
-    PNM/PAM and Sun raster files are decoded. The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so a phone photo taken sideways comes
-    out upright. Grayscale images are expanded to three channels, an alpha channel is dropped, 16-bit images
-    are scaled to 8 bits. Raises :class:`ImageError` (naming the file) for a missing, empty, non-image,
-    refused or huge file.
+    PNM/PAM and Sun raster files are decoded. The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, so a phone
+    photo taken sideways comes out upright. Grayscale images are expanded to three channels, an alpha channel
+    is dropped, 16-bit images are scaled to 8 bits. Raises :class:`ImageError` (naming the file) for a missing,
+    empty, non-image, refused or huge file.
 
     Memory: decoding costs about 6 bytes per pixel at its peak (OpenCV's JPEG decoder holds two copies), so
     a 48 MP photo takes ~280 MB on top of the process; a door on a small board can pass a lower

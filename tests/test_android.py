@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import venvs  # tests/venvs.py (pytest puts tests/ on sys.path)
 
 from edgeface import FaceRecognizer, evaluate
 from edgeface.lfw import crop_files, pair_files, pair_scores
 from edgeface.manifest import read_manifest
-
-import venvs  # tests/venvs.py (pytest puts tests/ on sys.path)
 
 pytestmark = pytest.mark.slow
 SIDECAR = Path(__file__).parent / "sidecar"

@@ -138,7 +138,8 @@ def test_model_variants_find_the_int8_io_twin_or_say_how_to_build_it(tmp_path):
         (tmp_path / f).write_bytes(b"")
     variants, notes = common.model_variants(tmp_path, ["int8", "int8_io"])
     assert [v.name for v in variants] == ["int8"] and "edgeface variants" in notes[0] and "int8_io" in notes[0]
-    index["variants"] = {"embedder": {"int8_io": "e8_io.tflite"}, "detectors": {"short_range": {"int8_io": "d8_io.tflite"}}}
+    index["variants"] = {"embedder": {"int8_io": "e8_io.tflite"},
+                         "detectors": {"short_range": {"int8_io": "d8_io.tflite"}}}
     (tmp_path / "models.json").write_text(json.dumps(index))
     variants, notes = common.model_variants(tmp_path, ["int8", "int8_io"])
     io = variants[1]

@@ -32,7 +32,8 @@ def _lfw(data_root, person, n):
 @pytest.fixture(scope="module")
 def site(models_dir, data_root, tmp_path_factory):
     """A gallery with one enrolled person (5 LFW photos) and a folder "camera": 6 other photos of them, each shown
-    for 2 frames and followed by an empty frame, then 3 photos of a stranger likewise. Returns (work dir, gallery path, frames folder)."""
+    for 2 frames and followed by an empty frame, then 3 photos of a stranger likewise.
+    Returns (work dir, gallery path, frames folder)."""
     from edgeface import FaceRecognizer, Gallery
     from edgeface.device.enroll import enroll_photos
 
@@ -204,7 +205,8 @@ def test_full_disk_no_grant_without_its_event_and_no_snapshot_litter(site, model
     # granting only what it can still commit (WAL space SQLite reuses); a few lines say the disk is full
     p = _cli("-c", toml, "run", "--max-frames", 30)
     assert p.returncode in (0, 2), p.stderr
-    granted += [int(ln.split()[3]) for ln in p.stdout.splitlines() if ln.startswith("frame ") and ln.split()[4] == "grant"]
+    granted += [int(ln.split()[3]) for ln in p.stdout.splitlines()
+                if ln.startswith("frame ") and ln.split()[4] == "grant"]
     lines = p.stderr.strip().splitlines()
     assert 1 <= len(lines) <= 2 and all("disk full" in ln or "snapshot not saved" in ln for ln in lines), p.stderr
     assert p.returncode == 0 or "door stays locked" in p.stderr
@@ -246,7 +248,8 @@ def test_hostile_names_are_escaped_by_events_run_and_the_logs(site, models_dir, 
         assert not any(ln.startswith("2026-11-30T06:00:00.000") for ln in out.splitlines()), "a forged line"
         assert max(len(ln) for ln in out.splitlines()) < 1000
     grants = [ln for ln in run.stdout.splitlines() if ln.startswith("frame ") and " grant " in ln]
-    assert grants and all("Colin\\n2026-11-30" in ln and "\\x1b[2J" in ln and "…" in ln for ln in grants)  # cut by escape_name
+    # cut by escape_name
+    assert grants and all("Colin\\n2026-11-30" in ln and "\\x1b[2J" in ln and "…" in ln for ln in grants)
     assert sum(" access " in ln and " grant " in ln for ln in ev.stdout.splitlines()) == len(grants)
     # JSON output keeps the stored name exactly (JSON escapes control characters itself)
     js = _cli("-c", toml, "events", "--json", "--kind", "access")
@@ -340,7 +343,7 @@ def test_unreadable_file_source_is_one_line_and_exit_2(site, models_dir, tmp_pat
     assert kind + ":" in lines[0]
 
 
-# -- 14. unclear messages -----------------------------------------------------------------------------------------------
+# -- 14. unclear messages ----------------------------------------------------------------------------------------------
 def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site, models_dir, tmp_path):
     cfg = _cfg(site, tmp_path, models_dir, events={"path": "/etc/passwd/events.db"})
     p = _cli("-c", _toml(cfg, tmp_path / "a.toml"), "run", "--max-frames", 3)
@@ -357,7 +360,8 @@ def test_event_log_under_a_file_bom_and_empty_event_log_get_one_clear_line(site,
     # `events` only reads: a 0-byte file stays 0 bytes, a missing one is not created
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
-    for path, message in ((empty, "is an empty file, not an edgeface event log"), (tmp_path / "none.db", "no event log")):
+    cases = ((empty, "is an empty file, not an edgeface event log"), (tmp_path / "none.db", "no event log"))
+    for path, message in cases:
         p = _cli("events", "--events-db", path)
         assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert empty.stat().st_size == 0 and not (tmp_path / "none.db").exists()

@@ -6,7 +6,8 @@ stdin: {"models": [paths]}. stdout, last line: {path: {"metadata": the displayer
 import json
 import sys
 
-from tflite_support import metadata, metadata_schema_py_generated as schema
+from tflite_support import metadata
+from tflite_support import metadata_schema_py_generated as schema
 
 
 def custom_metadata(buf):
