@@ -175,6 +175,7 @@ class DoorApp:
         self.gallery = None
         self.rec = None
         self.loop: Optional[FaceLoop] = None
+        self.site = None  # the site link ([site] enabled): edgeface.device.site.link.SiteLink
         try:
             if cfg.door.enabled:
                 if clock == "wall":
@@ -185,9 +186,14 @@ class DoorApp:
             self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
                                    cfg.events.snapshot_dir or None)
             self.rec = load_recognizer(cfg)
+            if cfg.site.enabled:  # a door on a site may start empty: people come from the hub
+                from .site.link import ensure_gallery
+                ensure_gallery(cfg.gallery.path, self.rec)
             self.gallery = open_gallery(cfg.gallery.path, self.rec)
             self.source = source if source is not None else make_source(cfg.source)
             self.loop = FaceLoop(self.rec, self.gallery, cfg, self.door, self.events, liveness, clock=clock)
+            if cfg.site.enabled:
+                self.site = start_site_link(cfg, self)
             note = gallery_risk_note(cfg, sum(p.num_embeddings for p in self.gallery.people()))
             if note:
                 (log.warning if "consider" in note else log.info)("%s", note)
@@ -227,6 +233,10 @@ class DoorApp:
                 self.events.log("stop")
             except Exception:  # noqa: BLE001
                 pass
+        if self.site is not None:
+            self.site.close()
+            self.site = None
+        if self.events is not None:
             self.events.close()
             self.events = None
         if self.gallery is not None:
@@ -238,6 +248,16 @@ class DoorApp:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def start_site_link(cfg: DeviceConfig, app: "DoorApp"):
+    """The door's MQTT site link (``[site] enabled``); paho-mqtt is imported only here."""
+    from .site.link import SiteLink
+
+    models = {"detector": Path(app.rec.detector.manifest["model_file"]).name,
+              "embedder": app.rec.embedder_id, "precision": cfg.models.precision}
+    return SiteLink(cfg.site, cfg.gallery.path, app.events, app.door, models, app.loop.threshold,
+                    app.rec.embedder_id).start()
 
 
 def has_display() -> bool:

@@ -63,7 +63,13 @@ class Event(NamedTuple):
 
 
 class EventLog:
-    """Append-only access log with retention (``retention_days``, ``max_events``) and optional snapshots."""
+    """Append-only access log with retention (``retention_days``, ``max_events``) and optional snapshots.
+
+    ``on_insert``: callables ``hook(conn, event)`` run inside each event's transaction (the site outbox
+    adds its row there, so an event is logged and queued for the hub together or not at all).
+    """
+
+    on_insert: tuple = ()
 
     def __init__(self, path: str | os.PathLike, retention_days: float = 90.0, max_events: int = 1_000_000,
                  snapshot_dir: Optional[str | os.PathLike] = None, prune_every: int = 100):
@@ -106,6 +112,9 @@ class EventLog:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (ts, iso, kind, track, identity, None if score is None else float(score), decision, snap_path,
                      detail))
+                for hook in self.on_insert:  # e.g. the site outbox: written in this same transaction
+                    hook(conn, Event(int(cur.lastrowid), ts, iso, kind, track, identity, score, decision,
+                                     snap_path, detail))
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot write to event log {self.path}: {exc}") from exc
         self._since_prune += 1
