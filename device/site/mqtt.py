@@ -44,9 +44,12 @@ class LinkState:
         self.connected = threading.Event()
         self.last_error: Optional[str] = None
         self.connects = 0
+        self._reported: set = set()
 
     def refused(self, reason: str) -> None:
-        if reason != self.last_error:
+        """Logged once per distinct reason until the next successful connect."""
+        if reason not in self._reported:
+            self._reported.add(reason)
             log.error("%s: broker refused the connection: %s", self.name, reason)
         self.last_error = reason
 
@@ -91,6 +94,7 @@ def make_client(settings: BrokerSettings, name: str, will: Optional[tuple[str, b
         if state.last_error or state.connects:
             log.info("%s: connected to %s:%d", name, settings.host, settings.port)
         state.last_error = None
+        state._reported.clear()
         state.connects += 1
         state.connected.set()
         if on_connect is not None:
@@ -99,10 +103,8 @@ def make_client(settings: BrokerSettings, name: str, will: Optional[tuple[str, b
     def _on_disconnect(c, userdata, flags, reason_code, properties):
         was = state.connected.is_set()
         state.connected.clear()
-        if was:
+        if was:  # (a refused connect was reported by _on_connect already)
             log.warning("%s: disconnected from the broker (%s); retrying", name, reason_code)
-        elif reason_code.is_failure and str(reason_code) not in ("Unspecified error",):
-            state.refused(str(reason_code))
 
     def _on_connect_fail(c, userdata):
         state.refused(f"cannot reach {settings.host}:{settings.port}")

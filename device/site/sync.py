@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS site_records (
     deleted   INTEGER NOT NULL,
     active    INTEGER NOT NULL,
     window    TEXT
-)
+);
+CREATE TABLE IF NOT EXISTS site_names (id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (id, name))
 """
 
 
@@ -89,7 +90,7 @@ class GallerySync:
         self.space, self.dim = gallery.embedder_id, gallery.dim
         self._conn = _sqlite.connect(gallery.path)
         with _sqlite.transaction(self._conn):
-            self._conn.execute(SCHEMA)
+            _sqlite.run_script(self._conn, SCHEMA)
         self._ignored_spaces: set = set()
 
     @property
@@ -105,6 +106,10 @@ class GallerySync:
         with _sqlite.transaction(self._conn):
             self._conn.execute("INSERT OR REPLACE INTO site_records VALUES (?, ?, ?, ?, ?, ?)",
                                (rec.id, rec.name, rec.version, int(rec.deleted), int(active), window))
+            if rec.deleted:
+                self._conn.execute("DELETE FROM site_names WHERE id = ?", (rec.id,))
+            else:  # every name a person had: their events carry it, a tombstone erases them all
+                self._conn.execute("INSERT OR IGNORE INTO site_names VALUES (?, ?)", (rec.id, rec.name))
 
     def apply(self, rec: PersonRecord, now: Optional[float] = None) -> str:
         """Apply one verified record: returns ``stale``, ``erased``, ``enrolled``, ``inactive`` or ``ignored``.
@@ -116,7 +121,8 @@ class GallerySync:
         if held is not None and held[1] >= rec.version:
             return "stale"
         if rec.deleted:
-            for name in {rec.name} | ({held[0]} if held else set()):
+            names = {r[0] for r in self._conn.execute("SELECT name FROM site_names WHERE id = ?", (rec.id,))}
+            for name in sorted(names | {rec.name}):
                 counts = erase_person(self.gallery, self.events_path, name)
                 log.info("site: %s erased (%d event(s), %d snapshot(s))", name, counts["events"], counts["snapshots"])
             self._remember(rec, False, None)

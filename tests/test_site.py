@@ -1,0 +1,309 @@
+"""The door side of a site on a real Mosquitto (TLS, password file, ACL) started on a free 127.0.0.1 port:
+signed gallery sync, erasure, refused messages, outbox through a broker restart, presence, commands."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from edgeface.device.config import DeviceConfig
+from edgeface.device.site import door_topic, gallery_topic
+from edgeface.device.site.commands import command_body
+from edgeface.device.site.records import encode_vectors, load_signing_key, sign
+
+from site_harness import LogLines, Watcher, new_site, settings
+
+gpiozero = pytest.importorskip("gpiozero")
+from gpiozero.pins.mock import MockFactory  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def faces(recognizer, data_root):
+    """Real embeddings of two bbt people (the door's embedder space)."""
+    from edgeface import read_image
+
+    out = {}
+    for name in ("penny", "amy"):
+        vecs = [recognizer.embed(read_image(p))[0][1] for p in sorted((data_root / "bbt" / name).glob("*.png"))[:3]]
+        out[name] = np.stack(vecs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    paths, broker = new_site(tmp_path_factory.mktemp("site"))
+    yield paths, broker
+    broker.stop()
+
+
+@pytest.fixture()
+def logs():
+    h = LogLines()
+    logging.getLogger("edgeface").addHandler(h)
+    logging.getLogger("edgeface").setLevel(logging.INFO)
+    yield h
+    logging.getLogger("edgeface").removeHandler(h)
+
+
+class Door:
+    """A door's site link with a real gallery, event log (snapshots) and a mock relay."""
+
+    def __init__(self, paths, tmp, recognizer, door="front", remote_unlock=False, password_file=None):
+        from edgeface.device.door import DoorController
+        from edgeface.device.events import EventLog
+        from edgeface.device.site.link import SiteLink, ensure_gallery
+
+        d = paths.doors[door]
+        cfg = DeviceConfig().replace(site={
+            "enabled": True, "site": "office", "door_id": door, "host": "127.0.0.1", "port": paths.port,
+            "password_file": password_file or str(d / "password"), "ca_file": str(d / "ca.crt"),
+            "hub_public_key": str(d / "hub_public_key.pem"), "remote_unlock": remote_unlock},
+            door={"pin_factory": "mock"})
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.gallery_path = str(tmp / f"{door}-gallery.db")
+        ensure_gallery(self.gallery_path, recognizer)
+        self.events = EventLog(tmp / f"{door}-events.db", snapshot_dir=tmp / f"{door}-snaps")
+        self.relay = MockFactory()
+        self.door = DoorController(cfg.door, pin_factory=self.relay)
+        self.link = SiteLink(cfg.site, self.gallery_path, self.events, self.door, {"embedder": recognizer.embedder_id},
+                             0.6, recognizer.embedder_id).start()
+
+    def online(self):
+        assert self.link.state.connected.wait(10), self.link.state.last_error
+        time.sleep(0.3)  # its subscriptions
+        return self
+
+    def people(self):
+        from edgeface import Gallery
+
+        with Gallery.open(self.gallery_path) as g:
+            return {p.name: p.num_embeddings for p in g.people()}
+
+    def wait(self, pred, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.link.close()
+        self.door.close()
+        self.events.close()
+
+
+class Hub:
+    """Publishes signed records and commands as the hub user (what edgeface-hub does)."""
+
+    def __init__(self, paths, space):
+        self.paths, self.space = paths, space
+        self.key = load_signing_key(paths.hub / "hub_signing_key.pem")
+        self.w = Watcher(paths, "hub", [door_topic("office", "+", "event"), door_topic("office", "+", "state")])
+        self.w.wait_connected()
+        self.version = int(time.time())  # versions only grow across tests sharing the broker
+
+    def record(self, pid, name, vecs=None, deleted=False, space=None, **extra):
+        self.version += 1
+        body = {"type": "person", "site": "office", "id": pid, "name": name, "version": self.version,
+                "deleted": deleted, "embeddings": {} if deleted else {space or self.space: encode_vectors(vecs)}}
+        body.update(extra)
+        return body
+
+    def publish(self, topic, payload, retain=True):
+        self.w.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def put(self, body):
+        self.publish(gallery_topic("office", body["id"]), sign(body, self.key))
+
+    def command(self, door, action):
+        self.publish(door_topic("office", door, "cmd"), sign(command_body("office", door, action), self.key), False)
+
+    def close(self):
+        self.w.close()
+
+
+def test_signed_records_sync_and_tombstone_erases_events_and_snapshots(site, tmp_path, recognizer, faces, logs):
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door = Door(paths, tmp_path, recognizer)
+    try:
+        hub.put(hub.record("p-penny", "penny", faces["penny"]))
+        assert door.wait(lambda: door.people().get("penny") == 3), logs.lines[-5:]
+        # an event about penny, with a snapshot, reaches the hub with a stable id
+        door.events.log("access", identity="penny", score=0.8, decision="grant", detail="test",
+                        snapshot=np.full((64, 64, 3), 128, np.uint8))
+        assert hub.w.wait_for(lambda: any(e.get("identity") == "penny" for e in hub.w.json("/event")))
+        ev = next(e for e in hub.w.json("/event") if e.get("identity") == "penny")
+        assert len(ev["event_id"]) == 32 and ev["door"] == "front" and ev["snapshot"]
+        snaps = list((tmp_path / "front-snaps").iterdir())
+        assert snaps
+        # presence: retained online state with the gallery version
+        assert hub.w.wait_for(lambda: any(s.get("gallery_version") == hub.version for s in hub.w.json("front/state")))
+        # rename, then tombstone: person, events and snapshots gone
+        hub.put(hub.record("p-penny", "Penny H", faces["penny"][:2]))
+        assert door.wait(lambda: door.people() == {"Penny H": 2})
+        door.events.log("access", identity="Penny H", decision="grant", snapshot=np.zeros((8, 8, 3), np.uint8) + 9)
+        hub.put(hub.record("p-penny", "Penny H", deleted=True))
+        assert door.wait(lambda: door.people() == {})
+        assert door.wait(lambda: not door.events.events(limit=None, kind="access"))
+        assert not list((tmp_path / "front-snaps").iterdir())
+        # a stale replay of an old version changes nothing
+        old = hub.record("p-penny", "penny", faces["penny"])
+        old["version"] = 1
+        hub.put(old)
+        time.sleep(0.5)
+        assert door.people() == {}
+        hub.put(hub.record("p-penny", "Penny H", deleted=True))  # leave the tombstone retained
+    finally:
+        door.close()
+        hub.close()
+
+
+def test_bad_messages_are_refused_with_one_line_and_the_door_stays_locked(site, tmp_path, recognizer, faces, logs):
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door = Door(paths, tmp_path, recognizer)
+    try:
+        good = hub.record("p-amy", "amy", faces["amy"])
+        tampered = json.loads(sign(good, hub.key))
+        tampered["body"]["name"] = "mallory"
+        unsigned = json.dumps({"body": hub.record("p-x1", "x1", faces["amy"])}).encode()
+        wrong_dim = hub.record("p-x2", "x2", np.ones((1, recognizer.embedder.dim + 3), np.float32))
+        other_space = hub.record("p-x3", "x3", faces["amy"], space="another-embedder-v9")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        forged = sign(hub.record("p-x4", "x4", faces["amy"]), Ed25519PrivateKey.generate())
+        cases = {
+            "p-a": (b"{not json", "not JSON"),
+            "p-b": (unsigned, "unsigned"),
+            "p-amy": (json.dumps(tampered).encode(), "bad signature"),
+            "p-x4": (forged, "bad signature"),
+            "p-x2": (sign(wrong_dim, hub.key), "embedding of"),
+            "p-big": (b"x" * (10 * 1024 * 1024), "ignored (over [site] max_payload_bytes"),
+        }
+        for pid, (payload, _) in cases.items():
+            hub.publish(gallery_topic("office", pid), payload)
+        hub.put(other_space)
+        hub.publish(door_topic("office", "front", "cmd"), b"\xff\xfe garbage", False)
+        # a valid record after all of them is still applied: the link survived
+        hub.put(hub.record("p-ok", "amy", faces["amy"]))
+        assert door.wait(lambda: door.people().get("amy") == 3), logs.lines[-10:]
+        for pid, (_, text) in cases.items():
+            hits = [line for line in logs.having(text) if pid in line or "max_payload" in text]
+            assert len(hits) == 1, (pid, text, logs.lines)
+        assert len(logs.having("another-embedder-v9")) == 1
+        assert len(logs.having("command on")) == 1
+        assert door.door.locked and not door.relay.pin(17).state
+        # the unsigned/forged/tampered names never reached the gallery
+        assert not {"x1", "x2", "x3", "x4", "mallory"} & set(door.people())
+    finally:
+        door.close()
+        hub.close()
+    # cleanup of retained garbage for the other tests on this broker
+    w = Watcher(paths, "hub", []).wait_connected()
+    for pid in ("p-a", "p-b", "p-amy", "p-x4", "p-x2", "p-big", "p-x3", "p-ok"):
+        w.client.publish(gallery_topic("office", pid), b"", qos=1, retain=True).wait_for_publish(5)
+    w.close()
+
+
+def test_wrong_password_is_one_line_and_the_door_decides_alone(site, tmp_path, recognizer, logs):
+    paths, _ = site
+    bad = tmp_path / "wrong"
+    bad.write_text("not-the-password")
+    door = Door(paths, tmp_path, recognizer, door="back", password_file=str(bad))
+    try:
+        time.sleep(4)  # several reconnect attempts
+        assert not door.link.state.connected.is_set()
+        refusals = logs.having("broker refused the connection")
+        assert len(refusals) == 1 and "not authorized" in refusals[0].lower(), refusals
+        # offline: events still logged and kept in the outbox
+        door.events.log("access", decision="unknown")
+        assert door.link.outbox.count() >= 1 and door.door.locked
+    finally:
+        door.close()
+
+
+def test_acl_door_cannot_publish_as_another_door_or_write_the_gallery(site, tmp_path, recognizer, faces, logs):
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door_b = Door(paths, tmp_path, recognizer, door="back")
+    a = Watcher(paths, "front").wait_connected()
+    try:
+        key = hub.key
+        infos = [a.client.publish(door_topic("office", "back", "event"), json.dumps(
+                     {"event_id": "f" * 32, "door": "back", "kind": "access", "decision": "grant"}), qos=1),
+                 a.client.publish(gallery_topic("office", "p-evil"),
+                                  sign(hub.record("p-evil", "evil", faces["amy"]), key), qos=1, retain=True),
+                 a.client.publish(door_topic("office", "back", "cmd"),
+                                  sign(command_body("office", "back", "unlock"), key), qos=1)]
+        for i in infos:
+            i.wait_for_publish(5)
+        assert a.wait_for(lambda: len(a.published) == 3)
+        assert all(not ok and "authori" in reason.lower() for ok, reason in a.published.values()), a.published
+        time.sleep(0.5)
+        assert not [e for e in hub.w.json("back/event") if e.get("event_id") == "f" * 32]
+        assert "evil" not in door_b.people() and door_b.door.locked
+        # the same door publishing its own event is fine
+        ok = a.client.publish(door_topic("office", "front", "event"), b'{"event_id": "own"}', qos=1)
+        ok.wait_for_publish(5)
+        assert hub.w.wait_for(lambda: any(e.get("event_id") == "own" for e in hub.w.json("front/event")))
+    finally:
+        a.close()
+        door_b.close()
+        hub.close()
+
+
+def test_outbox_survives_a_broker_restart_exactly_once(site, tmp_path, recognizer):
+    paths, broker = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door = Door(paths, tmp_path, recognizer, door="side")
+    try:
+        for i in range(20):
+            door.events.log("access", decision="unknown", detail=f"before {i}")
+        broker.stop(kill=True)
+        for i in range(30):  # broker down: events wait in the outbox
+            door.events.log("access", decision="unknown", detail=f"during {i}")
+        assert door.link.outbox.count() >= 30
+        broker.start()
+        assert door.link.publisher.flush(20), door.link.outbox.count()
+        hub.w.wait_connected(15)
+        want = {f"before {i}" for i in range(20)} | {f"during {i}" for i in range(30)}
+        assert hub.w.wait_for(lambda: want <= {e.get("detail") for e in hub.w.json("side/event")}, 20)
+        ids = [e["event_id"] for e in hub.w.json("side/event") if e.get("detail") in want]
+        assert len(set(ids)) == 50   # a hub keeps one copy per event_id (duplicates possible on the wire only)
+    finally:
+        door.close()
+        hub.close()
+
+
+def test_remote_commands_unlock_only_when_enabled_and_audited(site, tmp_path, recognizer, logs):
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    locked = Door(paths, tmp_path / "a", recognizer, door="front").online()
+    try:
+        hub.command("front", "unlock")
+        assert locked.wait(lambda: locked.events.events(kind="remote_unlock"))
+        assert locked.door.locked and locked.events.events(kind="remote_unlock")[-1].decision == "deny"
+        assert len(logs.having("remote unlock refused")) == 1
+    finally:
+        locked.close()
+    opened = Door(paths, tmp_path / "b", recognizer, door="back", remote_unlock=True).online()
+    try:
+        body = command_body("office", "back", "unlock")
+        hub.publish(door_topic("office", "back", "cmd"), sign(body, hub.key), False)
+        assert opened.wait(lambda: opened.events.events(kind="remote_unlock"))
+        assert opened.door.unlock_count == 1
+        ev = opened.events.events(kind="remote_unlock")[-1]
+        assert ev.decision == "grant"
+        hub.publish(door_topic("office", "back", "cmd"), sign(body, hub.key), False)  # replay
+        assert opened.wait(lambda: logs.having("replay"))
+        assert opened.door.unlock_count == 1
+        assert hub.w.wait_for(lambda: any(e.get("kind") == "remote_unlock" for e in hub.w.json("back/event")))
+    finally:
+        opened.close()
+        hub.close()
