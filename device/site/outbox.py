@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    seq       INTEGER PRIMARY KEY,
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the publisher remembers how far it sent
     event_id  TEXT NOT NULL UNIQUE,
     identity  TEXT,
     payload   TEXT NOT NULL
