@@ -154,11 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # (uvicorn installs its own handlers while serving)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

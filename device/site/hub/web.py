@@ -5,8 +5,6 @@ a signed session cookie (SameSite=Strict), and a CSRF token in every form (check
 people (thumbnail, enroll by upload, rename, forget), events (live), unknown faces (grouped; assign a
 group to a person, which enrolls it), doors (online, last seen, gallery version, models, threshold).
 """
-from __future__ import annotations
-
 import hashlib
 import hmac
 import os
@@ -36,7 +34,7 @@ def check_password(password: str, stored: str) -> bool:
     return kind == "scrypt" and hmac.compare_digest(hash_password(password, bytes.fromhex(salt)), stored.strip())
 
 
-def group_unknown(items: list, threshold: float) -> list[list]:
+def group_unknown(items: list, threshold: float) -> list:
     """Greedy grouping of (event_id, space, embedding, ts, door) by cosine similarity to a group's first face."""
     groups: list[list] = []
     for it in items:
@@ -51,6 +49,8 @@ def group_unknown(items: list, threshold: float) -> list[list]:
 
 
 def create_app(hub, admin_hash: str, secret_key: Optional[str] = None):
+    """The FastAPI application for ``hub`` (a :class:`.service.Hub`); ``admin_hash`` from :func:`hash_password`.
+    (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time.)"""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -90,13 +90,17 @@ def create_app(hub, admin_hash: str, secret_key: Optional[str] = None):
     @app.middleware("http")
     async def require_login(request: Request, call_next):
         path = request.url.path
-        if path in ("/login",) or path.startswith("/static/"):
+        if path in ("/login", "/favicon.ico") or path.startswith("/static/"):
             return await call_next(request)
         if not logged_in(request):
             if path.startswith("/api/"):
                 return JSONResponse({"error": "login required"}, status_code=401)
             return RedirectResponse("/login", status_code=303)
         return await call_next(request)
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
 
     @app.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request):
