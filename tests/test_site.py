@@ -307,3 +307,119 @@ def test_remote_commands_unlock_only_when_enabled_and_audited(site, tmp_path, re
     finally:
         opened.close()
         hub.close()
+
+
+def test_doctor_reports_the_site_link(site, tmp_path, recognizer, faces):
+    from edgeface.device.site.link import doctor_checks
+
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door = Door(paths, tmp_path, recognizer, door="side").online()
+    try:
+        hub.put(hub.record("p-doc", "doc", faces["amy"]))
+        assert door.wait(lambda: "doc" in door.people())
+        checks = {c: (ok, d) for c, ok, d in doctor_checks(door.link.cfg, door.gallery_path)}
+        assert checks["broker"][0] and "TLS verified" in checks["broker"][1], checks
+        assert checks["sync"][0] and f"door gallery version {hub.version}, hub {hub.version}" in checks["sync"][1]
+        bad = tmp_path / "bad"
+        bad.write_text("nope")
+        wrong = door.link.cfg.__class__(**{**door.link.cfg.__dict__, "password_file": str(bad)})
+        checks = {c: (ok, d) for c, ok, d in doctor_checks(wrong, door.gallery_path, timeout=3)}
+        assert not checks["broker"][0] and "Not authorized" in checks["broker"][1], checks
+    finally:
+        door.close()
+        hub.close()
+    w = Watcher(paths, "hub").wait_connected()
+    w.client.publish(gallery_topic("office", "p-doc"), b"", qos=1, retain=True).wait_for_publish(5)
+    w.close()
+
+
+def test_home_assistant_discovery_and_unlock_button(site, tmp_path, recognizer):
+    """The hub publishes HA discovery per door (button only with remote unlock); HA's button press goes
+    through the hub, which signs the unlock command."""
+    from edgeface.device.app import manifest_threshold
+    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+
+    paths, _ = site
+    cfg = load_config(paths.hub / "hub.json")
+    cfg["database"] = str(tmp_path / "hub.db")
+    recognizer.min_cosine_similarity = manifest_threshold(recognizer.embedder, "far_0.001")
+    ha = Watcher(paths, "homeassistant", ["homeassistant/#", door_topic("office", "+", "event")]).wait_connected()
+    hub = RealHub(cfg, [recognizer]).start()
+    doors = [Door(paths, tmp_path / "f", recognizer, door="front").online(),
+             Door(paths, tmp_path / "b", recognizer, door="back", remote_unlock=True).online()]
+    try:
+        def configs():
+            with ha.lock:
+                return {t: json.loads(p) for t, p in ha.messages if t.startswith("homeassistant/") and p}
+
+        assert ha.wait_for(lambda: any("edgeface_office_back/unlock" in t for t in configs()), 15), list(configs())
+        c = configs()
+        assert "homeassistant/sensor/edgeface_office_front/last_person/config" in c
+        assert "homeassistant/device_automation/edgeface_office_front/grant/config" in c
+        assert not any("edgeface_office_front/unlock" in t for t in c)  # remote unlock disabled there
+        button = c["homeassistant/button/edgeface_office_back/unlock/config"]
+        ha.client.publish(button["command_topic"], button["payload_press"], qos=1).wait_for_publish(5)
+        assert doors[1].wait(lambda: doors[1].events.events(kind="remote_unlock"), 10)
+        assert doors[1].door.unlock_count == 1 and doors[0].door.unlock_count == 0
+        # HA may not publish door commands itself (ACL): only the hub signs them
+        info = ha.client.publish(door_topic("office", "front", "cmd"), b"{}", qos=1)
+        info.wait_for_publish(5)
+        assert ha.wait_for(lambda: info.mid in ha.published)
+        assert not ha.published[info.mid][0]
+    finally:
+        for d in doors:
+            d.close()
+        hub.close()
+        ha.close()
+
+
+def test_bridge_carries_events_to_a_central_broker(tmp_path, recognizer):
+    import getpass
+
+    from edgeface.device.site.broker import BrokerProcess, add_bridge, free_port, make_central
+    from edgeface.device.site.mqtt import BrokerSettings
+
+    paths, site_broker = new_site(tmp_path / "s", ("front",))
+    cport = free_port()
+    cdir, cpw = make_central(tmp_path / "central", cport, ["office"], run_as=getpass.getuser())
+    central = BrokerProcess(cdir / "mosquitto.conf", cport).start()
+    site_broker.stop()
+    add_bridge(paths.broker, "office", f"127.0.0.1:{cport}", cpw["bridge-office"], str(cdir / "ca.crt"))
+    site_broker.start()
+    door = Door(paths, tmp_path, recognizer, door="front").online()
+
+    class Central(Watcher):
+        def __init__(self):
+            from edgeface.device.site.mqtt import make_client, start
+
+            self.messages, self.lock, self.published = [], __import__("threading").Lock(), {}
+            s = BrokerSettings("127.0.0.1", cport, "central-hub", cpw["central-hub"], str(cdir / "ca.crt"), "central-r")
+            self.client, self.state = make_client(
+                s, "central reader", persistent_session=True,
+                on_connect=lambda c: c.subscribe("edgeface/#", qos=1),
+                on_message=lambda t, p: self.messages.append((t, p)))
+            start(self.client)
+
+    reader = Central().wait_connected()
+    try:
+        assert reader.wait_for(lambda: any(s.get("state") == "online" for s in reader.json("front/state")), 15)
+        for i in range(5):
+            door.events.log("access", decision="unknown", detail=f"bridged {i}")
+        assert reader.wait_for(lambda: {f"bridged {i}" for i in range(5)} <= {e.get("detail") for e in
+                                                                               reader.json("front/event")}, 15)
+        # the central broker away: the site keeps working, the bridge queues and delivers later
+        central.stop()
+        for i in range(5):
+            door.events.log("access", decision="unknown", detail=f"while central down {i}")
+        assert door.link.publisher.flush(10)  # the site broker took them
+        central.start()
+        assert reader.wait_for(lambda: {f"while central down {i}" for i in range(5)} <= {
+            e.get("detail") for e in reader.json("front/event")}, 30)
+        # the bridge user cannot write another site's subtree on the central broker
+        assert "topic readwrite edgeface/office/#" in (cdir / "acl").read_text()
+    finally:
+        reader.close()
+        door.close()
+        site_broker.stop()
+        central.stop()

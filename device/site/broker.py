@@ -133,6 +133,35 @@ def bridge_conf(name: str, address: str, site: str, username: str, password: str
     return "\n".join(out)
 
 
+def make_central(out: str | os.PathLike, port: int, sites: Sequence[str], readers: Sequence[str] = ("central-hub",),
+                 host: str = "127.0.0.1", bind: str = "127.0.0.1", run_as: str = "") -> tuple[Path, dict]:
+    """A central broker (TLS, passwords, ACL) that site brokers bridge into: user ``bridge-<site>`` may
+    write ``edgeface/<site>/#`` only; ``readers`` may read ``edgeface/#``. Returns (folder, passwords).
+    Any MQTT 3.1.1/5 broker or cluster (EMQX, HiveMQ...) can take this role with the same users and rules."""
+    folder = Path(out)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    make_ca(folder, [host])
+    passwords = {f"bridge-{s}": secrets.token_urlsafe(18) for s in sites}
+    passwords.update({r: secrets.token_urlsafe(18) for r in readers})
+    write_passwords(folder / "passwd", passwords)
+    acl = ["# central broker: each site's bridge writes its own subtree; readers read everything"]
+    for s in sites:
+        acl += [f"user bridge-{s}", f"topic readwrite edgeface/{s}/#", ""]
+    for r in readers:
+        acl += [f"user {r}", "topic read edgeface/#", ""]
+    (folder / "acl").write_text("\n".join(acl))
+    (folder / "mosquitto.conf").write_text(mosquitto_conf(folder, port, bind, True, run_as=run_as))
+    return folder, passwords
+
+
+def add_bridge(site_broker: Path, site: str, central_address: str, password: str, central_ca: str) -> None:
+    """Append a bridge to a site broker's mosquitto.conf (see :func:`bridge_conf`); restart mosquitto."""
+    conf = site_broker / "mosquitto.conf"
+    shutil.copy(central_ca, site_broker / "central-ca.crt")
+    conf.write_text(conf.read_text() + "\n" + bridge_conf("central", central_address, site, f"bridge-{site}",
+                                                          password, str(site_broker / "central-ca.crt")) + "\n")
+
+
 class SitePaths(NamedTuple):
     root: Path
     broker: Path

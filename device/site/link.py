@@ -197,3 +197,64 @@ class SiteLink:
         granted = self.door.grant(None, "remote unlock") if self.door is not None else False
         events.log("remote_unlock", identity=None, decision="grant" if granted else "cooldown",
                    detail="unlocked by the hub" if granted else "not unlocked (cooldown or no relay)")
+
+
+def doctor_checks(site_cfg, gallery_path: str, timeout: float = 5.0) -> list[tuple[str, bool, str]]:
+    """``edgeface-device doctor``'s site link report: broker reachable, TLS, auth, gallery version vs hub.
+
+    Connects once with the door's own credentials, reads the retained person records (verifying each
+    signature) and compares the highest version with the one this door has applied.
+    """
+    out = []
+    try:
+        settings = broker_settings(site_cfg)._replace(client_id=f"doctor-{site_cfg.door_id}-{int(time.time())}")
+        key = load_public_key(site_cfg.hub_public_key)
+    except Exception as exc:  # noqa: BLE001
+        return [("site", False, str(exc))]
+    versions, bad, last = [], [], [time.monotonic()]
+
+    def on_message(topic, payload):
+        last[0] = time.monotonic()
+        if not payload:
+            return
+        try:
+            versions.append(int(open_signed(payload, key, site_cfg.max_payload_bytes)["version"]))
+        except (RecordError, KeyError, ValueError, TypeError):
+            bad.append(topic)
+
+    client, state = make_client(settings, f"doctor {site_cfg.door_id}", on_message=on_message,
+                                on_connect=lambda c: c.subscribe(gallery_topic(site_cfg.site), qos=1))
+    try:
+        start(client)
+        connected = state.connected.wait(timeout)
+        where = f"{site_cfg.host}:{site_cfg.port}"
+        tls = f"TLS verified against {site_cfg.ca_file}" if site_cfg.ca_file else "NO TLS (plain MQTT)"
+        if not connected:
+            out.append(("broker", False, f"{where}: {state.last_error or 'no answer'} ({tls})"))
+            return out
+        out.append(("broker", True, f"{where} reachable; {tls}; logged in as {settings.username}"))
+        out.append(("tls", bool(site_cfg.ca_file), tls))
+        while time.monotonic() - last[0] < 1.5 and time.monotonic() - last[0] < timeout:
+            time.sleep(0.1)
+    finally:
+        stop(client)
+    hub_version = max(versions, default=0)
+    door_version = 0
+    try:
+        from edgeface import _sqlite
+
+        conn = _sqlite.connect(gallery_path)
+        try:
+            if "site_records" in _sqlite.table_names(conn):
+                door_version = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM site_records").fetchone()[0])
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001
+        out.append(("sync", False, f"cannot read {gallery_path}: {exc}"))
+        return out
+    detail = f"door gallery version {door_version}, hub {hub_version} ({len(versions)} retained record(s))"
+    if bad:
+        detail += f"; {len(bad)} record(s) NOT signed by this hub's key: {', '.join(bad[:3])}"
+    out.append(("sync", door_version >= hub_version and not bad,
+                detail + ("" if door_version >= hub_version else " - behind: start the door to catch up")))
+    return out
