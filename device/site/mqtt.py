@@ -103,7 +103,7 @@ def make_client(settings: BrokerSettings, name: str, will: Optional[tuple[str, b
     def _on_disconnect(c, userdata, flags, reason_code, properties):
         was = state.connected.is_set()
         state.connected.clear()
-        if was:  # (a refused connect was reported by _on_connect already)
+        if was and not getattr(c, "_edgeface_stopping", False):  # (refusals: reported by _on_connect)
             log.warning("%s: disconnected from the broker (%s); retrying", name, reason_code)
 
     def _on_connect_fail(c, userdata):
@@ -130,6 +130,7 @@ def start(client) -> None:
 
 def stop(client, final: Optional[tuple[str, bytes]] = None) -> None:
     """Publish ``final`` (topic, payload: retained, e.g. offline) if connected, then disconnect."""
+    client._edgeface_stopping = True  # noqa: SLF001 - our own disconnect is not worth a warning
     try:
         if final is not None and client.is_connected():
             client.publish(final[0], final[1], qos=1, retain=True).wait_for_publish(2.0)
