@@ -423,3 +423,25 @@ def test_bridge_carries_events_to_a_central_broker(tmp_path, recognizer):
         door.close()
         site_broker.stop()
         central.stop()
+
+
+def test_site_modules_import_nothing_optional_until_used():
+    """The door runs exactly as before without paho-mqtt: importing the site code (and the device with a
+    [site] section in its default config) loads neither paho, cryptography nor the hub's web stack."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, json
+import edgeface.device.app, edgeface.device.cli
+from edgeface.device.config import DeviceConfig, default_toml
+import edgeface.device.site.records, edgeface.device.site.sync, edgeface.device.site.outbox
+import edgeface.device.site.presence, edgeface.device.site.commands, edgeface.device.site.link
+import edgeface.device.site.broker, edgeface.device.site.mqtt
+assert DeviceConfig().site.enabled is False and "[site]" in default_toml()
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in
+      ('paho', 'cryptography', 'fastapi', 'starlette', 'uvicorn', 'jinja2'))))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []

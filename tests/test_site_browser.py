@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -138,7 +139,10 @@ def test_hub_web_page_in_headless_chromium(hub_site, data_root):
         b.get(url + "/unknown")
         assert until(lambda: b.find_elements(By.CSS_SELECTOR, "section.group"), 40)
         shot("05-unknown")
-        group = b.find_elements(By.CSS_SELECTOR, "section.group")[0]
+        groups = b.find_elements(By.CSS_SELECTOR, "section.group")
+        group = groups[0]  # the newest: Tony, who keeps walking by unrecognised (Colin was enrolled)
+        ids = [g.find_element(By.NAME, "events").get_attribute("value").split(",") for g in groups]
+        tony_unknown, colin_unknown = ids[0], [e for other in ids[1:] for e in other]
         group.find_element(By.NAME, "name").send_keys("Tony")
         group.find_element(By.CSS_SELECTOR, "button.assign-button").click()
         assert shows("enrolled as Tony"), b.page_source[-1500:]
@@ -161,6 +165,19 @@ def test_hub_web_page_in_headless_chromium(hub_site, data_root):
         time.sleep(2)
         assert "Colin" not in b.find_element(By.ID, "events").text
         shot("08-events-after-forget")
+        # his unknown snapshots from before he was enrolled went with him (the hub matched them to him)
+        cookie = b.get_cookie("edgeface_hub")["value"]
+
+        def status(path):
+            req = urllib.request.Request(url + path, headers={"Cookie": f"edgeface_hub={cookie}"})
+            try:
+                return urllib.request.urlopen(req, timeout=5).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        gone = [e for e in colin_unknown if status(f"/events/{e}/snapshot.jpg") == 404]
+        assert gone, "Colin's unknown snapshots from before his enrollment should be erased with him"
+        assert status(f"/events/{tony_unknown[0]}/snapshot.jpg") == 200  # Tony's stay (reviewed, enrolled)
         # a form posted without the CSRF token is refused
         b.execute_script("""document.body.insertAdjacentHTML('beforeend',
             '<form id=evil method=post action=/people/enroll><input name=name value=x></form>');

@@ -220,7 +220,11 @@ class Hub:
         self.publish_person(pid)
 
     def forget(self, pid: str) -> str:
+        thresholds = {s: float(r.min_cosine_similarity) for s, r in self.recognizers.items()
+                      if getattr(r, "min_cosine_similarity", None) is not None}
+        faces = self.store.unknown_like(pid, thresholds)  # their unrecognised snapshots go too
         name = self.store.forget(pid)
+        self.store.delete_events(faces)
         self.publish_person(pid)  # the tombstone: every door erases the person, their events and snapshots
         log.info("hub: %s (%s) forgotten", name, pid)
         return name

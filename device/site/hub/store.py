@@ -111,6 +111,29 @@ class HubStore:
             c.execute("UPDATE people SET name = ?, version = ? WHERE id = ?", (new, self._next_version(), pid))
             c.execute("UPDATE events SET identity = ? WHERE identity = ?", (new, old[0]))
 
+    def unknown_like(self, pid: str, thresholds: dict) -> list[str]:
+        """Event ids of unknown faces (any review state) that match ``pid`` at ``thresholds[space]``: their
+        snapshots are that person's too and go with them when they are forgotten."""
+        with self._lock:
+            mine = self._conn.execute("SELECT space, vector FROM embeddings WHERE person_id = ?", (pid,)).fetchall()
+            rows = self._conn.execute("SELECT event_id, space, embedding FROM events WHERE decision = 'unknown' "
+                                      "AND embedding IS NOT NULL").fetchall()
+        by_space: dict = {}
+        for space, blob in mine:
+            by_space.setdefault(space, []).append(np.frombuffer(blob, "<f4"))
+        out = []
+        for eid, space, blob in rows:
+            if space in by_space and space in thresholds:
+                v = np.frombuffer(blob, "<f4")
+                v = v / (np.linalg.norm(v) or 1.0)
+                if float(np.max(np.stack(by_space[space]) @ v)) >= thresholds[space]:
+                    out.append(eid)
+        return out
+
+    def delete_events(self, event_ids: list[str]) -> int:
+        with self._lock, self._tx() as c:
+            return sum(c.execute("DELETE FROM events WHERE event_id = ?", (e,)).rowcount for e in event_ids)
+
     def forget(self, pid: str) -> str:
         """Tombstone: embeddings, thumbnail and the person's events (with snapshots) are deleted here."""
         with self._lock, self._tx() as c:
