@@ -445,3 +445,25 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_validity_window_lets_a_person_in_and_out(site, tmp_path, recognizer, faces):
+    paths, _ = site
+    hub = Hub(paths, recognizer.embedder_id)
+    door = Door(paths, tmp_path, recognizer, door="front").online()
+    try:
+        now = time.time()
+        hub.put(hub.record("p-late", "late", faces["amy"], valid_from=now + 3))
+        hub.put(hub.record("p-gone", "gone", faces["penny"], valid_until=now - 1))
+        hub.put(hub.record("p-brief", "brief", faces["penny"][:1], valid_until=now + 3))
+        assert door.wait(lambda: "brief" in door.people())
+        assert not {"late", "gone"} & set(door.people())
+        # the sweep (every 5 s) lets "late" in and "brief" out as their windows open and close
+        assert door.wait(lambda: "late" in door.people() and "brief" not in door.people(), 15)
+        assert "gone" not in door.people()
+    finally:
+        door.close()
+        w = hub.w
+        for pid in ("p-late", "p-gone", "p-brief"):
+            w.client.publish(gallery_topic("office", pid), b"", qos=1, retain=True).wait_for_publish(5)
+        hub.close()
