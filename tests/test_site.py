@@ -467,3 +467,40 @@ def test_validity_window_lets_a_person_in_and_out(site, tmp_path, recognizer, fa
         for pid in ("p-late", "p-gone", "p-brief"):
             w.client.publish(gallery_topic("office", pid), b"", qos=1, retain=True).wait_for_publish(5)
         hub.close()
+
+
+def test_edgeface_hub_cli_init_site_and_passwd(tmp_path):
+    import subprocess
+    import sys
+
+    def hub_cli(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "edgeface.device.site.hub.cli", *args], input=stdin,
+                              capture_output=True, text=True, timeout=120)
+
+    r = hub_cli("init-site", "--site", "office", "--doors", "front,hub", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and r.stderr.strip().startswith("edgeface-hub: error: bad site or door name 'hub'")
+    r = hub_cli("init-site", "--site", "office", "--doors", "front,back", "--host", "hub.lan", "--out",
+                str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr
+    s = tmp_path / "s"
+    for f in ("broker/mosquitto.conf", "broker/passwd", "broker/acl", "broker/ca.crt", "broker/broker.crt",
+              "hub/hub.json", "hub/hub_signing_key.pem", "doors/front/site.toml", "doors/back/hub_public_key.pem",
+              "doors/back/ca.crt", "doors/back/password"):
+        assert (s / f).is_file(), f
+    assert not (s / "doors/front/hub_signing_key.pem").exists() and not (s / "doors/front/ca.key").exists()
+    passwd = (s / "broker/passwd").read_text()
+    assert {line.split(":")[0] for line in passwd.split()} == {"hub", "homeassistant", "front", "back"}
+    assert (s / "doors/front/password").read_text() not in passwd  # hashed, not stored in clear
+    assert (s / "broker/passwd").stat().st_mode & 0o077 == 0
+    cert = subprocess.run(["openssl", "x509", "-in", str(s / "broker/broker.crt"), "-noout", "-text"],
+                          capture_output=True, text=True).stdout
+    assert "DNS:hub.lan" in cert
+    from edgeface.device.config import load
+    cfg = load(s / "doors/front/site.toml")
+    assert cfg.site.enabled and cfg.site.door_id == "front" and cfg.site.host == "hub.lan"
+    assert hub_cli("passwd", "--hub", str(s / "hub"), stdin="short\n").returncode == 1
+    assert hub_cli("passwd", "--hub", str(s / "hub"), stdin="a long enough password\n").returncode == 0
+    from edgeface.device.site.hub.web import check_password
+    stored = (s / "hub/admin_password").read_text()
+    assert check_password("a long enough password", stored) and not check_password("wrong", stored)
+    assert "init-site" in hub_cli("--help").stdout
