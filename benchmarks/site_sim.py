@@ -181,6 +181,7 @@ def door_disk_rate(n: int = 300) -> dict:
             t = time.perf_counter()
             for p in payloads:
                 s.apply(person_record(open_signed(p, pub)))
+            s.flush()
             out[f"apply_ms_per_record_{name}"] = round(1e3 * (time.perf_counter() - t) / n, 3)
             s.close()
         shutil.rmtree(d, ignore_errors=True)

@@ -504,3 +504,28 @@ def test_edgeface_hub_cli_init_site_and_passwd(tmp_path):
     stored = (s / "hub/admin_password").read_text()
     assert check_password("a long enough password", stored) and not check_password("wrong", stored)
     assert "init-site" in hub_cli("--help").stdout
+
+
+def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer, faces):
+    """Records applied in one burst (one commit) still remember every name a person had."""
+    from edgeface import Gallery
+    from edgeface.device.events import EventLog
+    from edgeface.device.site.records import PersonRecord, encode_vectors
+    from edgeface.device.site.sync import GallerySync
+
+    space = recognizer.embedder_id
+    ev = EventLog(tmp_path / "e.db", snapshot_dir=tmp_path / "snaps")
+    with Gallery(tmp_path / "g.db", space, recognizer.embedder.dim) as g:
+        sync = GallerySync(g, str(tmp_path / "e.db"))
+        emb = {space: encode_vectors(faces["amy"])}
+        assert sync.apply(PersonRecord("office", "p1", "Amy", 1, False, None, None, emb)) == "enrolled"
+        ev.log("access", identity="Amy", decision="grant", snapshot=np.full((8, 8, 3), 7, np.uint8))
+        assert sync.apply(PersonRecord("office", "p1", "Amy F", 2, False, None, None, emb)) == "enrolled"
+        ev.log("access", identity="Amy F", decision="grant")
+        assert sync.apply(PersonRecord("office", "p1", "Amy F", 2, False, None, None, emb)) == "stale"
+        assert [p.name for p in g.people()] == ["Amy F"]
+        assert sync.apply(PersonRecord("office", "p1", "Amy F", 3, True, None, None, {})) == "erased"
+        assert len(g) == 0 and not ev.events(kind="access") and not list((tmp_path / "snaps").iterdir())
+        assert sync.version == 3
+        sync.close()
+    ev.close()

@@ -137,6 +137,8 @@ class SiteLink:
                     topic = None
                 if topic is not None:
                     self._handle(topic, payload, sync, gallery, events)
+                if self.inbox.empty():
+                    sync.flush()
                 now = time.monotonic()
                 if now - last_sweep > 5.0:
                     last_sweep = now

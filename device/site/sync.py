@@ -92,24 +92,43 @@ class GallerySync:
         with _sqlite.transaction(self._conn):
             _sqlite.run_script(self._conn, SCHEMA)
         self._ignored_spaces: set = set()
+        self._pending: dict = {}  # id -> site_records row not yet written (see flush)
+        self._pending_names: set = set()  # (id, name) not yet written
 
     @property
     def version(self) -> int:
         """The highest record version applied: compare with the hub's to see if the door is up to date."""
+        self.flush()
         return int(self._conn.execute("SELECT COALESCE(MAX(version), 0) FROM site_records").fetchone()[0])
 
     def held(self, pid: str) -> Optional[tuple]:
+        """(name, version, deleted, active) last applied for ``pid``, or None."""
+        if pid in self._pending:
+            row = self._pending[pid]
+            return row[1], row[2], row[3], row[4]
         return self._conn.execute("SELECT name, version, deleted, active FROM site_records WHERE id = ?",
                                   (pid,)).fetchone()
 
     def _remember(self, rec: PersonRecord, active: bool, window: Optional[str]) -> None:
+        self._pending[rec.id] = (rec.id, rec.name, rec.version, int(rec.deleted), int(active), window)
+        if not rec.deleted:
+            self._pending_names.add((rec.id, rec.name))
+        if len(self._pending) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was applied since the last flush, in one transaction (a burst of records costs one
+        commit here, not one each). Safe to lose in a crash: the gallery already holds the people, and the
+        retained records are applied again, idempotently, on the next start."""
+        if not self._pending:
+            return
+        rows, self._pending = list(self._pending.values()), {}
+        names, self._pending_names = sorted(self._pending_names), set()
         with _sqlite.transaction(self._conn):
-            self._conn.execute("INSERT OR REPLACE INTO site_records VALUES (?, ?, ?, ?, ?, ?)",
-                               (rec.id, rec.name, rec.version, int(rec.deleted), int(active), window))
-            if rec.deleted:
-                self._conn.execute("DELETE FROM site_names WHERE id = ?", (rec.id,))
-            else:  # every name a person had: their events carry it, a tombstone erases them all
-                self._conn.execute("INSERT OR IGNORE INTO site_names VALUES (?, ?)", (rec.id, rec.name))
+            self._conn.executemany("INSERT OR REPLACE INTO site_records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany("DELETE FROM site_names WHERE id = ?", [(r[0],) for r in rows if r[3]])
+            # every name a person had: their events carry it, a tombstone erases them all
+            self._conn.executemany("INSERT OR IGNORE INTO site_names VALUES (?, ?)", names)
 
     def apply(self, rec: PersonRecord, now: Optional[float] = None) -> str:
         """Apply one verified record: returns ``stale``, ``erased``, ``enrolled``, ``inactive`` or ``ignored``.
@@ -121,6 +140,7 @@ class GallerySync:
         if held is not None and held[1] >= rec.version:
             return "stale"
         if rec.deleted:
+            self.flush()
             names = {r[0] for r in self._conn.execute("SELECT name FROM site_names WHERE id = ?", (rec.id,))}
             for name in sorted(names | {rec.name}):
                 counts = erase_person(self.gallery, self.events_path, name)
@@ -153,6 +173,7 @@ class GallerySync:
         """Let people in or out as their validity windows open and close; returns how many changed."""
         now = time.time() if now is None else now
         changed = 0
+        self.flush()
         rows = self._conn.execute("SELECT id, name, version, active, window FROM site_records "
                                   "WHERE window IS NOT NULL AND deleted = 0").fetchall()
         for pid, name, version, active, window in rows:
@@ -173,6 +194,7 @@ class GallerySync:
 
     def close(self) -> None:
         try:
+            self.flush()
             self._conn.close()
         except sqlite3.Error:
             pass
