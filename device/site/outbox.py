@@ -54,9 +54,10 @@ class Outbox:
         """Called by the event log inside its transaction."""
         body = event.to_json()
         body.pop("id")
-        body.update(event_id=uuid.uuid4().hex, door=self.door, space=self.space, local_id=event.id)
+        body.update(event_id=uuid.uuid4().hex, door=self.door, space=self.space, local_id=event.id,
+                    score=None if event.score is None else float(event.score))
         conn.execute("INSERT INTO outbox (event_id, identity, payload) VALUES (?, ?, ?)",
-                     (body["event_id"], event.identity, json.dumps(body)))
+                     (body["event_id"], event.identity, json.dumps(body, default=str)))
         self.new_rows.set()
 
     def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
