@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 
-from edgeface.device.site import door_topic, gallery_topic
 from edgeface.device.site.broker import BrokerProcess, free_port, make_site
 from edgeface.device.site.mqtt import BrokerSettings, make_client, start, stop
 

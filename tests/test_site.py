@@ -14,7 +14,7 @@ from edgeface.device.site import door_topic, gallery_topic
 from edgeface.device.site.commands import command_body
 from edgeface.device.site.records import encode_vectors, load_signing_key, sign
 
-from site_harness import LogLines, Watcher, new_site, settings
+from site_harness import LogLines, Watcher, new_site
 
 gpiozero = pytest.importorskip("gpiozero")
 from gpiozero.pins.mock import MockFactory  # noqa: E402
@@ -270,10 +270,11 @@ def test_outbox_survives_a_broker_restart_exactly_once(site, tmp_path, recognize
             door.events.log("access", decision="unknown", detail=f"during {i}")
         assert door.link.outbox.count() >= 30
         broker.start()
-        assert door.link.publisher.flush(20), door.link.outbox.count()
-        hub.w.wait_connected(15)
+        assert door.link.publisher.flush(60), door.link.outbox.count()
+        hub.w.wait_connected(60)
         want = {f"before {i}" for i in range(20)} | {f"during {i}" for i in range(30)}
-        assert hub.w.wait_for(lambda: want <= {e.get("detail") for e in hub.w.json("side/event")}, 20)
+        assert hub.w.wait_for(lambda: want <= {e.get("detail") for e in hub.w.json("side/event")}, 60), \
+            want - {e.get("detail") for e in hub.w.json("side/event")}
         ids = [e["event_id"] for e in hub.w.json("side/event") if e.get("detail") in want]
         assert len(set(ids)) == 50   # a hub keeps one copy per event_id (duplicates possible on the wire only)
     finally:

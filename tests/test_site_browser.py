@@ -17,7 +17,7 @@ import pytest
 
 from edgeface.device.site.broker import free_port
 from site_harness import new_site
-from test_site_hub import DOORS, ENROLLED, LATER, DoorProcess, door_toml, frames_folder, lfw, wait
+from test_site_hub import ENROLLED, DoorProcess, door_toml, frames_folder, lfw, wait
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

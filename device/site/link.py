@@ -13,7 +13,6 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from . import SiteError, door_topic, gallery_topic
 from .commands import CommandCheck

@@ -18,7 +18,6 @@ import json
 import logging
 import threading
 import uuid
-from typing import Optional
 
 from edgeface import _sqlite
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from edgeface import _sqlite
 
-from .records import PersonRecord, RecordError, vectors
+from .records import PersonRecord, vectors
 
 log = logging.getLogger(__name__)
 

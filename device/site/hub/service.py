@@ -11,7 +11,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 

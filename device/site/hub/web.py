@@ -7,7 +7,6 @@ group to a person, which enrolls it), doors (online, last seen, gallery version,
 """
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Optional
