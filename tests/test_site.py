@@ -530,3 +530,19 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
         assert sync.version == 3
         sync.close()
     ev.close()
+
+
+def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, recognizer):
+    from edgeface.device.site.hub.store import HubStore
+
+    st = HubStore(str(tmp_path / "hub.db"), "office")
+    pid = st.enroll("Amy", {recognizer.embedder_id: faces["amy"]})
+    ev = {"event_id": "e1", "door": "front", "kind": "access", "identity": "Amy", "decision": "grant", "ts": 1.0}
+    assert st.add_events([ev, dict(ev)]) == 1 and st.add_events([dict(ev)]) == 0  # dedup by event_id
+    assert st.record(pid)["version"] == 1 and st.version == 1
+    st.forget(pid)
+    assert st.count_events() == 0 and st.record(pid)["deleted"] and st.record(pid)["embeddings"] == {}
+    assert st.add_events([dict(ev, event_id="e2")]) == 0  # a late event of a forgotten person is dropped
+    assert st.add_events([dict(ev, event_id="e3", identity=None, decision="unknown")]) == 1
+    assert st.prune(30, now=time.time() + 31 * 86400) == 1 and st.count_events() == 0
+    st.close()

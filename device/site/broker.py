@@ -200,7 +200,8 @@ def make_site(out: str | os.PathLike, site: str, doors: Sequence[str], host: str
     (hub / "hub.json").write_text(json.dumps({
         "site": site, "host": host, "port": port, "ca_file": ca, "username": HUB_USER,
         "password_file": str(hub / "mqtt_password"), "signing_key": str(hub / "hub_signing_key.pem"),
-        "database": str(hub / "hub.db"), "models": [], "bind": "127.0.0.1", "http_port": 8080}, indent=1))
+        "database": str(hub / "hub.db"), "models": [], "bind": "127.0.0.1", "http_port": 8080,
+        "event_retention_days": 90}, indent=1))
     door_dirs = {}
     for d in doors:
         dd = root / "doors" / d

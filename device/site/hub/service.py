@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -117,7 +118,14 @@ class Hub:
                 self.client.publish(t, p, qos=1, retain=True)
 
     def _write_events(self) -> None:
+        retention = float(self.cfg.get("event_retention_days", 90))
+        last_prune = 0.0
         while not self._stop.is_set():
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                n = self.store.prune(retention)
+                if n:
+                    log.info("hub: %d event(s) older than %g days deleted", n, retention)
             try:
                 batch = [self._inbox.get(timeout=0.2)]
             except queue.Empty:

@@ -201,6 +201,14 @@ class HubStore:
                           f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 3))})", rows)
             return c.total_changes - before
 
+    def prune(self, retention_days: float, now: Optional[float] = None) -> int:
+        """Delete events (and their snapshots) received more than ``retention_days`` ago (0 = keep)."""
+        if retention_days <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - retention_days * 86400.0
+        with self._lock, self._tx() as c:
+            return c.execute("DELETE FROM events WHERE received < ?", (cutoff,)).rowcount
+
     def events(self, limit: int = 100, after: float = 0.0, door: Optional[str] = None) -> list[dict]:
         conds, params = ["received > ?"], [after]
         if door:

@@ -5,6 +5,7 @@ a signed session cookie (SameSite=Strict), and a CSRF token in every form (check
 people (thumbnail, enroll by upload, rename, forget), events (live), unknown faces (grouped; assign a
 group to a person, which enrolls it), doors (online, last seen, gallery version, models, threshold).
 """
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -111,6 +112,7 @@ def create_app(hub, admin_hash: str, secret_key: Optional[str] = None):
         if form is None:
             return Response("CSRF check failed: reload the page", status_code=403)
         if not check_password(str(form.get("password", "")), admin_hash):
+            await asyncio.sleep(1.0)  # slows password guessing down (scrypt already costs ~50 ms per try)
             flash(request, "wrong password", error=True)
             return RedirectResponse("/login", status_code=303)
         request.session.clear()
