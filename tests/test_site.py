@@ -546,3 +546,31 @@ def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, rec
     assert st.add_events([dict(ev, event_id="e3", identity=None, decision="unknown")]) == 1
     assert st.prune(30, now=time.time() + 31 * 86400) == 1 and st.count_events() == 0
     st.close()
+
+
+def test_hub_access_window_reaches_the_door(site, tmp_path, recognizer, faces):
+    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+
+    paths, _ = site
+    cfg = load_config(paths.hub / "hub.json")
+    cfg["database"] = str(tmp_path / "hub.db")
+    cfg["client_id"] = "hub-window-test"
+    hub = RealHub(cfg, [recognizer]).start()
+    door = Door(paths, tmp_path, recognizer, door="back").online()
+    try:
+        assert hub.wait_connected(10)
+        pid = hub.store.enroll("Walt", {recognizer.embedder_id: faces["amy"]})
+        hub.publish_person(pid)
+        assert door.wait(lambda: "Walt" in door.people())
+        hub.set_window(pid, None, time.time() - 60)  # his access ended a minute ago
+        assert door.wait(lambda: "Walt" not in door.people())
+        hub.set_window(pid, time.time() - 60, None)
+        assert door.wait(lambda: "Walt" in door.people())
+        with pytest.raises(Exception, match="must be after"):
+            hub.set_window(pid, 100.0, 50.0)
+        hub.forget(pid)
+        hub.flush()
+        assert door.wait(lambda: "Walt" not in door.people())
+    finally:
+        door.close()
+        hub.close()

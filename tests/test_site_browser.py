@@ -153,6 +153,14 @@ def test_hub_web_page_in_headless_chromium(hub_site, data_root):
         shot("06-assigned")
         # the assigned faces were enrolled: the door now grants Tony
         assert wait(lambda: door.rows("SELECT 1 FROM events WHERE identity = 'Tony' AND decision = 'grant'"), 30)
+        # an access window for Tony (UTC), saved and shown back
+        b.get(url + "/people")
+        until_input = b.find_element(By.CSS_SELECTOR, 'tr[data-name="Tony"] form.window input[name="valid_until"]')
+        b.execute_script("arguments[0].value = '2030-12-24T18:00';", until_input)
+        b.find_element(By.CSS_SELECTOR, 'tr[data-name="Tony"] form.window button').click()
+        assert shows("access window saved")
+        assert b.find_element(By.CSS_SELECTOR, 'tr[data-name="Tony"] form.window input[name="valid_until"]'
+                              ).get_attribute("value") == "2030-12-24T18:00"
         # forget Colin (confirm dialog)
         b.get(url + "/people")
         b.find_element(By.CSS_SELECTOR, 'tr[data-name="Colin"] button.forget').click()

@@ -226,6 +226,11 @@ class Hub:
         self.store.rename(pid, new)
         self.publish_person(pid)
 
+    def set_window(self, pid: str, valid_from: Optional[float], valid_until: Optional[float]) -> None:
+        """A validity window: every door lets the person in only inside it (checked by the door itself)."""
+        self.store.set_window(pid, valid_from, valid_until)
+        self.publish_person(pid)
+
     def forget(self, pid: str) -> str:
         thresholds = {s: float(r.min_cosine_similarity) for s, r in self.recognizers.items()
                       if getattr(r, "min_cosine_similarity", None) is not None}

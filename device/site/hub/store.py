@@ -134,6 +134,16 @@ class HubStore:
         with self._lock, self._tx() as c:
             return sum(c.execute("DELETE FROM events WHERE event_id = ?", (e,)).rowcount for e in event_ids)
 
+    def set_window(self, pid: str, valid_from: Optional[float], valid_until: Optional[float]) -> None:
+        """Access only from ``valid_from`` until ``valid_until`` (unix seconds; None = open end)."""
+        if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+            raise HubError("'valid until' must be after 'valid from'")
+        with self._lock, self._tx() as c:
+            if c.execute("SELECT 1 FROM people WHERE id = ? AND deleted = 0", (pid,)).fetchone() is None:
+                raise HubError(f"no person {pid}")
+            c.execute("UPDATE people SET valid_from = ?, valid_until = ?, version = ? WHERE id = ?",
+                      (valid_from, valid_until, self._next_version(), pid))
+
     def forget(self, pid: str) -> str:
         """Tombstone: embeddings, thumbnail and the person's events (with snapshots) are deleted here."""
         with self._lock, self._tx() as c:
@@ -150,10 +160,14 @@ class HubStore:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT p.id, p.name, p.version, p.created, p.thumb IS NOT NULL, "
-                "(SELECT COUNT(*) FROM embeddings e WHERE e.person_id = p.id) FROM people p WHERE deleted = 0 "
-                "ORDER BY p.name").fetchall()
-        return [{"id": r[0], "name": r[1], "version": r[2], "created": r[3], "thumb": bool(r[4]), "embeddings": r[5]}
-                for r in rows]
+                "(SELECT COUNT(*) FROM embeddings e WHERE e.person_id = p.id), p.valid_from, p.valid_until "
+                "FROM people p WHERE deleted = 0 ORDER BY p.name").fetchall()
+
+        def iso(t):
+            return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M") if t is not None else ""
+
+        return [{"id": r[0], "name": r[1], "version": r[2], "created": r[3], "thumb": bool(r[4]), "embeddings": r[5],
+                 "valid_from": iso(r[6]), "valid_until": iso(r[7])} for r in rows]
 
     def person_id(self, name: str) -> Optional[str]:
         with self._lock:

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -170,6 +171,21 @@ def create_app(hub, admin_hash: str, secret_key: Optional[str] = None):
         async def do(form):
             await run_in_threadpool(hub.rename, pid, str(form.get("name", "")))
             return f"renamed to {form.get('name')}"
+        return await action(request, do, "")
+
+    @app.post("/people/{pid}/window")
+    async def window(request: Request, pid: str):
+        async def do(form):
+            def utc(key):
+                text = str(form.get(key, "")).strip()
+                if not text:
+                    return None
+                try:
+                    return datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc).timestamp()
+                except ValueError:
+                    raise HubError(f"{key}: expected a date and time like 2026-12-24T18:00, got {text!r}") from None
+            await run_in_threadpool(hub.set_window, pid, utc("valid_from"), utc("valid_until"))
+            return "access window saved (UTC)"
         return await action(request, do, "")
 
     @app.post("/people/{pid}/forget")
