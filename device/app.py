@@ -158,6 +158,7 @@ class DoorApp:
         self.rec = None
         self.loop: Optional[FaceLoop] = None
         self._sealed: Optional[SealedGallery] = None
+        self.site = None  # the site link ([site] enabled): edgeface.device.site.link.SiteLink
         try:
             if cfg.door.enabled:
                 if clock == "wall":
@@ -169,6 +170,10 @@ class DoorApp:
             self.events = EventLog(cfg.events.path, cfg.events.retention_days, cfg.events.max_events,
                                    cfg.events.snapshot_dir or None, cipher=self.cipher)
             self.rec = load_recognizer(cfg)
+            if cfg.site.enabled:  # a door on a site may start empty: people come from the hub
+                from .site.link import ensure_gallery
+
+                ensure_gallery(cfg.gallery.path, self.rec)
             if self.cipher is None:
                 self.gallery = open_gallery(cfg.gallery.path, self.rec)
             else:  # decrypted into RAM for the run; the file on disk stays sealed
@@ -184,6 +189,8 @@ class DoorApp:
                                  threshold=self.rec.min_cosine_similarity)
             if self.rec.door_threshold.warning:
                 log.warning("%s", self.rec.door_threshold.warning)
+            if cfg.site.enabled:
+                self.site = start_site_link(cfg, self)
             note = gallery_risk_note(cfg, sum(p.num_embeddings for p in self.gallery.people()))
             if note:
                 (log.warning if "consider" in note else log.info)("%s", note)
@@ -226,6 +233,10 @@ class DoorApp:
                 self.events.log("stop")
             except Exception:  # noqa: BLE001 - best effort: a failing log or probe must not mask the real error
                 pass
+        if self.site is not None:
+            self.site.close()
+            self.site = None
+        if self.events is not None:
             self.events.close()
             self.events = None
         if self.gallery is not None:
@@ -240,6 +251,16 @@ class DoorApp:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def start_site_link(cfg: DeviceConfig, app: "DoorApp"):
+    """The door's MQTT site link (``[site] enabled``); paho-mqtt is imported only here."""
+    from .site.link import SiteLink
+
+    models = {"detector": Path(app.rec.detector.manifest["model_file"]).name,
+              "embedder": app.rec.embedder_id, "precision": cfg.models.precision}
+    return SiteLink(cfg.site, cfg.gallery.path, app.events, app.door, models, app.loop.threshold,
+                    app.rec.embedder_id).start()
 
 
 def has_display() -> bool:

@@ -315,6 +315,11 @@ def doctor(cfg) -> list[dict]:
             add("door", False, str(exc))
     else:
         add("door", True, "relay disabled in [door]")
+    if cfg.site.enabled:  # the site link: broker reachable, TLS, auth, gallery version vs hub
+        from .site.link import doctor_checks
+
+        for check, ok, detail in doctor_checks(cfg.site, cfg.gallery.path):
+            add(check, ok, detail)
     from .app import has_display
 
     add("display", True, "display available (kiosk overlay)" if has_display() else "headless (no display or no GUI)")

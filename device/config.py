@@ -196,6 +196,27 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    enabled: bool = _f(False, "join a site: take people from the hub over MQTT, send events to it (needs "
+                              "pip install 'edgeface[site]'; see device/site/README.md). The door still decides "
+                              "alone, online or offline")
+    site: str = _f("site", "site name (MQTT topics edgeface/<site>/...)")
+    door_id: str = _f("", "this door's id, also its MQTT user name (letters, digits, - and _)")
+    host: str = _f("127.0.0.1", "MQTT broker (Mosquitto) host name; must match its TLS certificate")
+    port: int = _f(8883, "MQTT broker port (8883 = MQTT over TLS)", 1, 65535)
+    password_file: str = _f("", "file holding this door's MQTT password (chmod 600)")
+    ca_file: str = _f("", "the site CA certificate (ca.crt): TLS to the broker, verified; empty = plain MQTT, "
+                          "only for tests on 127.0.0.1")
+    hub_public_key: str = _f("", "the hub's Ed25519 public key (hub_public_key.pem): records not signed by it "
+                                 "are refused")
+    remote_unlock: bool = _f(False, "accept the hub's signed unlock command (audited as a remote_unlock event)")
+    keepalive_seconds: int = _f(30, "MQTT keepalive; the broker declares the door offline after 1.5x this",
+                                5, 3600)
+    max_payload_bytes: int = _f(1_000_000, "messages larger than this are ignored with one log line",
+                                1024, 100_000_000)
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -209,6 +230,7 @@ class DeviceConfig:
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
 
     def replace(self, **sections: dict) -> "DeviceConfig":
         """A copy with some fields changed: ``cfg.replace(door={"pin_factory": "mock"})`` (validated)."""

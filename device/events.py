@@ -78,7 +78,12 @@ class EventLog:
 
     ``readonly=True`` opens an existing log for reading only (``edgeface-device events``): nothing is created,
     no schema is written, an empty or foreign file is an :class:`EventLogError`.
+
+    ``on_insert``: callables ``hook(conn, event)`` run inside each event's transaction (the site outbox
+    adds its row there, so an event is logged and queued for the hub together or not at all).
     """
+
+    on_insert: tuple = ()
 
     def __init__(self, path: str | os.PathLike, retention_days: float = 90.0, max_events: int = 1_000_000,
                  snapshot_dir: Optional[str | os.PathLike] = None, readonly: bool = False, cipher=None):
@@ -170,6 +175,9 @@ class EventLog:
                     (ts, iso, kind, track, identity, None if score is None else float(score), decision,
                      None if snap_path is None else str(snap_path), detail))
                 event_id = int(cur.lastrowid)
+                for hook in self.on_insert:  # e.g. the site outbox: written in this same transaction
+                    hook(conn, Event(event_id, ts, iso, kind, track, identity, score, decision,
+                                     None if snap_path is None else str(snap_path), detail))
                 old_snapshots = self._prune_in(conn, time.time())
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot write to event log {self.path}: {exc}{_disk_note(self.path)}") from exc
