@@ -18,7 +18,7 @@ from edgeface.detect import FaceDetector
 from edgeface.embed import face_crop
 from edgeface.manifest import INDEX
 
-from . import common, detector, embedder
+from . import common, detector, detector_config, embedder
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
             index["float32"]["detector"], index["int8"]["detector"] = f.name, q.name
         index.setdefault("detectors", {})[name] = {"float32": f.name, "int8": q.name}
         log.info("detector %s: float %s, int8 %s (%.0f KB)", name, f.name, q.name, q.stat().st_size / 1024)
+    detector_config.add_detector_configs(out, index, images)  # box transforms + the default "auto"
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))
     float_det = FaceDetector(out / index["float32"]["detector"])
