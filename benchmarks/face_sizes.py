@@ -8,6 +8,7 @@ from ``../shared/data`` at run time):
   few metres away (faces 15-85 px; mirrored where a photo repeats);
 * ``lfw_small``: 48 single-face LFW photos pasted at 20-56 px on a 1280x720 canvas;
 * ``lfw_mixed``: one 400 px face beside a dozen 24-64 px faces on 1280x720;
+* ``lfw_native``: one LFW photo as it is (250x250, the portrait / door case);
 * ``lfw_press`` / ``lfw_closeup``: one face filling a 900 px / 800 px frame (the press photo that the old
   ``--tiles 3`` turned into four false small faces).
 
@@ -137,8 +138,10 @@ def scenes(data_root: Path, labels: Optional[dict] = None) -> list[Scene]:
         faces.append(_paste_lfw(canvas, img, box, (24, 32, 48, 64)[r % 4 if r < 3 else 0] + 4 * c,
                                 700 + c * 140, 60 + r * 200))
     out.append(Scene("lfw_mixed", canvas, np.stack(faces), _boxes([])))
-    # a face filling the frame: the whole LFW photo at 900 px, and its centre at 800 px
+    # one LFW photo as it is (a portrait, a door camera close up)
     img, box = lfw[1]
+    out.append(Scene("lfw_native", img, box[None], _boxes([])))
+    # a face filling the frame: the whole LFW photo at 900 px, and its centre at 800 px
     big = cv2.resize(img, (900, 900), interpolation=cv2.INTER_CUBIC)
     out.append(Scene("lfw_press", big, (box * 900 / img.shape[1])[None], _boxes([])))
     a, b = 60, 190

@@ -34,7 +34,7 @@ AUTO = {
     "whole_frame": ["short_range", "full_range"],
     "tile_model": "full_range",
     "min_face": 20,
-    "tile_face_fraction": 0.1,
+    "tile_face_fraction": 0.08,
     "description": "every face size in one call: short and full range BlazeFace on the whole frame (the "
                    "short-range box kept where both find a face), the full-range model on a pyramid of "
                    "tiles for faces down to min_face pixels in large frames",
