@@ -1,4 +1,12 @@
-"""Face detection with an int8 or float BlazeFace model described by its manifest."""
+"""Face detection of every size with int8 or float BlazeFace models described by their manifests.
+
+A detector configuration (``models.json`` ``detector_configs``; ``auto`` is the default of a current build)
+runs the short-range model (faces filling 15-100 % of the frame) and the full-range model (8-60 %) on the whole
+frame, keeps one box per face (the short-range box where both agree: embedder box recipes were fitted to it;
+full-range boxes are mapped onto its geometry by the manifest's ``box_transform``), and searches frames too
+large for a 20 px face to reach 8 % of a whole-frame pass on a pyramid of overlapping tiles with the
+full-range model. Tile faces are only added: they never replace or move a whole-frame face.
+"""
 from __future__ import annotations
 
 import logging
