@@ -175,3 +175,16 @@ def test_full_range_boxes_are_mapped_onto_the_short_range_geometry(models_dir, d
             raw.append(iou(a[0].box, np.array([f.box for f in c])).max())
     assert len(mapped) >= 35
     assert np.median(mapped) > max(0.8, np.median(raw) + 0.01), (np.median(mapped), np.median(raw))
+
+
+@pytest.mark.slow
+def test_device_models_detector_is_chosen_by_name_and_checked_at_start(models_dir):
+    from edgeface.device import config as C
+    from edgeface.device.app import StartupError, load_recognizer
+
+    cfg = C.from_dict({"models": {"dir": str(models_dir), "detector": "short_range", "min_face": 0}})
+    rec = load_recognizer(cfg)
+    assert rec.detector.name == "short_range" and len(rec.detector.members) == 1
+    assert load_recognizer(C.from_dict({"models": {"dir": str(models_dir)}})).detector.name == "auto"
+    with pytest.raises(StartupError, match=r"\[models\] detector: unknown detector 'tiny'.*auto"):
+        load_recognizer(C.from_dict({"models": {"dir": str(models_dir), "detector": "tiny"}}))
