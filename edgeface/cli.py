@@ -305,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'auto' in a current build: faces from --min-face pixels to the whole frame; "
                                 "'short_range': one fast pass for faces filling much of the frame; 'full_range')")
             p.add_argument("--min-face", type=int, default=None, metavar="PX",
-                           help="smallest face to find, in pixels (default: the detector's, 20 for auto); large "
-                                "frames are also searched on tiles for faces this small, ~4x the tiles per halving; "
-                                "0 = whole-frame passes only")
+                           help="smallest face to find, in pixels (default: the detector's; auto: 20, or 1/64 of "
+                                "the longer side of photos over 1280 px); large frames are also searched on tiles "
+                                "for faces this small, ~4x the tiles per halving; 0 = whole-frame passes only")
             p.add_argument("--tiles", type=int, default=1,
                            help="also detect on a fixed grid of N x N overlapping tiles, for very large photos "
                                 "(tile faces never replace a whole-frame face)")

@@ -169,12 +169,16 @@ class DetectorConfig(NamedTuple):
     finds reliably on a whole frame or tile (int8 full range on LFW faces pasted on a 640x480 frame: 100 % at
     0.10, 93 % at 0.08, 63 % at 0.06, 43 % at 0.05; short range: 37 % at 0.10, 100 % at 0.15). 0.08 for
     ``auto``: 97 % of the faces >= 20 px of the face-size benchmark with 40 % fewer tiles than 0.10.
+    ``min_face_fraction``: on frames so large that ``min_face`` is below this fraction of the longer side, the
+    smallest face searched is this fraction instead: it caps the tiles (and the time) of a huge photo at about
+    those of a 1280 px frame (1/64 for ``auto``: 20 px up to 1280 px, 62 px on a 4000 px photo).
     """
     name: str
     whole_frame: tuple[Path, ...]
     tile_model: Path
     min_face: int = 0
     tile_face_fraction: float = 0.08
+    min_face_fraction: float = 0.0
 
 
 #: Fraction of a pyramid tile's side by which neighbouring tiles overlap: every face up to this fraction
@@ -196,8 +200,9 @@ class FaceDetector:
       tiles: 1 (default) adds no fixed grid. N > 1 also runs the tile model on overlapping square tiles, about
         N along the longer side (N*N+1 times the cost of one pass): for very large photos. Tile faces never
         replace a whole-frame face: a tile detection overlapping one is dropped.
-      min_face: smallest face to find, in image pixels (default: the configuration's, 20 for ``auto``; 0 turns
-        the automatic tile pyramid off). Each halving costs about four times the tiles on a large frame.
+      min_face: smallest face to find, in image pixels, on frames of any size (default: the configuration's,
+        for ``auto`` 20 px or 1/64 of the frame's longer side, whichever is larger; 0 turns the automatic tile
+        pyramid off). Each halving costs about four times the tiles on a large frame.
       threads, accelerator, runtime_name: see :func:`edgeface.runtime.make_interpreter`.
 
     Faces come out sorted by score, best first, with boxes in the reference (short-range) box geometry.
@@ -216,6 +221,7 @@ class FaceDetector:
         self.config = config
         self.tiles = int(tiles)
         self.min_face = int(config.min_face if min_face is None else min_face)
+        self.min_face_fraction = config.min_face_fraction if min_face is None else 0.0
         if self.min_face < 0:
             raise ValueError(f"min_face must be >= 0 pixels, got {self.min_face}")
         if not 0.0 <= iou_threshold <= 1.0:
@@ -275,9 +281,9 @@ class FaceDetector:
         """The tiles ``(x0, y0, side)`` searched besides the whole frame: the fixed ``tiles`` grid and the
         ``min_face`` pyramid."""
         out = tile_windows(height, width, self.tiles) if self.tiles > 1 else []
-        fraction = self.config.tile_face_fraction
         if self.min_face:
-            out += pyramid_windows(height, width, self.min_face, fraction)
+            smallest = max(self.min_face, self.min_face_fraction * max(height, width))
+            out += pyramid_windows(height, width, smallest, self.config.tile_face_fraction)
         return out
 
     def detect(self, image: np.ndarray, max_faces: Optional[int] = None,
@@ -314,7 +320,7 @@ def _starts(n: int, side: int, step: float) -> list[int]:
     return sorted({round(v) for v in np.linspace(0, n - side, count)})
 
 
-def pyramid_windows(height: int, width: int, min_face: int, face_fraction: float = 0.08,
+def pyramid_windows(height: int, width: int, min_face: float, face_fraction: float = 0.08,
                     overlap: float = PYRAMID_OVERLAP) -> list[tuple[int, int, int]]:
     """Square tiles ``(x0, y0, side)`` on which a model that finds faces down to ``face_fraction`` of its input
     finds every face from ``min_face`` pixels up to where the whole-frame pass takes over.
@@ -500,8 +506,10 @@ def resolve_detector(models_dir: str | os.PathLike, precision: str = "int8",
         try:
             whole = tuple(model_file(m) for m in c["whole_frame"])
             tile = model_file(c.get("tile_model", c["whole_frame"][0]))
+            defaults = DetectorConfig._field_defaults
             return DetectorConfig(name, whole, tile, int(c.get("min_face", 0)),
-                                  float(c.get("tile_face_fraction", DetectorConfig._field_defaults["tile_face_fraction"])))
+                                  float(c.get("tile_face_fraction", defaults["tile_face_fraction"])),
+                                  float(c.get("min_face_fraction", defaults["min_face_fraction"])))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ManifestError(f"{source}: detector configuration {name!r} is malformed ({exc})") from exc
     if name in singles:

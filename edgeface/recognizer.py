@@ -52,9 +52,9 @@ class FaceRecognizer:
         build: every face from ``min_face`` pixels to the whole frame; ``short_range``: one fast pass for faces
         that fill a good part of the frame, a door camera or a portrait; ``full_range``), or a
         :class:`edgeface.detect.DetectorConfig`. Ignored when ``detector_path`` is given.
-      min_face: smallest face to find, in image pixels (default: the detector configuration's, 20 for
-        ``auto``); raise it where faces are large (a door: the pyramid of tiles costs ~4x per halving on
-        large frames), 0 for the whole-frame passes only.
+      min_face: smallest face to find, in image pixels (default: the detector configuration's; ``auto``: 20,
+        or 1/64 of the longer side of photos over 1280 px); raise it where faces are large (a door: the
+        pyramid of tiles costs ~4x per halving on large frames), 0 for the whole-frame passes only.
       tiles: 1 (default); 2 or 3 also runs a fixed grid of N x N overlapping tiles (tiles**2 + 1 runs), for
         very large photos. Tile faces never replace a face the whole-frame pass found.
       threads: CPU threads per interpreter; accelerator: ``"edgetpu"`` for Coral.

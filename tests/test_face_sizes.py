@@ -188,3 +188,12 @@ def test_device_models_detector_is_chosen_by_name_and_checked_at_start(models_di
     assert load_recognizer(C.from_dict({"models": {"dir": str(models_dir)}})).detector.name == "auto"
     with pytest.raises(StartupError, match=r"\[models\] detector: unknown detector 'tiny'.*auto"):
         load_recognizer(C.from_dict({"models": {"dir": str(models_dir), "detector": "tiny"}}))
+
+
+@pytest.mark.slow
+def test_huge_photos_cost_about_as_many_tiles_as_a_1280_px_frame(default_detector):
+    hd = len(default_detector.windows(720, 1280))
+    assert hd > 20 and len(default_detector.windows(250, 250)) == 0
+    assert len(default_detector.windows(3000, 4000)) <= 1.5 * hd
+    explicit = D.FaceDetector(default_detector.config, min_face=40)  # an explicit size holds on any frame
+    assert len(explicit.windows(3000, 4000)) > 2 * hd
