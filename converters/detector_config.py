@@ -36,8 +36,9 @@ AUTO = {
     "min_face": 20,
     "tile_face_fraction": 0.08,
     "min_face_fraction": 0.0156,
-    "description": "every face size in one call: short and full range BlazeFace on the whole frame (the "
-                   "short-range box kept where both find a face), the full-range model on a pyramid of "
+    "description": "every face size in one call: short and full range BlazeFace on the whole frame (where "
+                   "both find a face, the short-range reading for faces of >= 1/4 of the frame, else the "
+                   "full-range one), the full-range model on a pyramid of "
                    "tiles for faces down to min_face pixels (or min_face_fraction of the longer side "
                    "of a huge photo, which caps its time) in large frames",
 }

@@ -36,12 +36,14 @@ def test_merge_models_keeps_the_preferred_box_and_drops_a_poor_rival_reading():
     full = [face([105, 95, 205, 195], 0.95),
             face([569, 62, 654, 148], 0.94),            # ... that full range reads well
             face([10, 10, 40, 40], 0.8)]                # a small face only full range finds
-    merged = D.merge_models([short, full])
+    merged = D.merge_models([short, full], frame_side=400)
     boxes = [list(f.box) for f in merged]
     assert len(merged) == 3
-    assert [100, 100, 200, 200] in boxes                # the preferred (short-range) box, not the full-range one
+    assert [100, 100, 200, 200] in boxes                # a large face: the preferred (short-range) reading
     assert [569, 62, 654, 148] in boxes and [10, 10, 40, 40] in boxes
     assert [f.score for f in merged] == sorted((f.score for f in merged), reverse=True)
+    # the same large face in a frame where it is small: the full-range reading (better keypoints there)
+    assert [105, 95, 205, 195] in [list(f.box) for f in D.merge_models([short, full], frame_side=1000)]
 
 
 def test_tile_faces_never_replace_or_duplicate_a_whole_frame_face():
