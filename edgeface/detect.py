@@ -192,8 +192,8 @@ class FaceDetector:
 
     Args:
       model: a ``.tflite`` with its manifest beside it (one model on the whole frame), or a
-        :class:`DetectorConfig` (from :func:`edgeface.manifest.resolve_detector`), e.g. the default ``auto``:
-        full-range and short-range on the whole frame, merged, and the full-range model on tiles for faces
+        :class:`DetectorConfig` (from :func:`resolve_detector`), e.g. the default ``auto``: short-range and
+        full-range on the whole frame, merged, and the full-range model on tiles for faces
         too small for the whole-frame pass.
       min_score: minimum detection score in (0, 1) for every model; lower finds more small / turned faces and
         more false detections. Defaults to each manifest's value (MediaPipe's: 0.5 short range, 0.6 full range).
