@@ -24,6 +24,7 @@ examples (a full run of everything takes about an hour on a 2-core x86 machine; 
   edgeface bench accuracy --models models --data ../shared/data/lfw
   edgeface bench identify --models models --data ../shared/data/lfw
   edgeface bench gallery  --models models --data ../shared/data/lfw
+  edgeface bench face_sizes --models models --data ../shared/data/lfw  # detection recall by face size, latency
   edgeface bench preprocess --models models --data ../shared/data/lfw
   edgeface bench peers    --models models --data ../shared/data/lfw   # needs pip install 'edgeface[peers]'
   edgeface bench all      --models models --data ../shared/data/lfw   # every table and plot of the docs
@@ -252,6 +253,15 @@ BENCHMARKS = (
         options=(_PRECISIONS, _opt("--no-cache", action="store_true",
                                    help="do not reuse embeddings cached in <out>/cache")),
         overrides=("precisions",)),
+    Benchmark(
+        "face_sizes", "face_sizes",
+        help="detection recall by face size (20 px to the whole frame), false detections, latency per config",
+        description="Labelled group photos, shrunk collages and LFW mosaics (benchmarks/face_size_labels.json, "
+                    "built from ../shared/data at run time): recall of faces >= 20 px by size, large faces lost, "
+                    "false detections and median detection time per image of the default detector against "
+                    "short_range alone (and its --tiles 3, and full_range), interleaved in one run.",
+        options=(_PRECISIONS, _opt("--runs", type=int, help="timed runs per scene and configuration")),
+        overrides=("precisions", "runs")),
     Benchmark(
         "gallery", "gallery_scaling",
         help="match latency and memory for 1k/10k/100k embeddings, float32 vs float16 vs int8",

@@ -90,7 +90,6 @@ class StagedPipeline:
 
     def frame(self, path: Path) -> tuple[dict, int]:
         """Seconds per stage for one image file, and the number of faces found."""
-        from edgeface import detect as D
         from edgeface import preprocess
 
         t = {s: 0.0 for s in STAGES}
@@ -98,31 +97,7 @@ class StagedPipeline:
         image = preprocess.read_image(path)
         c1 = time.perf_counter()
         t["decode"] = c1 - c0
-        det = self.detector
-        windows = [(0, 0, None)]
-        if det.tiles > 1:
-            windows += D.tile_windows(image.shape[0], image.shape[1], det.tiles)
-        faces = []
-        for x0, y0, side in windows:
-            a = time.perf_counter()
-            part = image if side is None else image[y0:y0 + side, x0:x0 + side]
-            tensor, lb = D.detector_input(part, det.spec.input_size, det.mean, det.std)
-            b = time.perf_counter()
-            boxes, logits = det.raw(tensor)
-            c = time.perf_counter()
-            found = D.faces_from_outputs(boxes, logits, det.spec, lb, det.min_score, det.iou_threshold)
-            if side is not None:
-                off = np.array([x0, y0], np.float32)
-                found = [D.Face(f.box + np.tile(off, 2), f.score, f.keypoints + off) for f in found]
-            faces.extend(found)
-            d = time.perf_counter()
-            t["detect_pre"] += b - a
-            t["detect_invoke"] += c - b
-            t["detect_post"] += d - c
-        if det.tiles > 1:
-            a = time.perf_counter()
-            faces = D.merge_faces(faces, det.iou_threshold)
-            t["detect_post"] += time.perf_counter() - a
+        faces = self.detector.detect(image, timings=t)  # the core's own passes, tiles and merge, timed by stage
         for f in faces:
             a = time.perf_counter()
             crop = self.embedder.crop(image, f.box, f.keypoints)

@@ -19,7 +19,7 @@ from edgeface.embed import face_crop
 from edgeface.manifest import INDEX
 from edgeface.paths import cache_root
 
-from . import calibration, common, detector, embedder, metadata
+from . import calibration, common, detector, detector_config, embedder, metadata
 from .stages import stage
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
             index["float32"]["detector"], index["int8"]["detector"] = f.name, q.name
         index.setdefault("detectors", {})[name] = {"float32": f.name, "int8": q.name}
         log.info("detector %s: float %s, int8 %s (%.0f KB)", name, f.name, q.name, q.stat().st_size / 1024)
+    detector_config.add_detector_configs(out, index, images)  # box transforms + the default "auto"
     stage(f"embedder {embedder_family}: float32 conversion")
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))

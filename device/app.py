@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from edgeface.detect import resolve_detector
 from edgeface.errors import EdgefaceError
 from edgeface.manifest import ManifestError, resolve_models
 
@@ -66,13 +67,19 @@ def load_recognizer(cfg: DeviceConfig):
     from edgeface.runtime import DelegateError
 
     m = cfg.models
-    det, emb = resolve_models(m.dir, m.precision)
+    try:
+        det = resolve_detector(m.dir, m.precision, m.detector)
+    except ManifestError as exc:
+        raise StartupError(f"[models] detector: {exc}") from exc
+    emb = resolve_models(m.dir, m.precision)[1]
     common = dict(precision=m.precision, enhance=cfg.recognition.enhance,
-                  min_detection_score=m.min_detection_score, threads=m.threads or None)
+                  min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=m.min_face)
     if m.accelerator == "edgetpu":
         if m.precision != "int8":
             raise StartupError("the Edge TPU runs int8 models only: set [models] precision = \"int8\"")
-        tdet, temb = edgetpu_model(det), edgetpu_model(emb)
+        tdet = det._replace(whole_frame=tuple(edgetpu_model(p) for p in det.whole_frame),
+                            tile_model=edgetpu_model(det.tile_model))
+        temb = edgetpu_model(emb)
         try:
             rec = FaceRecognizer(detector_path=tdet, embedder_path=temb, accelerator="edgetpu", **common)
         except DelegateError as exc:
@@ -80,7 +87,8 @@ def load_recognizer(cfg: DeviceConfig):
                 raise StartupError(f"{exc}. Set [models] allow_cpu_fallback = true to run on the CPU instead") from exc
             log.warning("Edge TPU unavailable (%s); running on the CPU because allow_cpu_fallback = true", exc)
         else:
-            for role, model, path in (("detector", rec.detector, tdet), ("embedder", rec.embedder, temb)):
+            for role, model, path in ([("detector", d, d.path) for d in rec.detector.members]
+                                      + [("embedder", rec.embedder, temb)]):
                 on_tpu, total = delegated_nodes(model.interpreter)
                 log.info("Edge TPU %s %s: %d of %d nodes delegated", role, path.name, on_tpu, total)
                 if on_tpu == 0:

@@ -76,6 +76,12 @@ class ModelsConfig:
     threads: int = _f(0, "CPU threads per interpreter (0 = all cores)", 0, 64)
     min_detection_score: Optional[float] = _f(None, "minimum detector score (default: the detector manifest's)",
                                               0.01, 0.99)
+    detector: Optional[str] = _f(None, "detector by name from models.json (checked at start): auto (a current "
+                                       "build's default: every face size, short + full range BlazeFace) or "
+                                       "short_range (one fast pass, faces filling much of the frame); unset = "
+                                       "the folder's default_detector")
+    min_face: Optional[int] = _f(None, "smallest face to detect, in detector-frame pixels (unset: the detector's, "
+                                       "20 for auto; large frames add tiles for faces this small)", 0, 4096)
 
 
 @dataclass(frozen=True)

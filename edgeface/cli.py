@@ -58,7 +58,8 @@ def _recognizer(args):
                           min_cosine_similarity=getattr(args, "threshold", None),
                           min_detection_score=getattr(args, "min_score", None), threads=args.threads,
                           tiles=args.tiles, accelerator=args.accelerator,
-                          enhance=getattr(args, "enhance", "none"))
+                          enhance=getattr(args, "enhance", "none"), detector=args.detector,
+                          min_face=args.min_face)
 
 
 def _read(path: str):
@@ -288,9 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on a Coral Edge TPU (needs libedgetpu and compiled models)")
         p.add_argument("--min-score", type=float, default=None,
                        help="minimum detection score in (0,1) (default: the detector manifest's)")
+        p.add_argument("--detector", default=None, metavar="NAME",
+                       help="detector from the models folder's models.json (default: its default_detector, "
+                            "'auto' in a current build: faces from --min-face pixels to the whole frame; "
+                            "'short_range': one fast pass for faces filling much of the frame; 'full_range')")
+        p.add_argument("--min-face", type=int, default=None, metavar="PX",
+                       help="smallest face to find, in pixels (default: the detector's; auto: 20, or 1/64 of "
+                            "the longer side of photos over 1280 px); large frames are also searched on tiles "
+                            "for faces this small, ~4x the tiles per halving; 0 = whole-frame passes only")
         p.add_argument("--tiles", type=int, default=1,
-                       help="also detect on N x N overlapping tiles: finds small faces in large photos "
-                            "(group photos: 2)")
+                       help="also detect on a fixed grid of N x N overlapping tiles, for very large photos "
+                            "(tile faces never replace a whole-frame face)")
         p.add_argument("--enhance", choices=list(ENHANCEMENTS), default="none",
                        help="brighten dark or backlit images before detection: equalize recovers dark, "
                             "hazy photos (51%% -> 98%% on degraded LFW pairs) and costs nothing on good ones; "

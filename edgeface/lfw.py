@@ -122,7 +122,8 @@ def evaluate_lfw(recognizer, lfw_root: str | os.PathLike, pairs_file: str | os.P
         "images": len(files),
         "images_without_face": sum(e is None for e in embeddings.values()),
         "precision": recognizer.precision,
-        "detector": recognizer.detector.manifest["model_file"],
+        "detector": recognizer.detector.name,
+        "detector_models": [m.path.name for m in recognizer.detector.members],
         "embedder": recognizer.embedder.manifest["model_file"],
     })
     result["_scores"] = scores

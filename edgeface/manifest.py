@@ -228,22 +228,36 @@ def write_manifest(model_path: str | os.PathLike, data: dict[str, Any]) -> Path:
 INDEX = "models.json"
 
 
-def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tuple[Path, Path]:
-    """(detector, embedder) paths of ``precision`` from a models folder's ``models.json`` index."""
+def read_index(models_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``models.json`` index of a models folder (a :class:`ManifestError` when missing or unreadable)."""
     models_dir = Path(models_dir)
     path = models_dir / INDEX
-    if precision not in ("int8", "float32"):
-        raise OptionError(f"precision must be 'int8' or 'float32', got {precision!r}")
     if models_dir.is_file():
         raise ManifestError(f"{models_dir} is a file; --models / EDGEFACE_MODELS names the folder written by "
                             "`edgeface build` (holding models.json)")
     if not path.is_file():
         raise ManifestError(f"{path} not found: build the models first with `edgeface build --out {models_dir}`")
     try:
-        entry = json.loads(path.read_text())[precision]
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable index ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: the index must be a JSON object")
+    return data
+
+
+def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tuple[Path, Path]:
+    """(detector, embedder) paths of ``precision`` from a models folder's ``models.json`` index.
+
+    The detector is the default configuration's first whole-frame model; use
+    :func:`edgeface.detect.resolve_detector` for the whole configuration.
+    """
+    models_dir = Path(models_dir)
+    if precision not in ("int8", "float32"):
+        raise OptionError(f"precision must be 'int8' or 'float32', got {precision!r}")
+    index = read_index(models_dir)
+    try:
+        entry = index[precision]
         return models_dir / entry["detector"], models_dir / entry["embedder"]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: unreadable ({exc})") from exc
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        what = f"missing key {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
-        raise ManifestError(f"{path}: no {precision} detector and embedder listed ({what})") from exc
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{models_dir / INDEX}: no {precision} detector and embedder listed ({exc})") from exc

@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import preprocess
-from .detect import Face, FaceDetector
+from .detect import DetectorConfig, Face, FaceDetector, resolve_detector
 from .embed import FaceEmbedder
 from .errors import OptionError
 from .manifest import resolve_models
@@ -49,8 +49,15 @@ class FaceRecognizer:
         optimal). Raise it to cut false accepts at a door (see the operating points in the manifest), lower
         it to recognise people across larger changes of pose, age and light.
       min_detection_score: detector score in (0, 1); lower finds smaller and turned faces, and more false ones.
-      tiles: 1 (default) for faces that fill a good part of the frame (a door camera, a portrait); 2 or 3
-        to also find small faces in large frames such as group photos (costs tiles**2 + 1 detector runs).
+      detector: a detector name from the models folder's ``models.json`` (``auto``, the default of a current
+        build: every face from ``min_face`` pixels to the whole frame; ``short_range``: one fast pass for faces
+        that fill a good part of the frame, a door camera or a portrait; ``full_range``), or a
+        :class:`edgeface.detect.DetectorConfig`. Ignored when ``detector_path`` is given.
+      min_face: smallest face to find, in image pixels (default: the detector configuration's; ``auto``: 20,
+        or 1/64 of the longer side of photos over 1280 px); raise it where faces are large (a door: the
+        pyramid of tiles costs ~4x per halving on large frames), 0 for the whole-frame passes only.
+      tiles: 1 (default); 2 or 3 also runs a fixed grid of N x N overlapping tiles (tiles**2 + 1 runs), for
+        very large photos. Tile faces never replace a face the whole-frame pass found.
       threads: CPU threads per interpreter; accelerator: ``"edgetpu"`` for Coral.
       enhance: ``"none"`` (default) or ``"equalize"`` for dark or backlit scenes (see
         :func:`edgeface.preprocess.enhance` for the measured effect); applied to every image before detection
@@ -61,14 +68,18 @@ class FaceRecognizer:
                  min_cosine_similarity: Optional[float] = None, min_detection_score: Optional[float] = None,
                  threads: Optional[int] = None, accelerator: Optional[str] = None, tiles: int = 1,
                  detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None,
-                 enhance: str = "none"):
+                 enhance: str = "none", detector: "str | DetectorConfig | None" = None,
+                 min_face: Optional[int] = None):
         if enhance not in preprocess.ENHANCEMENTS:
             raise OptionError(f"unknown enhance {enhance!r}; choose one of {', '.join(preprocess.ENHANCEMENTS)}")
-        if detector_path is None or embedder_path is None:
-            det, emb = resolve_models(models_dir or default_models_dir(), precision)
-            detector_path, embedder_path = detector_path or det, embedder_path or emb
+        if detector_path is None and not isinstance(detector, DetectorConfig):
+            detector_path = resolve_detector(models_dir or default_models_dir(), precision, detector)
+        elif detector_path is None:
+            detector_path = detector
+        if embedder_path is None:
+            embedder_path = resolve_models(models_dir or default_models_dir(), precision)[1]
         self.detector = FaceDetector(detector_path, min_score=min_detection_score, threads=threads,
-                                     accelerator=accelerator, tiles=tiles)
+                                     accelerator=accelerator, tiles=tiles, min_face=min_face)
         self.embedder = FaceEmbedder(embedder_path, threads=threads, accelerator=accelerator)
         if min_cosine_similarity is None:
             min_cosine_similarity = self.embedder.min_cosine_similarity

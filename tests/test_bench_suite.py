@@ -130,3 +130,13 @@ def test_peers_quick(models_dir, data_root, out):
         return
     theirs = r["peers"][1]
     assert theirs["per_image_ms"]["n"] == ours["per_image_ms"]["n"] and theirs["cv_accuracy"] >= 0.5
+
+
+def test_face_sizes_quick(models_dir, data_root, out):
+    r = _run("face_sizes", models_dir, data_root, out)
+    assert (out / "face_sizes.png").stat().st_size > 1000
+    rows = r["precisions"]["int8"]
+    assert {"default", "short_range", "short_range tiles 3", "full_range"} <= set(rows)
+    default = rows["default"]
+    assert default["faces"] > 200 and default["recall"] > rows["short_range"]["recall"]
+    assert set(default["median_ms"]) == set(default["scenes"]) and default["time_ratio_vs_short_range"]
