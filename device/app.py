@@ -57,6 +57,17 @@ def delegated_nodes(interpreter) -> tuple[int, int]:
     return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
 
 
+def door_min_face(cfg: DeviceConfig) -> int:
+    """The smallest face the door's detector looks for, in detector-frame pixels: ``[models] min_face`` when
+    set, else the quality gate's ``min_face_pixels`` (a smaller face is never embedded, so searching tiles for
+    it would only cost time), scaled to picamera2's low-resolution stream when detection runs there."""
+    if cfg.models.min_face is not None:
+        return cfg.models.min_face
+    src = cfg.source
+    scale = src.lores_width / src.width if src.kind in ("auto", "picamera2") and src.lores_width else 1.0
+    return max(1, int(cfg.quality.min_face_pixels * min(scale, 1.0)))
+
+
 def load_recognizer(cfg: DeviceConfig):
     """FaceRecognizer per ``[models]``: Edge TPU when asked (CPU fallback only if allowed), CPU otherwise.
 
@@ -73,7 +84,7 @@ def load_recognizer(cfg: DeviceConfig):
         raise StartupError(f"[models] detector: {exc}") from exc
     emb = resolve_models(m.dir, m.precision)[1]
     common = dict(precision=m.precision, enhance=cfg.recognition.enhance,
-                  min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=m.min_face)
+                  min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=door_min_face(cfg))
     if m.accelerator == "edgetpu":
         if m.precision != "int8":
             raise StartupError("the Edge TPU runs int8 models only: set [models] precision = \"int8\"")

@@ -80,8 +80,10 @@ class ModelsConfig:
                                        "build's default: every face size, short + full range BlazeFace) or "
                                        "short_range (one fast pass, faces filling much of the frame); unset = "
                                        "the folder's default_detector")
-    min_face: Optional[int] = _f(None, "smallest face to detect, in detector-frame pixels (unset: the detector's, "
-                                       "20 for auto; large frames add tiles for faces this small)", 0, 4096)
+    min_face: Optional[int] = _f(None, "smallest face to detect, in detector-frame pixels (unset: [quality] "
+                                       "min_face_pixels, scaled to picamera2's low-resolution stream: a smaller "
+                                       "face is never embedded; large frames add tiles for faces this small)",
+                                 0, 4096)
 
 
 @dataclass(frozen=True)

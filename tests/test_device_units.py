@@ -370,3 +370,17 @@ def test_doctor_flags_reference_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEFACE_KERNELS", "fast")  # a typo is named, not taken for "reference"
     check = next(c for c in doctor(cfg) if c["check"] == "runtime")
     assert not check["ok"] and "unknown kernels 'fast'" in check["detail"]
+
+
+def test_door_min_face_follows_the_quality_gate_and_the_detection_stream():
+    from edgeface.device.app import door_min_face
+
+    # picamera2 detects on the 320-px low-resolution stream of a 640-px main stream: 56 main px = 28 there
+    assert door_min_face(C.from_dict({"source": {"kind": "picamera2"}})) == 28
+    assert door_min_face(C.from_dict({})) == 28  # auto prefers picamera2
+    # OpenCV / video / folder sources detect on the frame itself
+    assert door_min_face(C.from_dict({"source": {"kind": "video", "uri": "x.mp4"}})) == 56
+    assert door_min_face(C.from_dict({"source": {"kind": "opencv"}, "quality": {"min_face_pixels": 80}})) == 80
+    # an explicit [models] min_face wins (0: whole-frame passes only)
+    assert door_min_face(C.from_dict({"models": {"min_face": 0}})) == 0
+    assert door_min_face(C.from_dict({"source": {"kind": "picamera2", "lores_width": 0, "lores_height": 0}})) == 56
