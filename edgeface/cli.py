@@ -71,15 +71,17 @@ def _read(path: str):
 def _each_image(args, analyse, describe) -> int:
     """Run ``analyse(image)`` on every file of ``args.images`` and print ``describe(path, result)``.
 
-    ``describe`` returns the (JSON payload, text line) pair for :func:`_emit`. A file that cannot be read, or
-    that ``analyse`` rejects with an :class:`EdgefaceError`, gets a one-line error and the run goes on with the
-    others; the exit status is 1 when any file failed, else 0.
+    ``describe`` returns the (JSON payload, text line) pair for :func:`_emit`. A file that cannot be used as an
+    image gets a one-line error and the run goes on with the others; the exit status is 1 when any file failed,
+    else 0. Any other error (a corrupt gallery, a broken model) is not the file's fault: it stops the run.
     """
+    from .preprocess import ImageError
+
     failed = 0
     for path in args.images:
         try:
             result = analyse(_read(path))
-        except EdgefaceError as exc:
+        except ImageError as exc:
             _error(message(exc))
             failed += 1
             continue

@@ -242,7 +242,7 @@ def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_
 
     index = json.loads((ops_dir / "ops.json").read_text())
     det = index["models"]["detector"]
-    assert len(det["ops"]) == 73 and det["samples"] == 3 and len(index["models"]["embedder"]["ops"]) > 100
+    assert det["samples"] == 3 and len(index["models"]["embedder"]["ops"]) > 100
     with np.load(ops_dir / "inputs.npz") as z:
         inputs = {k.replace("__", ":"): z[k] for k in z.files}
     builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -252,6 +252,7 @@ def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_
     whole.set_tensor(whole.get_input_details()[0]["index"], inputs["detector:0:0:0"])
     whole.invoke()
     ops = whole._get_ops_details()
+    assert len(det["ops"]) == len(ops) > 70  # every op of the int8 BlazeFace, its uint8/float32 edge included
     for op in det["ops"]:
         single = Interpreter(model_path=str(ops_dir / op["file"]), experimental_op_resolver_type=builtin, num_threads=1)
         single.allocate_tensors()
@@ -276,7 +277,7 @@ def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
     c = check.compare_ops(index, check._load_ops(opt), check._load_ops(ref))
     assert c["ok"], c["problems"]
     assert c["worst"]["steps"] == 1  # the kernels do differ: the check is not comparing a run with itself
-    assert c["roles"]["detector"]["ops"] == 73
+    assert c["roles"]["detector"]["ops"] == len(index["models"]["detector"]["ops"]) > 70
 
 
 # --------------------------------------------------------------------------- the whole proof (opt-in)
