@@ -122,8 +122,8 @@ class SiteLink:
         from .sync import GallerySync
 
         gallery = Gallery.open(self.gallery_path)
-        sync = GallerySync(gallery, self.events_path)
         events = EventLog(self.events_path, retention_days=0, max_events=10**9)  # no pruning here
+        sync = GallerySync(gallery, events)  # a tombstone erases through this same event log
         self.outbox.attach(events)
         self.version, self.people = sync.version, len(gallery)
         self._ready.set()

@@ -8,7 +8,8 @@ next connect brings everything back (the hub's records are retained on the broke
 * a newer record replaces the person's embeddings (and follows a rename);
 * a record whose validity window is closed keeps the person out of the gallery until it opens
   (:meth:`GallerySync.sweep` runs every few seconds);
-* a tombstone erases the person, their events and snapshots (:func:`erase_person`);
+* a tombstone erases the person, their events, snapshots and outbox rows under every name they had: the
+  device's own erasure (:func:`edgeface.device.privacy.forget_in`, as ``edgeface-device gallery forget``);
 * a record without embeddings for this door's embedder space is ignored with one log line;
 * a record that is stale (version not newer) is skipped silently (retained replays on reconnect).
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -41,52 +41,17 @@ CREATE TABLE IF NOT EXISTS site_names (id TEXT NOT NULL, name TEXT NOT NULL, PRI
 """
 
 
-def erase_person(gallery, events_path: Optional[str], name: str) -> dict:
-    """Erase ``name`` on this door: gallery embeddings, their events (and outbox rows) and snapshot files.
-
-    The same erasure as ``gallery forget``; kept as one small function so the device-side forget can
-    replace it. Returns counts: ``{"gallery": 0|1, "events": n, "snapshots": n}``.
-    """
-    from edgeface.gallery import UnknownPersonError
-
-    out = {"gallery": 0, "events": 0, "snapshots": 0}
-    try:
-        gallery.remove(name)
-        out["gallery"] = 1
-    except UnknownPersonError:
-        pass
-    if not events_path or not Path(events_path).is_file():
-        return out
-    conn = _sqlite.connect(events_path)
-    try:
-        tables = _sqlite.table_names(conn)
-        with _sqlite.transaction(conn):
-            snaps = [r[0] for r in conn.execute(
-                "SELECT snapshot FROM events WHERE identity = ? AND snapshot IS NOT NULL", (name,))]
-            out["events"] = conn.execute("DELETE FROM events WHERE identity = ?", (name,)).rowcount
-            if "outbox" in tables:
-                conn.execute("DELETE FROM outbox WHERE identity = ?", (name,))
-    finally:
-        conn.close()
-    for s in snaps:
-        try:
-            os.unlink(s)
-            out["snapshots"] += 1
-        except OSError:
-            pass
-    return out
-
-
 class GallerySync:
     """Applies person records to ``gallery`` (an open :class:`edgeface.Gallery`, same thread).
 
     Args:
       gallery: the door's gallery (its embedder id is this door's *space*).
-      events_path: the door's event log file (for erasure), or None.
+      events: the door's event log for erasures: an open :class:`edgeface.device.events.EventLog` (same
+        thread; the site link passes its own), or the event log file's path (opened for each tombstone), or None.
     """
 
-    def __init__(self, gallery, events_path: Optional[str] = None):
-        self.gallery, self.events_path = gallery, events_path
+    def __init__(self, gallery, events=None):
+        self.gallery, self.events = gallery, events
         self.space, self.dim = gallery.embedder_id, gallery.dim
         self._conn = _sqlite.connect(gallery.path)
         with _sqlite.transaction(self._conn):
@@ -142,9 +107,14 @@ class GallerySync:
         if rec.deleted:
             self.flush()
             names = {r[0] for r in self._conn.execute("SELECT name FROM site_names WHERE id = ?", (rec.id,))}
+            others = {r[0] for r in self._conn.execute(
+                "SELECT name FROM site_records WHERE deleted = 0 AND id != ?", (rec.id,))}
             for name in sorted(names | {rec.name}):
-                counts = erase_person(self.gallery, self.events_path, name)
-                log.info("site: %s erased (%d event(s), %d snapshot(s))", name, counts["events"], counts["snapshots"])
+                if name in others:  # an old name now held by someone else: theirs, not this person's
+                    log.warning("site: %s not erased for %s: the name now belongs to another person", name, rec.id)
+                    continue
+                r = self._forget(name)
+                log.info("site: %s erased (%d event(s), %d snapshot(s))", name, r.events, r.snapshots)
             self._remember(rec, False, None)
             return "erased"
         if self.space not in rec.embeddings:
@@ -168,6 +138,18 @@ class GallerySync:
                                  "vectors": rec.embeddings.get(self.space, [])})
         self._remember(rec, active, window)
         return "ignored" if vecs is None else ("enrolled" if active else "inactive")
+
+    def _forget(self, name: str):
+        """The device's erasure of ``name`` (gallery, events, snapshots, outbox rows): a ForgetReport."""
+        from ..events import EventLog
+        from ..privacy import forget_in
+
+        if self.events is None or not isinstance(self.events, (str, Path)):
+            return forget_in(name, self.gallery, self.events)
+        if not Path(self.events).is_file():
+            return forget_in(name, self.gallery)
+        with EventLog(self.events, retention_days=0, max_events=10**9) as ev:
+            return forget_in(name, self.gallery, ev)
 
     def sweep(self, now: Optional[float] = None) -> int:
         """Let people in or out as their validity windows open and close; returns how many changed."""
