@@ -532,6 +532,31 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
     ev.close()
 
 
+def test_sync_apply_many_one_burst_bad_record_refused_alone(tmp_path, recognizer, faces):
+    """A burst is one gallery transaction; a record with a wrong embedding size or a bad name is refused alone."""
+    from edgeface import Gallery
+    from edgeface.device.site.records import PersonRecord, RecordError, encode_vectors
+    from edgeface.device.site.sync import GallerySync
+
+    space, dim = recognizer.embedder_id, recognizer.embedder.dim
+    emb = {space: encode_vectors(faces["amy"])}
+    with Gallery(tmp_path / "g.db", space, dim) as g:
+        sync = GallerySync(g)
+        recs = [PersonRecord("office", "p1", "Amy", 1, False, None, None, emb),
+                PersonRecord("office", "p2", "Bad", 2, False, None, None, {space: encode_vectors(np.ones(dim + 1))}),
+                PersonRecord("office", "p3", "Eve\x1b[2J", 3, False, None, None, emb),
+                PersonRecord("office", "p1", "Amy B", 4, False, None, None, emb),  # renamed in the same burst
+                PersonRecord("office", "p4", "Bo", 5, False, None, None, emb),
+                PersonRecord("office", "p4", "Bo", 5, False, None, None, emb)]
+        out = sync.apply_many(recs)
+        assert out[0] == out[3] == out[4] == "enrolled" and out[5] == "stale"
+        assert isinstance(out[1], RecordError) and "embedding of" in str(out[1])
+        assert isinstance(out[2], RecordError) and "non-printable" in str(out[2])
+        assert [p.name for p in g.people()] == ["Amy B", "Bo"] and sync.version == 5
+        assert sync.held("p2") is None and sync.held("p3") is None
+        sync.close()
+
+
 def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, recognizer):
     from edgeface.device.site.hub.store import HubStore
 

@@ -11,7 +11,9 @@ next connect brings everything back (the hub's records are retained on the broke
 * a tombstone erases the person, their events, snapshots and outbox rows under every name they had: the
   device's own erasure (:func:`edgeface.device.privacy.forget_in`, as ``edgeface-device gallery forget``);
 * a record without embeddings for this door's embedder space is ignored with one log line;
-* a record that is stale (version not newer) is skipped silently (retained replays on reconnect).
+* a record that is stale (version not newer) is skipped silently (retained replays on reconnect);
+* a burst of records (:meth:`GallerySync.apply_many`) is one gallery transaction (:meth:`edgeface.Gallery.apply`)
+  and one bookkeeping commit: 10,000 people cost two fsyncs per 500, not one or more per person.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from edgeface import _sqlite
+from edgeface.gallery import Change, InvalidNameError, check_name
 
-from .records import PersonRecord, vectors
+from .records import PersonRecord, RecordError, vectors
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class GallerySync:
         self._ignored_spaces: set = set()
         self._pending: dict = {}  # id -> site_records row not yet written (see flush)
         self._pending_names: set = set()  # (id, name) not yet written
+        self._changes: list = []  # gallery Changes not yet written (see flush)
 
     @property
     def version(self) -> int:
@@ -78,13 +82,20 @@ class GallerySync:
         self._pending[rec.id] = (rec.id, rec.name, rec.version, int(rec.deleted), int(active), window)
         if not rec.deleted:
             self._pending_names.add((rec.id, rec.name))
-        if len(self._pending) >= 500:
-            self.flush()
 
     def flush(self) -> None:
-        """Write what was applied since the last flush, in one transaction (a burst of records costs one
-        commit here, not one each). Safe to lose in a crash: the gallery already holds the people, and the
-        retained records are applied again, idempotently, on the next start."""
+        """Write what was applied since the last flush: the gallery changes in one transaction
+        (:meth:`edgeface.Gallery.apply`), then what was applied in one more (a burst of records costs two
+        commits, not one or more each). The second is safe to lose in a crash: the retained records are applied
+        again, idempotently, on the next start. If the gallery write fails (disk full), nothing of the burst
+        is remembered (the records come back with the next reconnect or reload) and the error is raised."""
+        changes, self._changes = self._changes, []
+        if changes:
+            try:
+                self.gallery.apply(changes)
+            except Exception:
+                self._pending, self._pending_names = {}, set()
+                raise
         if not self._pending:
             return
         rows, self._pending = list(self._pending.values()), {}
@@ -98,25 +109,55 @@ class GallerySync:
     def apply(self, rec: PersonRecord, now: Optional[float] = None) -> str:
         """Apply one verified record: returns ``stale``, ``erased``, ``enrolled``, ``inactive`` or ``ignored``.
 
-        Raises :class:`RecordError` for embeddings of the wrong size (nothing changed then).
+        Raises :class:`RecordError` for embeddings of the wrong size or a bad name (nothing changed then).
+        For a burst of records use :meth:`apply_many` (one gallery commit for all).
+        """
+        result = self.apply_many([rec], now)[0]
+        if isinstance(result, RecordError):
+            raise result
+        return result
+
+    def apply_many(self, recs: Sequence[PersonRecord], now: Optional[float] = None) -> list:
+        """Apply verified records in order, the gallery changes of the whole burst in one transaction.
+
+        Returns one result per record: ``stale``, ``erased``, ``enrolled``, ``inactive``, ``ignored``, or the
+        :class:`RecordError` that refused it (wrong embedding size, bad name: that record changes nothing, the
+        others are applied). A tombstone writes what came before it, then erases (see :meth:`_forget`). The
+        gallery holds the burst when this returns.
         """
         now = time.time() if now is None else now
+        out: list = []
+        try:
+            for rec in recs:
+                try:
+                    out.append(self._apply_one(rec, now))
+                except RecordError as exc:
+                    out.append(exc)
+        finally:
+            self.flush()
+        return out
+
+    def _apply_one(self, rec: PersonRecord, now: float) -> str:
         held = self.held(rec.id)
         if held is not None and held[1] >= rec.version:
             return "stale"
         if rec.deleted:
             self.flush()
             names = {r[0] for r in self._conn.execute("SELECT name FROM site_names WHERE id = ?", (rec.id,))}
-            others = {r[0] for r in self._conn.execute(
-                "SELECT name FROM site_records WHERE deleted = 0 AND id != ?", (rec.id,))}
             for name in sorted(names | {rec.name}):
-                if name in others:  # an old name now held by someone else: theirs, not this person's
+                if self._conn.execute("SELECT 1 FROM site_records WHERE name = ? AND deleted = 0 AND id != ?",
+                                      (name, rec.id)).fetchone():
+                    # an old name now held by someone else: theirs, not this person's
                     log.warning("site: %s not erased for %s: the name now belongs to another person", name, rec.id)
                     continue
                 r = self._forget(name)
                 log.info("site: %s erased (%d event(s), %d snapshot(s))", name, r.events, r.snapshots)
             self._remember(rec, False, None)
             return "erased"
+        try:
+            check_name(rec.name)
+        except InvalidNameError as exc:
+            raise RecordError(str(exc)) from None
         if self.space not in rec.embeddings:
             if rec.embeddings and frozenset(rec.embeddings) not in self._ignored_spaces:
                 self._ignored_spaces.add(frozenset(rec.embeddings))
@@ -125,13 +166,13 @@ class GallerySync:
             vecs = None
         else:
             vecs = vectors(rec.embeddings[self.space], self.dim)  # RecordError before any change
-        if held is not None and held[0] != rec.name and held[0] in self.gallery:
-            self.gallery.remove(held[0])
-        if rec.name in self.gallery:
-            self.gallery.remove(rec.name)
+        if held is not None and not held[2] and held[0] != rec.name:
+            self._changes.append(Change(held[0], None))  # a rename: the old name goes
         active = vecs is not None and rec.active(now)
         if active:
-            self.gallery.enroll(rec.name, vecs, [f"site:{rec.id}:v{rec.version}"] * len(vecs))
+            self._changes.append(Change(rec.name, vecs, [f"site:{rec.id}:v{rec.version}"] * len(vecs)))
+        else:
+            self._changes.append(Change(rec.name, None))
         window = None
         if rec.valid_from is not None or rec.valid_until is not None:
             window = json.dumps({"valid_from": rec.valid_from, "valid_until": rec.valid_until,
@@ -154,25 +195,24 @@ class GallerySync:
     def sweep(self, now: Optional[float] = None) -> int:
         """Let people in or out as their validity windows open and close; returns how many changed."""
         now = time.time() if now is None else now
-        changed = 0
         self.flush()
-        rows = self._conn.execute("SELECT id, name, version, active, window FROM site_records "
+        rows = self._conn.execute("SELECT id, name, active, window FROM site_records "
                                   "WHERE window IS NOT NULL AND deleted = 0").fetchall()
-        for pid, name, version, active, window in rows:
+        changes, flips = [], []
+        for pid, name, active, window in rows:
             w = json.loads(window)
             should = (w["valid_from"] is None or now >= w["valid_from"]) and \
                      (w["valid_until"] is None or now < w["valid_until"])
             if bool(active) == should or not w["vectors"]:
                 continue
-            if name in self.gallery:
-                self.gallery.remove(name)
-            if should:
-                self.gallery.enroll(name, vectors(w["vectors"], self.dim))
-            with _sqlite.transaction(self._conn):
-                self._conn.execute("UPDATE site_records SET active = ? WHERE id = ?", (int(should), pid))
+            changes.append(Change(name, vectors(w["vectors"], self.dim) if should else None))
+            flips.append((int(should), pid))
             log.info("site: %s %s (validity window)", name, "let in" if should else "let out")
-            changed += 1
-        return changed
+        if changes:
+            self.gallery.apply(changes)
+            with _sqlite.transaction(self._conn):
+                self._conn.executemany("UPDATE site_records SET active = ? WHERE id = ?", flips)
+        return len(changes)
 
     def close(self) -> None:
         try:
