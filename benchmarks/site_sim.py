@@ -158,9 +158,16 @@ def run_doors(args) -> None:
 def door_disk_rate(n: int = 300) -> dict:
     """One door applying ``n`` signed records on the real disk (fsync per commit) vs tmpfs."""
     from edgeface import Gallery
-    from edgeface.device.site.records import (encode_vectors, generate_key, load_public_key, load_signing_key,
-                                              open_signed, person_record, sign)
     from edgeface.device.site.link import BURST
+    from edgeface.device.site.records import (
+        encode_vectors,
+        generate_key,
+        load_public_key,
+        load_signing_key,
+        open_signed,
+        person_record,
+        sign,
+    )
     from edgeface.device.site.sync import GallerySync
 
     out = {}
@@ -220,7 +227,7 @@ def run_main(args) -> int:
     from edgeface.device.site.broker import BrokerProcess, free_port, make_site
     from edgeface.device.site.mqtt import BrokerSettings, make_client, start, stop
 
-    from .common import machine_info, md_table, pyplot, write_outputs, header
+    from .common import header, machine_info, md_table, pyplot, write_outputs
 
     info = machine_info()
     work = Path(tempfile.mkdtemp(prefix="edgeface-site-sim-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
@@ -329,7 +336,8 @@ def run_main(args) -> int:
         span = float(rec[-1] - rec[0]) if rec.size > 1 else float("nan")
         events = {"emitted": emitted, "at_hub": n, "distinct_at_hub": distinct, "lost": emitted - distinct,
                   "duplicates_stored": n - distinct, "outboxes_drained": all(r["drained"] for r in results),
-                  "offered_rate": args.rate, "hub_rate_per_s": round(n / span, 1) if span == span and span > 0 else None,
+                  "offered_rate": args.rate,
+                  "hub_rate_per_s": round(n / span, 1) if span == span and span > 0 else None,
                   "seconds_to_last_event_after_emission": round(float(rec[-1]) - t_ev - args.seconds, 2)
                   if rec.size else None,
                   "per_second": np.bincount((rec - rec[0]).astype(int)).tolist() if rec.size else []}
@@ -369,7 +377,8 @@ def run_main(args) -> int:
               ["hub event rate (/s), offered " + f"{args.rate:g}", events["hub_rate_per_s"], ">= 500, none lost"],
               ["one door: verify a record (µs)", result["door_apply"]["verify_us_per_record"], ""],
               ["one door: apply a record (bursts of 500), tmpfs / disk (ms)",
-               f"{result['door_apply']['apply_ms_per_record_tmpfs']} / {result['door_apply']['apply_ms_per_record_disk']}",
+               f"{result['door_apply']['apply_ms_per_record_tmpfs']} / "
+               f"{result['door_apply']['apply_ms_per_record_disk']}",
                ""]]),
           "",
           md_table(["phase", "seconds", "broker CPU % / RSS MB", "hub CPU % / RSS MB", "door processes CPU % (sum)"],

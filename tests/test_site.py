@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
+from site_harness import LogLines, Watcher, new_site
 
 from edgeface.device.config import DeviceConfig
 from edgeface.device.site import door_topic, gallery_topic
 from edgeface.device.site.commands import command_body
 from edgeface.device.site.records import encode_vectors, load_signing_key, sign
-
-from site_harness import LogLines, Watcher, new_site
 
 gpiozero = pytest.importorskip("gpiozero")
 from gpiozero.pins.mock import MockFactory  # noqa: E402
@@ -339,7 +338,8 @@ def test_home_assistant_discovery_and_unlock_button(site, tmp_path, recognizer):
     """The hub publishes HA discovery per door (button only with remote unlock); HA's button press goes
     through the hub, which signs the unlock command."""
     from edgeface.device.app import manifest_threshold
-    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+    from edgeface.device.site.hub.service import Hub as RealHub
+    from edgeface.device.site.hub.service import load_config
 
     paths, _ = site
     cfg = load_config(paths.hub / "hub.json")
@@ -574,7 +574,8 @@ def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, rec
 
 
 def test_hub_access_window_reaches_the_door(site, tmp_path, recognizer, faces):
-    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+    from edgeface.device.site.hub.service import Hub as RealHub
+    from edgeface.device.site.hub.service import load_config
 
     paths, _ = site
     cfg = load_config(paths.hub / "hub.json")
