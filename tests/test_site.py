@@ -511,11 +511,14 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
     """Records applied in one burst (one commit) still remember every name a person had."""
     from edgeface import Gallery
     from edgeface.device.events import EventLog
+    from edgeface.device.site.outbox import Outbox
     from edgeface.device.site.records import PersonRecord, encode_vectors
     from edgeface.device.site.sync import GallerySync
 
     space = recognizer.embedder_id
     ev = EventLog(tmp_path / "e.db", snapshot_dir=tmp_path / "snaps")
+    outbox = Outbox(str(tmp_path / "e.db"), "front", space)  # unsent copies of the events: erased with them
+    outbox.attach(ev)
     with Gallery(tmp_path / "g.db", space, recognizer.embedder.dim) as g:
         sync = GallerySync(g, str(tmp_path / "e.db"))
         emb = {space: encode_vectors(faces["amy"])}
@@ -525,10 +528,13 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
         ev.log("access", identity="Amy F", decision="grant")
         assert sync.apply(PersonRecord("office", "p1", "Amy F", 2, False, None, None, emb)) == "stale"
         assert [p.name for p in g.people()] == ["Amy F"]
+        assert outbox.count() == 2
         assert sync.apply(PersonRecord("office", "p1", "Amy F", 3, True, None, None, {})) == "erased"
         assert len(g) == 0 and not ev.events(kind="access") and not list((tmp_path / "snaps").iterdir())
+        assert outbox.count() == 0
         assert sync.version == 3
         sync.close()
+    outbox.close()
     ev.close()
 
 
