@@ -563,6 +563,28 @@ def test_sync_apply_many_one_burst_bad_record_refused_alone(tmp_path, recognizer
         sync.close()
 
 
+def test_sync_tombstone_leaves_an_old_name_now_held_by_another_person(tmp_path, recognizer, faces):
+    """Ada renamed to Ann, then a new person named Ada: erasing Ann leaves the new Ada enrolled; the events
+    under "Ada" go (they cannot be told apart: the erasure wins over the audit log)."""
+    from edgeface import Gallery
+    from edgeface.device.events import EventLog
+    from edgeface.device.site.records import PersonRecord, encode_vectors
+    from edgeface.device.site.sync import GallerySync
+
+    space = recognizer.embedder_id
+    emb = {space: encode_vectors(faces["amy"])}
+    with EventLog(tmp_path / "e.db") as ev, Gallery(tmp_path / "g.db", space, recognizer.embedder.dim) as g:
+        sync = GallerySync(g, ev)
+        assert sync.apply(PersonRecord("office", "p1", "Ada", 1, False, None, None, emb)) == "enrolled"
+        ev.log("access", identity="Ada", decision="grant")
+        assert sync.apply_many([PersonRecord("office", "p1", "Ann", 2, False, None, None, emb),
+                                PersonRecord("office", "p2", "Ada", 3, False, None, None, emb)]) == ["enrolled"] * 2
+        ev.log("access", identity="Ann", decision="grant")
+        assert sync.apply(PersonRecord("office", "p1", "Ann", 4, True, None, None, {})) == "erased"
+        assert [p.name for p in g.people()] == ["Ada"] and not ev.events(kind="access")
+        sync.close()
+
+
 def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, recognizer):
     from edgeface.device.site.hub.store import HubStore
 

@@ -145,12 +145,12 @@ class GallerySync:
             self.flush()
             names = {r[0] for r in self._conn.execute("SELECT name FROM site_names WHERE id = ?", (rec.id,))}
             for name in sorted(names | {rec.name}):
-                if self._conn.execute("SELECT 1 FROM site_records WHERE name = ? AND deleted = 0 AND id != ?",
-                                      (name, rec.id)).fetchone():
-                    # an old name now held by someone else: theirs, not this person's
-                    log.warning("site: %s not erased for %s: the name now belongs to another person", name, rec.id)
-                    continue
-                r = self._forget(name)
+                taken = self._conn.execute("SELECT 1 FROM site_records WHERE name = ? AND deleted = 0 AND id != ?",
+                                           (name, rec.id)).fetchone() is not None
+                if taken:  # an old name now held by someone else: they stay enrolled
+                    log.warning("site: %s now belongs to another person: they stay enrolled, but the events under "
+                                "that name are erased (they cannot be told apart)", name)
+                r = self._forget(name, gallery=not taken)
                 log.info("site: %s erased (%d event(s), %d snapshot(s))", name, r.events, r.snapshots)
             self._remember(rec, False, None)
             return "erased"
@@ -180,17 +180,19 @@ class GallerySync:
         self._remember(rec, active, window)
         return "ignored" if vecs is None else ("enrolled" if active else "inactive")
 
-    def _forget(self, name: str):
-        """The device's erasure of ``name`` (gallery, events, snapshots, outbox rows): a ForgetReport."""
+    def _forget(self, name: str, gallery: bool = True):
+        """The device's erasure of ``name`` (gallery unless ``gallery`` is false, events, snapshots, outbox
+        rows): a ForgetReport."""
         from ..events import EventLog
         from ..privacy import forget_in
 
+        g = self.gallery if gallery else None
         if self.events is None or not isinstance(self.events, (str, Path)):
-            return forget_in(name, self.gallery, self.events)
+            return forget_in(name, g, self.events)
         if not Path(self.events).is_file():
-            return forget_in(name, self.gallery)
+            return forget_in(name, g)
         with EventLog(self.events, retention_days=0, max_events=10**9) as ev:
-            return forget_in(name, self.gallery, ev)
+            return forget_in(name, g, ev)
 
     def sweep(self, now: Optional[float] = None) -> int:
         """Let people in or out as their validity windows open and close; returns how many changed."""
