@@ -51,7 +51,7 @@ import math
 import os
 import sqlite3
 from datetime import datetime, timezone
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -518,7 +518,7 @@ class Gallery:
         logger.info("enrolled %d embedding(s) of '%s' in %s", len(vectors), escape_name(name), self.path)
         return int(count)
 
-    def apply(self, changes: Sequence[Change]) -> Applied:
+    def apply(self, changes: Sequence[Change], also: Optional[Callable[[sqlite3.Connection], None]] = None) -> Applied:
         """Write a batch of :class:`Change` s in one transaction (one commit, one fsync), in order, all or
         nothing: what a site door does with a burst of person records from its hub.
 
@@ -527,6 +527,9 @@ class Gallery:
         name) naming its position and nothing is stored. A write replaces the person's embeddings (their
         ``created`` time is renewed); a rename is a removal of the old name followed by a write of the new.
         Enrolling people one :meth:`enroll` at a time costs one commit each: for thousands of people, use this.
+
+        ``also``: a function ``also(conn)`` run inside the same transaction after the changes, for a caller's own
+        table in the gallery file (the site sync records which versions it applied), so both commit together.
         """
         rows = []
         for i, change in enumerate(changes):
@@ -548,7 +551,7 @@ class Gallery:
                 raise ValueError(f"change {i}: sources must be a sequence of {len(vectors)} labels; "
                                  "nothing was written")
             rows.append((name, vectors, [None if s is None else str(s) for s in sources]))
-        if not rows:
+        if not rows and also is None:
             return Applied(0, 0)
         written = removed = 0
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -562,6 +565,8 @@ class Gallery:
                 conn.executemany("INSERT INTO embeddings (person_id, vector, source) VALUES (?, ?, ?)",
                                  [(pid, v.astype("<f4").tobytes(), s) for v, s in zip(vectors, sources)])
                 written += 1
+            if also is not None:
+                also(conn)
         logger.info("applied %d change(s) to %s: %d written, %d removed", len(rows), self.path, written, removed)
         return Applied(written, removed)
 

@@ -131,8 +131,26 @@ def test_apply_writes_a_batch_in_one_transaction_all_or_nothing(tmp_path):
                 g.apply([Change("kept", None), bad])
             assert {p.name for p in g.people()} == before  # nothing written, not even the valid first change
         assert g.apply([]) == Applied(0, 0)
+
+        def bookkeeping(conn):  # a caller's own table in the gallery file, committed with the changes
+            conn.execute("CREATE TABLE IF NOT EXISTS mine (v INTEGER)")
+            conn.execute("INSERT INTO mine VALUES (7)")
+
+        def failing(conn):
+            bookkeeping(conn)
+            raise sqlite3.OperationalError("disk I/O error")
+
+        with pytest.raises(GalleryError, match="disk full or write error"):
+            g.apply([Change("c", basis(7))], also=failing)
+        assert "c" not in g
+        assert g.apply([Change("c", basis(7))], also=bookkeeping) == Applied(1, 0)
     with Gallery(path, "test-embedder", DIM) as again:  # committed to the file
-        assert {p.name for p in again.people()} == {"a", "b", "amy", "kept"}
+        assert {p.name for p in again.people()} == {"a", "b", "amy", "kept", "c"}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT v FROM mine").fetchall() == [(7,)]  # the failing call left nothing
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("bad, fragment", [

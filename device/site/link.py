@@ -171,7 +171,7 @@ class SiteLink:
         """Verify a burst of messages one by one, then apply its person records in one gallery transaction
         (:meth:`GallerySync.apply_many`); a command is run in its place in the order (records before it are
         applied first)."""
-        records: list = []  # (topic, PersonRecord)
+        records: list = []  # PersonRecords of this burst, in order
         for topic, payload in messages:
             kind = "command" if topic.endswith("/cmd") else "gallery record"
             try:
@@ -187,7 +187,7 @@ class SiteLink:
                     raise RecordError(f"record of site {rec.site!r}, this door is on {self.site!r}")
                 if topic.rsplit("/", 1)[-1] != rec.id:
                     raise RecordError(f"record {rec.id} published on {topic}")
-                records.append((topic, rec))
+                records.append(rec)
             except RecordError as exc:
                 log.warning("site: %s on %s refused: %s", kind, topic, exc)
             except Exception as exc:  # noqa: BLE001 - a bad message must never stop the link
@@ -198,15 +198,15 @@ class SiteLink:
         if not records:
             return
         try:
-            results = sync.apply_many([rec for _, rec in records])
+            results = sync.apply_many(records)
         except Exception as exc:  # noqa: BLE001 - a failing gallery (disk full) must never stop the link
             log.error("site: %d gallery record(s) not applied: %s: %s (they come back on the next reconnect)",
                       len(records), type(exc).__name__, exc)
             return
-        for (topic, rec), result in zip(records, results):
+        for rec, result in zip(records, results):
             if isinstance(result, RecordError):
-                log.warning("site: gallery record on %s refused: %s", topic, result)
-            elif result != "stale":
+                continue  # logged by the sync (with the record id) before the burst was committed
+            if result != "stale":
                 self.applied += 1
                 self._dirty.set()
                 log.debug("site: %s %s v%d: %s", rec.name, rec.id, rec.version, result)

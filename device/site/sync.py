@@ -12,8 +12,8 @@ next connect brings everything back (the hub's records are retained on the broke
   device's own erasure (:func:`edgeface.device.privacy.forget_in`, as ``edgeface-device gallery forget``);
 * a record without embeddings for this door's embedder space is ignored with one log line;
 * a record that is stale (version not newer) is skipped silently (retained replays on reconnect);
-* a burst of records (:meth:`GallerySync.apply_many`) is one gallery transaction (:meth:`edgeface.Gallery.apply`)
-  and one bookkeeping commit: 10,000 people cost two fsyncs per 500, not one or more per person.
+* a burst of records (:meth:`GallerySync.apply_many`) is one transaction (:meth:`edgeface.Gallery.apply`) for
+  the people and the versions applied: 10,000 people cost one fsync per 500, not one or more per person.
 """
 from __future__ import annotations
 
@@ -84,27 +84,28 @@ class GallerySync:
             self._pending_names.add((rec.id, rec.name))
 
     def flush(self) -> None:
-        """Write what was applied since the last flush: the gallery changes in one transaction
-        (:meth:`edgeface.Gallery.apply`), then what was applied in one more (a burst of records costs two
-        commits, not one or more each). The second is safe to lose in a crash: the retained records are applied
-        again, idempotently, on the next start. If the gallery write fails (disk full), nothing of the burst
-        is remembered (the records come back with the next reconnect or reload) and the error is raised."""
+        """Write what was applied since the last flush: the gallery changes and the record versions together,
+        in one transaction (:meth:`edgeface.Gallery.apply` with ``also``): a burst of records costs one
+        commit, not one or more each, and the door's version never runs ahead of or behind its gallery. If the
+        write fails (disk full), nothing of the burst is kept (the records come back with the next reconnect
+        or reload) and the error is raised."""
         changes, self._changes = self._changes, []
-        if changes:
-            try:
-                self.gallery.apply(changes)
-            except Exception:
-                self._pending, self._pending_names = {}, set()
-                raise
-        if not self._pending:
-            return
         rows, self._pending = list(self._pending.values()), {}
         names, self._pending_names = sorted(self._pending_names), set()
-        with _sqlite.transaction(self._conn):
-            self._conn.executemany("INSERT OR REPLACE INTO site_records VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._conn.executemany("DELETE FROM site_names WHERE id = ?", [(r[0],) for r in rows if r[3]])
+        if not rows and not changes:
+            return
+
+        def remember(conn) -> None:
+            conn.executemany("INSERT OR REPLACE INTO site_records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("DELETE FROM site_names WHERE id = ?", [(r[0],) for r in rows if r[3]])
             # every name a person had: their events carry it, a tombstone erases them all
-            self._conn.executemany("INSERT OR IGNORE INTO site_names VALUES (?, ?)", names)
+            conn.executemany("INSERT OR IGNORE INTO site_names VALUES (?, ?)", names)
+
+        if changes:
+            self.gallery.apply(changes, also=remember)
+        else:  # tombstones only: the erasure already committed
+            with _sqlite.transaction(self._conn):
+                remember(self._conn)
 
     def apply(self, rec: PersonRecord, now: Optional[float] = None) -> str:
         """Apply one verified record: returns ``stale``, ``erased``, ``enrolled``, ``inactive`` or ``ignored``.
@@ -131,7 +132,8 @@ class GallerySync:
             for rec in recs:
                 try:
                     out.append(self._apply_one(rec, now))
-                except RecordError as exc:
+                except RecordError as exc:  # logged now, before the burst commits
+                    log.warning("site: gallery record %s refused: %s", rec.id, exc)
                     out.append(exc)
         finally:
             self.flush()
