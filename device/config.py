@@ -311,6 +311,9 @@ def _cross_checks(cfg: DeviceConfig) -> None:
     e = cfg.encryption
     if e.enabled and bool(e.key_file) == bool(e.credential):
         raise ConfigError("[encryption] enabled = true needs exactly one of key_file or credential")
+    if e.enabled and cfg.site.enabled:  # the site sync writes the gallery file itself: it would not be sealed
+        raise ConfigError("[site] and [encryption] cannot both be enabled: the site sync writes the gallery file "
+                          "directly and cannot keep it sealed; turn one of them off")
 
 
 def from_dict(data: dict) -> DeviceConfig:

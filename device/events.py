@@ -278,6 +278,8 @@ class EventLog:
     def forget(self, name: str) -> tuple[int, int]:
         """Erase a person: delete every event naming ``name`` and their snapshot files, in one transaction.
 
+        A site door's ``outbox`` table (:mod:`edgeface.device.site.outbox`) lives in this file too: its rows
+        naming ``name`` (copies of those events not yet sent to the hub) are deleted in the same transaction.
         Returns (events deleted, snapshot files deleted).
         """
         try:
@@ -285,6 +287,8 @@ class EventLog:
                 snaps = [r[0] for r in conn.execute(
                     "SELECT snapshot FROM events WHERE identity = ? AND snapshot IS NOT NULL", (name,))]
                 n = conn.execute("DELETE FROM events WHERE identity = ?", (name,)).rowcount
+                if "outbox" in _sqlite.table_names(conn):
+                    conn.execute("DELETE FROM outbox WHERE identity = ?", (name,))
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot erase {name!r} from event log {self.path}: {exc}") from exc
         return n, _unlink_all(snaps)

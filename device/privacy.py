@@ -44,31 +44,58 @@ def _open_events(events_path, snapshot_dir) -> Optional[EventLog]:
     return EventLog(events_path, retention_days=0, max_events=10**9, snapshot_dir=snapshot_dir or None)
 
 
-def forget_person(name: str, gallery_path: str | os.PathLike, events_path: Optional[str | os.PathLike] = None,
-                  snapshot_dir: Optional[str | os.PathLike] = None, cipher=None) -> ForgetReport:
-    """Erase ``name``: their gallery embeddings first (so they can no longer be recognised), then every event
-    naming them and those events' snapshot files. Returns what was removed. ``cipher``: the gallery is encrypted
-    (:mod:`edgeface.device.crypto`)."""
+def forget_in(name: str, gallery=None, events: Optional[EventLog] = None) -> ForgetReport:
+    """The erasure itself, on objects the caller already holds open: ``gallery`` (an :class:`edgeface.Gallery`,
+    or None) first, so the person can no longer be recognised, then ``events`` (an :class:`EventLog`, or None):
+    every event naming them, those events' snapshot files and the site outbox rows naming them.
+
+    :func:`forget_person` opens the files and calls this; the site sync (which keeps both open) calls it for a
+    tombstone. Idempotent: a name that is not enrolled is skipped in the gallery and still erased from events.
+    """
     from edgeface.gallery import GalleryError
 
     embeddings = 0
+    if gallery is not None:
+        try:
+            if name in gallery:  # Gallery.forget overwrites the rows and truncates the write-ahead log
+                embeddings = sum(f.embeddings for f in gallery.forget(name))
+        except GalleryError as exc:
+            raise PrivacyError(f"cannot erase {name!r} from gallery {gallery.path}: {exc}; "
+                               "nothing was erased") from exc
+    if events is None:
+        return ForgetReport(name, embeddings, 0, 0)
+    try:
+        n_events, snapshots = events.forget(name)
+    except EdgefaceError as exc:
+        raise PrivacyError(f"{name!r}: {embeddings} embedding(s) removed from the gallery, but the event log could "
+                           f"not be cleaned: {exc}; run forget again") from exc
+    log.info("forgot a person: %d embeddings, %d events, %d snapshots", embeddings, n_events, snapshots)
+    return ForgetReport(name, embeddings, n_events, snapshots)
+
+
+def forget_person(name: str, gallery_path: str | os.PathLike, events_path: Optional[str | os.PathLike] = None,
+                  snapshot_dir: Optional[str | os.PathLike] = None, cipher=None) -> ForgetReport:
+    """Erase ``name``: their gallery embeddings first (so they can no longer be recognised), then every event
+    naming them and those events' snapshot files (:func:`forget_in` on the files opened here). Returns what was
+    removed. ``cipher``: the gallery is encrypted (:mod:`edgeface.device.crypto`); it is sealed back before the
+    events are touched."""
+    from edgeface.gallery import GalleryError
+
     try:
         with gallery_file(gallery_path, cipher, write=True) as g:
-            if name in g:  # Gallery.forget overwrites the rows and truncates the write-ahead log
-                embeddings = sum(f.embeddings for f in g.forget(name))
+            embeddings = forget_in(name, g).embeddings
     except (GalleryError, CryptoError) as exc:
         raise PrivacyError(f"cannot erase {name!r} from gallery {gallery_path}: {exc}; nothing was erased") from exc
     try:
         ev = _open_events(events_path, snapshot_dir)
-        if ev is None:
-            return ForgetReport(name, embeddings, 0, 0)
-        with ev:
-            events, snapshots = ev.forget(name)
     except EdgefaceError as exc:
         raise PrivacyError(f"{name!r}: {embeddings} embedding(s) removed from the gallery, but the event log could "
-                           f"not be cleaned: {exc}; run forget again") from exc
-    log.info("forgot a person: %d embeddings, %d events, %d snapshots", embeddings, events, snapshots)
-    return ForgetReport(name, embeddings, events, snapshots)
+                           f"not be opened: {exc}; run forget again") from exc
+    if ev is None:
+        return ForgetReport(name, embeddings, 0, 0)
+    with ev:
+        report = forget_in(name, None, ev)
+    return report._replace(embeddings=embeddings)
 
 
 def rename_person(old: str, new: str, gallery_path: str | os.PathLike,

@@ -51,7 +51,7 @@ import math
 import os
 import sqlite3
 from datetime import datetime, timezone
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -187,6 +187,23 @@ class Forgotten(NamedTuple):
     name: str
     embeddings: int
     sources: list
+
+
+class Change(NamedTuple):
+    """One write of :meth:`Gallery.apply`: ``name`` ends up with exactly ``embeddings`` (a (k, dim) or (dim,)
+    array, replacing whatever they had), or is removed when ``embeddings`` is None (nothing happens if they
+    are not enrolled). ``sources``: one label per embedding, as in :meth:`Gallery.enroll`."""
+
+    name: str
+    embeddings: object = None
+    sources: Optional[Sequence[Optional[str]]] = None
+
+
+class Applied(NamedTuple):
+    """What :meth:`Gallery.apply` did: people written (enrolled or replaced) and people removed."""
+
+    written: int
+    removed: int
 
 
 class GalleryMeta(NamedTuple):
@@ -500,6 +517,58 @@ class Gallery:
                                     (pid,)).fetchone()
         logger.info("enrolled %d embedding(s) of '%s' in %s", len(vectors), escape_name(name), self.path)
         return int(count)
+
+    def apply(self, changes: Sequence[Change], also: Optional[Callable[[sqlite3.Connection], None]] = None) -> Applied:
+        """Write a batch of :class:`Change` s in one transaction (one commit, one fsync), in order, all or
+        nothing: what a site door does with a burst of person records from its hub.
+
+        Every change is checked before anything is written (a new name must follow :func:`check_name`,
+        embeddings as in :meth:`enroll`); one bad change raises ValueError (:class:`InvalidNameError` for a
+        name) naming its position and nothing is stored. A write replaces the person's embeddings (their
+        ``created`` time is renewed); a rename is a removal of the old name followed by a write of the new.
+        Enrolling people one :meth:`enroll` at a time costs one commit each: for thousands of people, use this.
+
+        ``also``: a function ``also(conn)`` run inside the same transaction after the changes, for a caller's own
+        table in the gallery file (the site sync records which versions it applied), so both commit together.
+        """
+        rows = []
+        for i, change in enumerate(changes):
+            change = Change(*change)
+            if change.embeddings is None:
+                rows.append((_check_name(change.name), None, None))
+                continue
+            try:
+                name = check_name(change.name)
+                vectors = _normalize(change.embeddings, self.dim, f"change {i} embeddings", single=False)
+            except InvalidNameError as exc:
+                raise InvalidNameError(f"change {i}: {exc}; nothing was written") from None
+            except ValueError as exc:
+                raise ValueError(f"{exc}; nothing was written") from None
+            sources = change.sources
+            if sources is None:
+                sources = [None] * len(vectors)
+            elif isinstance(sources, str) or len(sources) != len(vectors):
+                raise ValueError(f"change {i}: sources must be a sequence of {len(vectors)} labels; "
+                                 "nothing was written")
+            rows.append((name, vectors, [None if s is None else str(s) for s in sources]))
+        if not rows and also is None:
+            return Applied(0, 0)
+        written = removed = 0
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._writing(f"apply {len(rows)} change(s)") as conn:
+            for name, vectors, sources in rows:
+                gone = conn.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount
+                if vectors is None:
+                    removed += gone
+                    continue
+                pid = conn.execute("INSERT INTO people (name, created) VALUES (?, ?)", (name, created)).lastrowid
+                conn.executemany("INSERT INTO embeddings (person_id, vector, source) VALUES (?, ?, ?)",
+                                 [(pid, v.astype("<f4").tobytes(), s) for v, s in zip(vectors, sources)])
+                written += 1
+            if also is not None:
+                also(conn)
+        logger.info("applied %d change(s) to %s: %d written, %d removed", len(rows), self.path, written, removed)
+        return Applied(written, removed)
 
     def rename(self, old: str, new: str) -> None:
         """Rename a person, keeping their embeddings.

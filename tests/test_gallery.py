@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.gallery import EmbedderMismatchError, Gallery, GalleryError, Match, PersonExistsError, UnknownPersonError
+from edgeface.gallery import (
+    Applied,
+    Change,
+    EmbedderMismatchError,
+    Gallery,
+    GalleryError,
+    InvalidNameError,
+    Match,
+    PersonExistsError,
+    UnknownPersonError,
+)
 
 DIM = 16
 
@@ -99,6 +109,48 @@ def test_rename_and_remove(g):
     with pytest.raises(UnknownPersonError) as err:
         g.remove("b")
     assert isinstance(err.value, KeyError) and "'b' is not enrolled" in str(err.value)
+
+
+def test_apply_writes_a_batch_in_one_transaction_all_or_nothing(tmp_path):
+    path = tmp_path / "g.db"
+    with Gallery(path, "test-embedder", DIM) as g:
+        g.enroll("old", basis(5))
+        g.enroll("kept", basis(6))
+        done = g.apply([Change("a", basis(0), ["site:a"]), Change("b", np.stack([basis(1), basis(2)])),
+                        Change("old", None), Change("amy", basis(3)),  # a rename: old name out, new name in
+                        Change("nobody", None),                      # removing a missing name: nothing
+                        ("a", basis(4))])                            # a later write replaces the earlier one
+        assert done == Applied(written=4, removed=1)
+        assert {p.name: p.num_embeddings for p in g.people()} == {"a": 1, "b": 2, "amy": 1, "kept": 1}
+        assert g.match(basis(4))[0] == Match("a", 1.0) and g.match(basis(0))[0].name != "a"
+        before = {p.name for p in g.people()}
+        for bad, err, fragment in [(Change("c\nd", basis(0)), InvalidNameError, "change 1"),
+                                   (Change("c", np.zeros(DIM)), ValueError, "zero vector"),
+                                   (Change("c", basis(0), ["x", "y"]), ValueError, "sources")]:
+            with pytest.raises(err, match=fragment):
+                g.apply([Change("kept", None), bad])
+            assert {p.name for p in g.people()} == before  # nothing written, not even the valid first change
+        assert g.apply([]) == Applied(0, 0)
+
+        def bookkeeping(conn):  # a caller's own table in the gallery file, committed with the changes
+            conn.execute("CREATE TABLE IF NOT EXISTS mine (v INTEGER)")
+            conn.execute("INSERT INTO mine VALUES (7)")
+
+        def failing(conn):
+            bookkeeping(conn)
+            raise sqlite3.OperationalError("disk I/O error")
+
+        with pytest.raises(GalleryError, match="disk full or write error"):
+            g.apply([Change("c", basis(7))], also=failing)
+        assert "c" not in g
+        assert g.apply([Change("c", basis(7))], also=bookkeeping) == Applied(1, 0)
+    with Gallery(path, "test-embedder", DIM) as again:  # committed to the file
+        assert {p.name for p in again.people()} == {"a", "b", "amy", "kept", "c"}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT v FROM mine").fetchall() == [(7,)]  # the failing call left nothing
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("bad, fragment", [

@@ -549,6 +549,25 @@ def test_encrypted_gallery_and_snapshots_work_end_to_end_and_leave_no_plaintext(
     assert p.returncode == 2 and "readable by others" in p.stderr
 
 
+def test_site_with_encryption_is_refused_with_one_line(tmp_path):
+    """The site sync writes the gallery file itself (records, tombstones): with [encryption] on, the door would
+    open a sealed file it cannot read, or write people into it unsealed. Refused at config validation."""
+    from edgeface.device.config import ConfigError, from_dict
+
+    key = tmp_path / "edgeface.key"
+    assert _cli("key", "new", key).returncode == 0
+    both = {"site": {"enabled": True, "door_id": "front"}, "encryption": {"enabled": True, "key_file": str(key)}}
+    with pytest.raises(ConfigError, match=r"\[site\] and \[encryption\] cannot both be enabled"):
+        from_dict(both)
+    from_dict({**both, "site": {"enabled": False}})  # each alone is fine
+    from_dict({**both, "encryption": {"enabled": False, "key_file": str(key)}})
+    toml = tmp_path / "device.toml"
+    toml.write_text(f'[site]\nenabled = true\ndoor_id = "front"\n[encryption]\nenabled = true\nkey_file = "{key}"\n')
+    p = _cli("-c", toml, "run")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "cannot both be enabled" in p.stderr and p.stderr.startswith("edgeface-device: error:"), p.stderr
+
+
 def test_relay_never_moves_when_the_audit_record_fails():
     """The door's side of class 3 on a real gpiozero mock pin: the audit runs before the relay, in both the
     unlock and the extend path, and a failure leaves the door as it was."""

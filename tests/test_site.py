@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import pytest
+from site_harness import LogLines, Watcher, new_site
 
 from edgeface.device.config import DeviceConfig
 from edgeface.device.site import door_topic, gallery_topic
 from edgeface.device.site.commands import command_body
 from edgeface.device.site.records import encode_vectors, load_signing_key, sign
-
-from site_harness import LogLines, Watcher, new_site
 
 gpiozero = pytest.importorskip("gpiozero")
 from gpiozero.pins.mock import MockFactory  # noqa: E402
@@ -339,7 +338,8 @@ def test_home_assistant_discovery_and_unlock_button(site, tmp_path, recognizer):
     """The hub publishes HA discovery per door (button only with remote unlock); HA's button press goes
     through the hub, which signs the unlock command."""
     from edgeface.device.app import manifest_threshold
-    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+    from edgeface.device.site.hub.service import Hub as RealHub
+    from edgeface.device.site.hub.service import load_config
 
     paths, _ = site
     cfg = load_config(paths.hub / "hub.json")
@@ -511,11 +511,14 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
     """Records applied in one burst (one commit) still remember every name a person had."""
     from edgeface import Gallery
     from edgeface.device.events import EventLog
+    from edgeface.device.site.outbox import Outbox
     from edgeface.device.site.records import PersonRecord, encode_vectors
     from edgeface.device.site.sync import GallerySync
 
     space = recognizer.embedder_id
     ev = EventLog(tmp_path / "e.db", snapshot_dir=tmp_path / "snaps")
+    outbox = Outbox(str(tmp_path / "e.db"), "front", space)  # unsent copies of the events: erased with them
+    outbox.attach(ev)
     with Gallery(tmp_path / "g.db", space, recognizer.embedder.dim) as g:
         sync = GallerySync(g, str(tmp_path / "e.db"))
         emb = {space: encode_vectors(faces["amy"])}
@@ -525,11 +528,61 @@ def test_sync_burst_rename_then_tombstone_erases_every_name(tmp_path, recognizer
         ev.log("access", identity="Amy F", decision="grant")
         assert sync.apply(PersonRecord("office", "p1", "Amy F", 2, False, None, None, emb)) == "stale"
         assert [p.name for p in g.people()] == ["Amy F"]
+        assert outbox.count() == 2
         assert sync.apply(PersonRecord("office", "p1", "Amy F", 3, True, None, None, {})) == "erased"
         assert len(g) == 0 and not ev.events(kind="access") and not list((tmp_path / "snaps").iterdir())
+        assert outbox.count() == 0
         assert sync.version == 3
         sync.close()
+    outbox.close()
     ev.close()
+
+
+def test_sync_apply_many_one_burst_bad_record_refused_alone(tmp_path, recognizer, faces):
+    """A burst is one gallery transaction; a record with a wrong embedding size or a bad name is refused alone."""
+    from edgeface import Gallery
+    from edgeface.device.site.records import PersonRecord, RecordError, encode_vectors
+    from edgeface.device.site.sync import GallerySync
+
+    space, dim = recognizer.embedder_id, recognizer.embedder.dim
+    emb = {space: encode_vectors(faces["amy"])}
+    with Gallery(tmp_path / "g.db", space, dim) as g:
+        sync = GallerySync(g)
+        recs = [PersonRecord("office", "p1", "Amy", 1, False, None, None, emb),
+                PersonRecord("office", "p2", "Bad", 2, False, None, None, {space: encode_vectors(np.ones(dim + 1))}),
+                PersonRecord("office", "p3", "Eve\x1b[2J", 3, False, None, None, emb),
+                PersonRecord("office", "p1", "Amy B", 4, False, None, None, emb),  # renamed in the same burst
+                PersonRecord("office", "p4", "Bo", 5, False, None, None, emb),
+                PersonRecord("office", "p4", "Bo", 5, False, None, None, emb)]
+        out = sync.apply_many(recs)
+        assert out[0] == out[3] == out[4] == "enrolled" and out[5] == "stale"
+        assert isinstance(out[1], RecordError) and "embedding of" in str(out[1])
+        assert isinstance(out[2], RecordError) and "non-printable" in str(out[2])
+        assert [p.name for p in g.people()] == ["Amy B", "Bo"] and sync.version == 5
+        assert sync.held("p2") is None and sync.held("p3") is None
+        sync.close()
+
+
+def test_sync_tombstone_leaves_an_old_name_now_held_by_another_person(tmp_path, recognizer, faces):
+    """Ada renamed to Ann, then a new person named Ada: erasing Ann leaves the new Ada enrolled; the events
+    under "Ada" go (they cannot be told apart: the erasure wins over the audit log)."""
+    from edgeface import Gallery
+    from edgeface.device.events import EventLog
+    from edgeface.device.site.records import PersonRecord, encode_vectors
+    from edgeface.device.site.sync import GallerySync
+
+    space = recognizer.embedder_id
+    emb = {space: encode_vectors(faces["amy"])}
+    with EventLog(tmp_path / "e.db") as ev, Gallery(tmp_path / "g.db", space, recognizer.embedder.dim) as g:
+        sync = GallerySync(g, ev)
+        assert sync.apply(PersonRecord("office", "p1", "Ada", 1, False, None, None, emb)) == "enrolled"
+        ev.log("access", identity="Ada", decision="grant")
+        assert sync.apply_many([PersonRecord("office", "p1", "Ann", 2, False, None, None, emb),
+                                PersonRecord("office", "p2", "Ada", 3, False, None, None, emb)]) == ["enrolled"] * 2
+        ev.log("access", identity="Ann", decision="grant")
+        assert sync.apply(PersonRecord("office", "p1", "Ann", 4, True, None, None, {})) == "erased"
+        assert [p.name for p in g.people()] == ["Ada"] and not ev.events(kind="access")
+        sync.close()
 
 
 def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, recognizer):
@@ -549,7 +602,8 @@ def test_hub_store_dedups_events_drops_forgotten_and_prunes(tmp_path, faces, rec
 
 
 def test_hub_access_window_reaches_the_door(site, tmp_path, recognizer, faces):
-    from edgeface.device.site.hub.service import Hub as RealHub, load_config
+    from edgeface.device.site.hub.service import Hub as RealHub
+    from edgeface.device.site.hub.service import load_config
 
     paths, _ = site
     cfg = load_config(paths.hub / "hub.json")

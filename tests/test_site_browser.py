@@ -14,10 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from edgeface.device.site.broker import free_port
 from site_harness import new_site
 from test_site_hub import ENROLLED, DoorProcess, door_toml, frames_folder, lfw, wait
+
+from edgeface.device.site.broker import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

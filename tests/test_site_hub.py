@@ -4,7 +4,6 @@ offline while people are added and forgotten catches up; forget -> no door grant
 gone everywhere."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -16,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from site_harness import new_site
 
 pytestmark = pytest.mark.slow
@@ -195,7 +193,7 @@ def test_broker_killed_and_restarted_every_event_reaches_the_hub_once(running_si
         door_n = p.rows("SELECT COUNT(*) FROM events")[0][0]
         left = p.rows("SELECT COUNT(*) FROM outbox")[0][0]
         # events logged by a stopping door after its link closed wait for the next start (left)
-        assert wait(lambda: hub.store.count_events(d) == door_n - left, 20, 0.2), \
+        assert wait(lambda d=d, n=door_n - left: hub.store.count_events(d) == n, 20, 0.2), \
             (d, door_n, left, hub.store.count_events(d))
     for p in doors.values():
         p.start()
@@ -223,7 +221,7 @@ def test_offline_door_catches_up_and_forget_erases_everywhere(running_site, data
     # Colin: events and snapshots erased at the hub and on the online doors
     assert not [e for e in hub.store.events(100000) if e["identity"] == "Colin"]
     for p in online:
-        assert wait(lambda: not p.rows("SELECT 1 FROM events WHERE identity = 'Colin'"), 10)
+        assert wait(lambda p=p: not p.rows("SELECT 1 FROM events WHERE identity = 'Colin'"), 10)
     side.start()
     assert wait(lambda: "Tony" in side.people() and "Colin" not in side.people(), 60), side.log_text()[-2000:]
     assert wait(lambda: not side.rows("SELECT 1 FROM events WHERE identity = 'Colin'"), 10)

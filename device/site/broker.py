@@ -113,8 +113,8 @@ def mosquitto_conf(folder: Path, port: int, bind: str = "127.0.0.1", tls: bool =
         f"listener {port} {bind}",
     ]
     if tls:
-        lines += [f"cafile {folder / 'ca.crt'}", f"certfile {folder / 'broker.crt'}", f"keyfile {folder / 'broker.key'}",
-                  "tls_version tlsv1.2"]
+        lines += [f"cafile {folder / 'ca.crt'}", f"certfile {folder / 'broker.crt'}",
+                  f"keyfile {folder / 'broker.key'}", "tls_version tlsv1.2"]
     if bridge:
         lines += ["", bridge_conf(**bridge)]
     return "\n".join(lines) + "\n"

@@ -2,9 +2,10 @@
 outbox publisher. Started by :class:`edgeface.device.app.DoorApp` when ``[site] enabled = true``.
 
 Threads: paho's network thread only queues incoming messages (after a size check); the worker thread owns
-its own gallery and event-log connections (SQLite objects stay on their thread) and applies records one by
-one; the publisher thread sends the outbox. The recognition loop never waits for any of them, and nothing
-here can open the door except a verified, enabled, fresh unlock command.
+its own gallery and event-log connections (SQLite objects stay on their thread) and applies records in
+bursts (up to :data:`BURST`, one gallery transaction each); the publisher thread sends the outbox. The
+recognition loop never waits for any of them, and nothing here can open the door except a verified, enabled,
+fresh unlock command.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from .presence import offline_payload, online_payload
 from .records import RecordError, load_public_key, open_signed, person_record
 
 log = logging.getLogger(__name__)
+
+#: messages the sync worker takes from its inbox at once: their person records are one gallery transaction
+BURST = 500
 
 
 def read_password(path: str) -> str:
@@ -122,8 +126,8 @@ class SiteLink:
         from .sync import GallerySync
 
         gallery = Gallery.open(self.gallery_path)
-        sync = GallerySync(gallery, self.events_path)
         events = EventLog(self.events_path, retention_days=0, max_events=10**9)  # no pruning here
+        sync = GallerySync(gallery, events)  # a tombstone erases through this same event log
         self.outbox.attach(events)
         self.version, self.people = sync.version, len(gallery)
         self._ready.set()
@@ -131,13 +135,16 @@ class SiteLink:
         try:
             while not self._stop.is_set():
                 try:
-                    topic, payload = self.inbox.get(timeout=0.2)
+                    burst = [self.inbox.get(timeout=0.2)]
                 except queue.Empty:
-                    topic = None
-                if topic is not None:
-                    self._handle(topic, payload, sync, gallery, events)
-                if self.inbox.empty():
-                    sync.flush()
+                    burst = []
+                while burst and len(burst) < BURST:
+                    try:
+                        burst.append(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if burst:
+                    self._handle(burst, sync, events)
                 now = time.monotonic()
                 if now - last_sweep > 5.0:
                     last_sweep = now
@@ -160,29 +167,49 @@ class SiteLink:
         log.warning(msg, *args) if key not in self._logged else log.debug(msg, *args)
         self._logged.add(key)
 
-    def _handle(self, topic: str, payload: bytes, sync, gallery, events) -> None:
-        kind = "command" if topic.endswith("/cmd") else "gallery record"
+    def _handle(self, messages: list, sync, events) -> None:
+        """Verify a burst of messages one by one, then apply its person records in one gallery transaction
+        (:meth:`GallerySync.apply_many`); a command is run in its place in the order (records before it are
+        applied first)."""
+        records: list = []  # PersonRecords of this burst, in order
+        for topic, payload in messages:
+            kind = "command" if topic.endswith("/cmd") else "gallery record"
+            try:
+                body = open_signed(payload, self.public_key, self.cfg.max_payload_bytes)
+                if kind == "command":
+                    action = self.check_command(body)
+                    self._apply(records, sync)
+                    records = []
+                    self._command(action, events)
+                    continue
+                rec = person_record(body)
+                if rec.site != self.site:
+                    raise RecordError(f"record of site {rec.site!r}, this door is on {self.site!r}")
+                if topic.rsplit("/", 1)[-1] != rec.id:
+                    raise RecordError(f"record {rec.id} published on {topic}")
+                records.append(rec)
+            except RecordError as exc:
+                log.warning("site: %s on %s refused: %s", kind, topic, exc)
+            except Exception as exc:  # noqa: BLE001 - a bad message must never stop the link
+                log.error("site: %s on %s failed: %s: %s", kind, topic, type(exc).__name__, exc)
+        self._apply(records, sync)
+
+    def _apply(self, records: list, sync) -> None:
+        if not records:
+            return
         try:
-            body = open_signed(payload, self.public_key, self.cfg.max_payload_bytes)
-            if kind == "command":
-                self._command(self.check_command(body), events)
-                return
-            rec = person_record(body)
-            if rec.site != self.site:
-                raise RecordError(f"record of site {rec.site!r}, this door is on {self.site!r}")
-            if topic.rsplit("/", 1)[-1] != rec.id:
-                raise RecordError(f"record {rec.id} published on {topic}")
-            result = sync.apply(rec)
-        except RecordError as exc:
-            log.warning("site: %s on %s refused: %s", kind, topic, exc)
+            results = sync.apply_many(records)
+        except Exception as exc:  # noqa: BLE001 - a failing gallery (disk full) must never stop the link
+            log.error("site: %d gallery record(s) not applied: %s: %s (they come back on the next reconnect)",
+                      len(records), type(exc).__name__, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a bad message must never stop the link
-            log.error("site: %s on %s failed: %s: %s", kind, topic, type(exc).__name__, exc)
-            return
-        if result != "stale":
-            self.applied += 1
-            self._dirty.set()
-            log.debug("site: %s %s v%d: %s", rec.name, rec.id, rec.version, result)
+        for rec, result in zip(records, results):
+            if isinstance(result, RecordError):
+                continue  # logged by the sync (with the record id) before the burst was committed
+            if result != "stale":
+                self.applied += 1
+                self._dirty.set()
+                log.debug("site: %s %s v%d: %s", rec.name, rec.id, rec.version, result)
 
     def _command(self, action: str, events) -> None:
         if action == "reload":

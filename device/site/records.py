@@ -20,6 +20,7 @@ snapshots. Keys: :func:`generate_key` writes ``hub_signing_key.pem`` (private, h
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ class RecordError(EdgefaceError, ValueError):
     """A message from the hub is not acceptable (bad JSON, bad or missing signature, bad fields)."""
 
 
+@functools.lru_cache(maxsize=None)
 def _crypto():
     try:
         from cryptography.exceptions import InvalidSignature

@@ -192,7 +192,8 @@ class Hub:
                     got[space] = emb
                     if thumb is None:
                         face = rec.detect(rgb)[0]
-                        ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(rec.embedder.crop(rgb, face.box, face.keypoints)[:, :, ::-1]))
+                        crop = rec.embedder.crop(rgb, face.box, face.keypoints)
+                        ok, jpg = cv2.imencode(".jpg", np.ascontiguousarray(crop[:, :, ::-1]))
                         thumb = jpg.tobytes() if ok else None
             if len(got) != len(self.recognizers):
                 rejected.append((fname, reason))
