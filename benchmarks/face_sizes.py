@@ -246,7 +246,7 @@ def run(models: Path, data: Path, settings: dict, show_progress: bool = True) ->
                               for (sc, r), s in zip(results[name].items(), all_scenes)}
             rows.append((name, summ))
         base = dict(rows).get("short_range")
-        for name, summ in rows:
+        for _name, summ in rows:
             if base:
                 summ["time_ratio_vs_short_range"] = {
                     sc: summ["median_ms"][sc] / max(base["median_ms"][sc], 1e-9) for sc in summ["median_ms"]}

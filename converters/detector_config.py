@@ -107,7 +107,7 @@ def add_detector_configs(out: Path, index: dict, images: Sequence[np.ndarray]) -
     for name, files in detectors.items():
         if name == REFERENCE:
             continue
-        for precision, file in files.items():
+        for _precision, file in files.items():
             path = out / file
             t = calibrate_box_transform(reference, DetectorModel(path), images)
             data = read_manifest(path)
