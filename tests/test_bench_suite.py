@@ -132,6 +132,7 @@ def test_peers_quick(models_dir, data_root, out):
     assert theirs["per_image_ms"]["n"] == ours["per_image_ms"]["n"] and theirs["cv_accuracy"] >= 0.5
 
 
+@pytest.mark.slow  # needs built models
 def test_face_sizes_quick(models_dir, data_root, out):
     r = _run("face_sizes", models_dir, data_root, out)
     assert (out / "face_sizes.png").stat().st_size > 1000
