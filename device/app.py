@@ -44,12 +44,24 @@ def delegated_nodes(interpreter) -> tuple[int, int]:
     return sum(1 for o in ops if o.get("op_name") == EDGETPU_OP), len(ops)
 
 
-def manifest_threshold(embedder, operating_point: str) -> float:
-    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point."""
+def manifest_threshold(embedder, operating_point: str, gallery_size: Optional[int] = None) -> float:
+    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point.
+
+    Open-set points (``fpir_0.01``) are resolved for ``gallery_size`` enrolled people
+    (:func:`edgeface.embed.open_set_point`); unknown size: the largest calibrated gallery (strictest).
+    """
     section = embedder.section
     if operating_point == "accuracy":
         return float(section["min_cosine_similarity"])
     points = section.get("operating_points") or {}
+    if operating_point.startswith("fpir_"):
+        from edgeface.embed import open_set_point
+
+        try:
+            point = open_set_point(points, operating_point, gallery_size if gallery_size is not None else 10 ** 9)
+        except KeyError as exc:
+            raise StartupError(f"{exc.args[0]}: rebuild the models with this edgeface (edgeface build)") from None
+        return point.min_cosine_similarity
     if operating_point not in points:
         log.warning("the embedder manifest has no %s operating point; using its accuracy-optimal threshold %.4f",
                     operating_point, section["min_cosine_similarity"])

@@ -126,7 +126,7 @@ class FaceLoop:
             self.threshold = float(cfg.recognition.min_cosine_similarity)
         else:
             from .app import manifest_threshold
-            self.threshold = manifest_threshold(recognizer.embedder, cfg.recognition.operating_point)
+            self.threshold = manifest_threshold(recognizer.embedder, cfg.recognition.operating_point, len(gallery))
         self.tracker = IoUTracker(cfg.tracker.min_iou, cfg.tracker.max_missed_frames)
         self.timer = StageTimer()
         self.stats = collections.Counter()

@@ -17,7 +17,8 @@ BBT = DATA / "bbt"
 def _converter_key() -> str:
     """Models are rebuilt when the code that makes them changes."""
     h = hashlib.sha256()
-    for f in ("build.py", "detector.py", "embedder.py", "tflite_rebuild.py", "facenet_keras.py", "common.py"):
+    for f in ("build.py", "detector.py", "embedder.py", "tflite_rebuild.py", "facenet_keras.py", "common.py",
+              "mobilefacenet.py", "qat.py", "openset.py", "prune.py"):
         h.update((REPO / "converters" / f).read_bytes())
     for f in sorted((REPO / "calibration_data").glob("*.py")):
         h.update(f.read_bytes())

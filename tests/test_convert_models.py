@@ -208,7 +208,8 @@ def test_metadata_round_trip_on_a_real_model_keeps_its_outputs(models_dir, index
                 {v: k for k, v in man["outputs"].items()}[d["name"]]
                 for d in FaceDetector(dst).interpreter.get_output_details()]
         else:
-            crop = np.full((160, 160, 3), 120, np.uint8)
+            size = FaceEmbedder(src).size
+            crop = np.full((size, size, 3), 120, np.uint8)
             np.testing.assert_array_equal(FaceEmbedder(src).embed_crop(crop), FaceEmbedder(dst).embed_crop(crop))
     with pytest.raises(metadata.MetadataError, match=src.name):
         metadata.read_metadata(src)
