@@ -38,7 +38,7 @@ class QatOptions(NamedTuple):
     on ``num_crops`` LFW DevTrain face crops chosen with ``seed``. 0 steps: no QAT (post-training int8)."""
     steps: int = 300
     batch_size: int = 16
-    learning_rate: float = 2e-5
+    learning_rate: float = 1e-4
     num_crops: int = 2000
     seed: int = 0
 
