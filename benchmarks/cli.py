@@ -209,7 +209,8 @@ BENCHMARKS = (
             _opt("--threads", nargs="+", help="thread counts, e.g. 1 2 all"),
             _opt("--runtimes", nargs="+", help="litert tflite_runtime tensorflow onnxruntime (missing ones are "
                                                "skipped with a note)"),
-            _opt("--precisions", nargs="+", help="int8 float32 int8_pruned"),
+            _opt("--precisions", nargs="+", help="int8 float32 int8_pruned, or any <precision>_<tag> entry of "
+                                                 "models.json (e.g. int8_facenet: another embedder, same run)"),
             _opt("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)"),
             _opt("--write-reference", action="store_true",
                  help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)"),

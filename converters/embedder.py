@@ -229,11 +229,11 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
         else:
             raise ValueError(f"unknown precision {precision!r}; use float32 or int8")
         dst = Path(out_dir) / f"{family.replace('-', '_')}_{precision}.tflite"
-        extra = {}
+        extra = {"calibration": calibration} if precision == "int8" and calibration else {}
+        section = dict(threshold)
         if precision == "int8":
-            extra = {**({"calibration": calibration} if calibration else {}),
-                     "quantization": dict(int8_extra or {"method": "post-training (representative dataset)"})}
+            section["quantization"] = dict(int8_extra or {"method": "post-training (representative dataset)"})
         out[precision] = _write(converter.convert(), dst,
-                                lambda name: _manifest(src, precision, dtype, name, weights, crop, threshold, extra))
+                                lambda name: _manifest(src, precision, dtype, name, weights, crop, section, extra))
         log.info("built %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
     return out

@@ -216,7 +216,7 @@ def test_default_embedder_manifest_records_the_landmark_recipe_and_open_set_poin
         assert all(pts[f"fpir_0.01@{n}"]["fpir"] <= 0.01 for n in (10, 100, 1000))
         assert "peopleDevTrain" in m["embedder"]["open_set_source"]
     m8 = read_manifest(models_dir / index["int8"]["embedder"])
-    assert "quantization" in m8 and m8["calibration"]["num_crops"] > 100
+    assert "quantization-aware" in m8["embedder"]["quantization"]["method"] and m8["calibration"]["num_crops"] > 100
 
 
 @pytest.mark.slow
