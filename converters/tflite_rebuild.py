@@ -9,8 +9,8 @@ PReLU. MobileFaceNet's TFLite spells each PReLU as five ops on one tensor ``x``:
 ``RELU(x) + m * (x - ABS(x))`` with a per-channel constant ``m`` (= slope / 2). The rebuilder recognises the
 pattern and emits it as one of (``prelu=``):
 
-* ``"relu_split"`` (default): ``relu(x) + dw(relu(dw(x, -1)), -a)``: a ReLU, two 1x1 depthwise convolutions
-  (the second one carries the slopes ``a``) and an Add. Every op has an int8 kernel in XNNPACK and on the
+* ``"relu_split"`` (default): ``relu(dw(x, 1)) + dw(relu(dw(x, -1)), -a)``: three 1x1 depthwise convolutions
+  (two with a fused ReLU, the third carries the slopes ``a``) and an Add. Every op has an int8 kernel in XNNPACK and on the
   Edge TPU, and tfmot can wrap every layer for quantization-aware training. (A ``PRELU`` op has no int8
   XNNPACK kernel: the int8 graph falls back to the reference kernels in 34 pieces and is slower than float.)
 * ``"prelu"``: a ``keras.layers.PReLU`` (one ``PRELU`` op), the float graph's natural form.
@@ -94,7 +94,11 @@ def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split"):
     channels = int(x.shape[-1])
     if slopes.size != channels:
         raise ValueError(f"{name}: {slopes.size} slopes for {channels} channels")
-    pos = keras.layers.ReLU(name=name + "_pos")(x)
+    # relu(x) as a 1x1 depthwise with weight 1 and a fused ReLU: XNNPACK has no int8 kernel for a standalone
+    # RELU op (33 of them cut the int8 graph into 34 delegate pieces: 3x slower than float)
+    pos_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation="relu", name=name + "_pos")
+    pos = pos_layer(x)
+    pos_layer.set_weights([np.ones((1, 1, channels, 1), np.float32)])
     neg_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation="relu", name=name + "_negrelu")
     neg = neg_layer(x)
     neg_layer.set_weights([-np.ones((1, 1, channels, 1), np.float32)])
