@@ -123,8 +123,8 @@ def test_equalize_option_recovers_dark_hazy_probes(models_dir, data_root):
         probe = degrade(read_image(lfw_image(p.name2, p.n2)), "dark_low_contrast")
         passed["plain"] += plain.verify(enrolled, probe).same
         passed["equalized"] += equalized.verify(enrolled, probe).same
-    # FaceNet int8 recovered 6 of 6; MobileFaceNet int8 recovers 5 of these 6 (plain: 2)
-    assert passed["equalized"] >= len(pairs) - 1 and passed["plain"] <= 2, passed
+    # measured: FaceNet int8 6 of 6 equalized, 2 plain; MobileFaceNet int8 6 equalized, 3 plain
+    assert passed["equalized"] == len(pairs) and passed["plain"] <= len(pairs) // 2, passed
 
 
 def test_lfw_devtest_quick_accuracy(recognizer):
