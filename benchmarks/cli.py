@@ -225,8 +225,9 @@ BENCHMARKS = (
             _opt("--threads", nargs="+", help="thread counts, e.g. 1 2 all"),
             _opt("--runtimes", nargs="+", help="litert tflite_runtime tensorflow onnxruntime (missing ones are "
                                                "skipped with a note)"),
-            _opt("--precisions", nargs="+", help="int8 int8_io float32 int8_pruned (int8_io: build it with `edgeface "
-                                                 "variants --variants int8_io`)"),
+            _opt("--precisions", nargs="+", help="int8 int8_io float32 int8_pruned, or any <precision>_<tag> entry "
+                                                 "of models.json (e.g. int8_facenet: another embedder, same run; "
+                                                 "int8_io: build it with `edgeface variants --variants int8_io`)"),
             _opt("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)"),
             _opt("--write-reference", action="store_true",
                  help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)"),

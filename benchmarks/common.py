@@ -168,8 +168,9 @@ def read_index(models: Path) -> dict:
 def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32"),
                    detectors: Sequence[str] = ("short_range",)) -> tuple[list[Variant], list[str]]:
     """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and
-    notes on the
-    ones that are not there."""
+    notes on the ones that are not there. A precision ``<int8|float32>_<tag>`` names any extra entry of
+    ``models.json`` (``int8_pruned``, or e.g. ``int8_facenet`` to time another embedder beside the default in
+    one run)."""
     models = Path(models)
     index = read_index(models)
     variants, notes = [], []
@@ -182,14 +183,15 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
             if not entry:
                 notes.append(f"{precision}: not in {models}/models.json (not built): skipped")
                 continue
-            det_file = index.get("detectors", {}).get(det_name, {}).get(precision.replace("_pruned", ""))
+            base = precision.split("_", 1)[0]
+            det_file = index.get("detectors", {}).get(det_name, {}).get(base)
             if det_name == "short_range" and det_file is None:
                 det_file = entry["detector"]
             if det_file is None or not (models / det_file).is_file():
                 notes.append(f"{precision} {det_name} detector not built in {models}: skipped")
                 continue
             name = precision if det_name == "short_range" else f"{precision}+{det_name}"
-            variants.append(Variant(name, precision.replace("_pruned", ""), models / det_file,
+            variants.append(Variant(name, base, models / det_file,
                                     models / entry["embedder"]))
     return variants, notes
 

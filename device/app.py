@@ -112,10 +112,11 @@ def load_recognizer(cfg: DeviceConfig):
     return _with_threshold(cfg, rec)
 
 
-def _with_threshold(cfg: DeviceConfig, rec):
-    """Attach the door threshold (:func:`door_threshold`: refused when weak unless allowed) to ``rec``."""
+def _with_threshold(cfg: DeviceConfig, rec, gallery_size: Optional[int] = None):
+    """Attach the door threshold (:func:`door_threshold`: refused when weak unless allowed) to ``rec``;
+    ``gallery_size`` resolves an open-set (``fpir_``) operating point (unknown: the strictest)."""
     try:
-        policy = door_threshold(cfg, rec.embedder)
+        policy = door_threshold(cfg, rec.embedder, gallery_size)
     except ThresholdError as exc:
         raise StartupError(str(exc)) from exc
     rec.door_threshold = policy
@@ -201,6 +202,8 @@ class DoorApp:
                                        "(edgeface-device enroll)")
                 self._sealed = SealedGallery(cfg.gallery.path, self.cipher)
                 self.gallery = open_gallery(str(self._sealed.plain), self.rec)
+            if cfg.recognition.operating_point.startswith("fpir_"):  # open set: the point for this gallery's size
+                _with_threshold(cfg, self.rec, len(self.gallery))
             self.source = source if source is not None else make_source(cfg.source)
             if source is None:
                 probe_file_source(self.source)

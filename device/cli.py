@@ -278,6 +278,17 @@ def doctor(cfg) -> list[dict]:
         note = gallery_risk_note(cfg, embeddings)
         if note:
             add("threshold", True, note)  # advice, not a fault
+        op = cfg.recognition.operating_point
+        if rec is not None and op.startswith("fpir_") and cfg.recognition.min_cosine_similarity is None:
+            from edgeface.embed import open_set_point
+
+            try:
+                point = open_set_point(rec.embedder.section.get("operating_points") or {}, op, people)
+                add("threshold", "higher than" not in point.reason,
+                    f"{op} for {people} enrolled people: using {point.name}, min_cosine_similarity "
+                    f"{point.min_cosine_similarity:.4f} ({point.reason})")
+            except KeyError as exc:
+                add("threshold", False, f"{exc.args[0]}: rebuild the models")
     except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("gallery", False, str(exc))
     if cfg.encryption.enabled:

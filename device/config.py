@@ -91,8 +91,12 @@ class RecognitionConfig:
     operating_point: str = _f("far_0.001", "which calibrated threshold of the embedder manifest to use when "
                                            "min_cosine_similarity is unset: far_0.0001 / far_0.001 / far_0.01 "
                                            "(false accept rate per pair on LFW DevTrain; a gallery of N embeddings "
-                                           "multiplies it by about N, see `doctor`) or accuracy (accuracy-optimal)",
-                              choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy"))
+                                           "multiplies it by about N, see `doctor`), accuracy (accuracy-optimal), or "
+                                           "fpir_0.01 / fpir_0.001: at most that share of strangers matched, "
+                                           "calibrated for the enrolled gallery size (or fpir_0.01@100 to name "
+                                           "the gallery size)",
+                              choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy", "fpir_0.01", "fpir_0.001",
+                                       *(f"fpir_{r}@{n}" for r in ("0.01", "0.001") for n in (10, 100, 1000))))
     min_cosine_similarity: Optional[float] = _f(
         None, "a face matches an enrolled person at or above this cosine similarity (unset: the embedder "
               "manifest's calibrated value for operating_point). Below the manifest's far_0.01 value the device "

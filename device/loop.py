@@ -132,7 +132,8 @@ class FaceLoop:
         self.liveness = liveness if liveness is not None else make_liveness(cfg.liveness)
         self.clock = clock
         # the policy (and its refusal of weak thresholds) lives in .threshold
-        self.threshold = float(threshold) if threshold is not None else door_threshold(cfg, recognizer.embedder).value
+        self.threshold = (float(threshold) if threshold is not None
+                          else door_threshold(cfg, recognizer.embedder, len(gallery)).value)
         self.tracker = IoUTracker(cfg.tracker.min_iou, cfg.tracker.max_missed_frames)
         self.timer = StageTimer()
         self.stats = collections.Counter()

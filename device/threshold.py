@@ -62,8 +62,22 @@ def manifest_points(embedder) -> dict[str, float]:
     return points
 
 
-def manifest_threshold(embedder, operating_point: str) -> float:
-    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point."""
+def manifest_threshold(embedder, operating_point: str, gallery_size: Optional[int] = None) -> float:
+    """The embedder manifest's calibrated ``min_cosine_similarity`` for an operating point.
+
+    Open-set points (``fpir_0.01``: at most 1 in 100 strangers matched) are resolved for ``gallery_size``
+    enrolled people (:func:`edgeface.embed.open_set_point`); an unknown size takes the largest calibrated
+    gallery (the strictest threshold).
+    """
+    if operating_point.startswith("fpir_"):
+        from edgeface.embed import open_set_point
+
+        size = gallery_size if gallery_size is not None else 10 ** 9
+        try:
+            return open_set_point(embedder.section.get("operating_points") or {}, operating_point, size
+                                  ).min_cosine_similarity
+        except KeyError as exc:
+            raise ThresholdError(f"{exc.args[0]}: rebuild the models with this edgeface (edgeface build)") from None
     points = manifest_points(embedder)
     if operating_point not in points:
         log.warning("the embedder manifest has no %s operating point; using its accuracy-optimal threshold %.4f",
@@ -72,8 +86,10 @@ def manifest_threshold(embedder, operating_point: str) -> float:
     return points[operating_point]
 
 
-def door_threshold(cfg, embedder) -> DoorThreshold:
+def door_threshold(cfg, embedder, gallery_size: Optional[int] = None) -> DoorThreshold:
     """The door threshold for ``cfg`` (a DeviceConfig) and an embedder, checked against the far_0.01 floor.
+
+    ``gallery_size``: enrolled people, for open-set (``fpir_``) operating points (unknown: the strictest).
 
     Raises :class:`ThresholdError` when it is below the floor (or the floor is not calibrated) and
     ``[recognition] allow_weak_threshold`` is false.
@@ -83,7 +99,7 @@ def door_threshold(cfg, embedder) -> DoorThreshold:
     if r.min_cosine_similarity is not None:
         value, source = float(r.min_cosine_similarity), "[recognition] min_cosine_similarity"
     else:
-        value, source = manifest_threshold(embedder, r.operating_point), f"manifest {r.operating_point}"
+        value, source = manifest_threshold(embedder, r.operating_point, gallery_size), f"manifest {r.operating_point}"
     floor = points.get(FLOOR_POINT)
     if floor is None:
         problem = (f"the embedder manifest has no calibrated {FLOOR_POINT} point, so the door threshold {value:.4f} "

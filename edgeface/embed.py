@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -10,8 +10,51 @@ from . import preprocess, runtime
 from .errors import OptionError
 from .manifest import CROP_METHODS, ManifestError, check_model, manifest_path, read_manifest
 
-#: Five-point template (eyes, nose, mouth centre) for similarity alignment in a 112 px square, scaled to size.
+#: The detector's keypoints by name, in the order :class:`edgeface.detect.Face` carries them (BlazeFace; the
+#: subject's sides: "right_eye" is on the image's left).
+KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
+#: The ArcFace 112x112 five-point template (insightface ``arcface_dst``) with the two mouth corners averaged
+#: into one mouth centre (BlazeFace has a single mouth point): right eye, left eye, nose tip, mouth centre.
+ARCFACE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (56.1396, 92.2848))
+ARCFACE_POINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center")
+#: Kept for the legacy ``similarity`` recipe (same points, rounded).
 ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [56.14, 92.28]], np.float32)
+
+
+def landmark_recipe(size: int = 112, template=ARCFACE_TEMPLATE_112, points=ARCFACE_POINTS,
+                    fallback: Optional[dict] = None, source: str = "") -> dict:
+    """A ``landmarks`` crop recipe for a manifest: ``points`` (keypoint names) warped onto ``template``
+    (pixel coordinates in a ``size`` x ``size`` crop) by a least-squares similarity transform.
+
+    ``fallback`` (a box recipe) is what a detector without these keypoints gets instead, with a warning.
+    """
+    if len(template) != len(points) or len(points) < 2:
+        raise ValueError(f"need as many template points as keypoint names (>= 2), got {len(template)} and "
+                         f"{len(points)}")
+    unknown = [p for p in points if p not in KEYPOINT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown keypoints {unknown}; known: {', '.join(KEYPOINT_NAMES)}")
+    recipe = {"method": "landmarks", "size": int(size), "points": list(points),
+              "template": [[round(float(x), 4), round(float(y), 4)] for x, y in template]}
+    if fallback is not None:
+        recipe["fallback"] = dict(fallback)
+    if source:
+        recipe["source"] = source
+    return recipe
+
+
+def _landmark_crop(image: np.ndarray, box, keypoints, recipe: dict) -> np.ndarray:
+    size = int(recipe["size"])
+    if keypoints is None:
+        fallback = recipe.get("fallback")
+        if fallback is None:
+            raise ValueError("landmark alignment needs keypoints and the recipe has no box fallback")
+        return face_crop(image, box, None, fallback)
+    kps = np.asarray(keypoints, dtype=np.float32)
+    idx = [KEYPOINT_NAMES.index(p) for p in recipe["points"]]
+    if kps.ndim != 2 or kps.shape[1] != 2 or len(kps) <= max(idx):
+        raise ValueError(f"landmark alignment needs keypoints {recipe['points']}, got an array of shape {kps.shape}")
+    return preprocess.align_face(image, kps[idx], np.asarray(recipe["template"], np.float32), size)
 
 
 def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray], recipe: dict) -> np.ndarray:
@@ -20,9 +63,13 @@ def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray
     ``box_rect``: a ``width`` x ``height`` rectangle (in detector-box widths) shifted down by ``shift_y``
     box widths, stretched to ``size`` x ``size``: how FaceNet crops (MTCNN box plus margin).
     ``box_margin``: the square around the detector box enlarged by ``margin`` (a fraction of the box side),
-    resized to ``size``. ``similarity``: eyes, nose and mouth keypoints warped onto a fixed template.
+    resized to ``size``. ``landmarks``: the detector keypoints named in ``points`` warped onto ``template`` by a
+    similarity transform (Umeyama), how ArcFace-family models are trained; without keypoints it uses the
+    recipe's ``fallback`` box recipe. ``similarity``: the older fixed-template form of ``landmarks``.
     """
     method, size = recipe["method"], int(recipe["size"])
+    if method == "landmarks":
+        return _landmark_crop(image, box, keypoints, recipe)
     if method == "box_rect":
         return preprocess.crop_rect(image, box, float(recipe["width"]), float(recipe["height"]),
                                     float(recipe["shift_y"]), size)
@@ -33,6 +80,44 @@ def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray
             raise ValueError("similarity alignment needs keypoints")
         return preprocess.align_face(image, np.asarray(keypoints)[:4], ALIGN_TEMPLATE_112 * (size / 112.0), size)
     raise OptionError(f"unknown crop method {method!r}; expected one of {CROP_METHODS}")
+
+
+class OpenSetPoint(NamedTuple):
+    """An operating point resolved for a gallery: the manifest key, its threshold, and why it was chosen."""
+    name: str
+    min_cosine_similarity: float
+    reason: str
+
+
+def open_set_point(points: dict, name: str, gallery_size: int) -> OpenSetPoint:
+    """Resolve an open-set operating point of an embedder manifest for a gallery of ``gallery_size`` people.
+
+    ``name`` is ``fpir_<rate>@<size>`` (used as is) or ``fpir_<rate>`` (a stranger is let in at most at
+    ``rate``, per probe). For ``fpir_<rate>`` the threshold calibrated for the smallest gallery size at or above
+    ``gallery_size`` is chosen: thresholds rise with the gallery size, so this keeps the stranger rate at or
+    below ``rate``. A gallery larger than every calibrated size gets the largest one, and the reason says that
+    the real rate is then higher. Raises ``KeyError`` (naming what exists) if nothing matches.
+
+    >>> pts = {"fpir_0.01@10": {"min_cosine_similarity": 0.40}, "fpir_0.01@100": {"min_cosine_similarity": 0.45}}
+    >>> open_set_point(pts, "fpir_0.01", 8).name
+    'fpir_0.01@10'
+    >>> open_set_point(pts, "fpir_0.01", 11).min_cosine_similarity
+    0.45
+    """
+    if "@" in name:
+        if name not in points:
+            raise KeyError(f"the embedder manifest has no operating point {name!r}; it has {sorted(points)}")
+        return OpenSetPoint(name, float(points[name]["min_cosine_similarity"]), "named in the configuration")
+    sizes = sorted(int(k.split("@", 1)[1]) for k in points if k.startswith(name + "@"))
+    if not sizes:
+        raise KeyError(f"the embedder manifest has no {name}@<gallery size> points; it has {sorted(points)}")
+    fits = [s for s in sizes if s >= gallery_size]
+    size = fits[0] if fits else sizes[-1]
+    key = f"{name}@{size}"
+    reason = (f"calibrated for galleries of up to {size} people; {gallery_size} enrolled" if fits else
+              f"{gallery_size} enrolled is more than the largest calibrated gallery ({size}): the stranger rate "
+              f"is higher than {name[5:]}")
+    return OpenSetPoint(key, float(points[key]["min_cosine_similarity"]), reason)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:

@@ -24,8 +24,9 @@ _OPTIONAL = {"detector", "embedder", "upstream", "calibration", "converter_versi
 _INPUT_KEYS = {"shape", "dtype", "color", "mean", "std"}
 DTYPES = ("float32", "float16", "int8", "uint8")
 #: How an embedder's face crop is cut (see :func:`edgeface.embed.face_crop`).
-CROP_METHODS = ("box_rect", "box_margin", "similarity")
-_CROP_KEYS = {"box_rect": ("width", "height", "shift_y"), "box_margin": ("margin",), "similarity": ()}
+CROP_METHODS = ("box_rect", "box_margin", "similarity", "landmarks")
+_CROP_KEYS = {"box_rect": ("width", "height", "shift_y"), "box_margin": ("margin",), "similarity": (),
+              "landmarks": ()}
 _MAX_SIDE = 2048
 
 
@@ -148,6 +149,15 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
     if [crop["size"], crop["size"]] != shape[1:3]:
         raise bad("embedder.crop.size", f"is {crop['size']} but input.shape is {shape}: the crop must fill the "
                                         "model's square input")
+    if crop["method"] == "landmarks":
+        pts, tpl = crop.get("points"), crop.get("template")
+        ok = (isinstance(pts, list) and isinstance(tpl, list) and len(pts) == len(tpl) >= 2
+              and all(isinstance(n, str) for n in pts)
+              and all(isinstance(t, list) and len(t) == 2 and all(_finite(v) and 0 <= v <= crop["size"] for v in t)
+                      for t in tpl))
+        if not ok:
+            raise bad("embedder.crop.template", "a landmarks recipe needs as many keypoint names (points) as "
+                                                "template points [x, y] inside the crop (at least 2)")
     for key in _CROP_KEYS[crop["method"]]:
         v = crop.get(key)
         ok = _finite(v) and (abs(v) <= 2 if key == "shift_y" else 0 <= v <= 5 if key == "margin" else 0 < v <= 10)

@@ -75,10 +75,11 @@ def _mini_facenet(dim: int = 32, reduction: bool = False):
 
 @pytest.fixture(scope="module")
 def devtrain_crops(models_dir, data_root):
-    from edgeface.manifest import read_manifest, resolve_models
+    from edgeface.converters import embedder
+    from edgeface.manifest import resolve_models
 
     det, emb = resolve_models(models_dir, "float32")
-    recipe = read_manifest(emb)["embedder"]["crop"]
+    recipe = embedder.default_crop("facenet-msceleb")  # the mini FaceNets below take FaceNet's 160 px crops
     files = prune.devtrain_files(data_root / "lfw", 24, seed=1)
     crops = prune.make_face_crops(files, det, recipe)
     assert crops.dtype == np.uint8 and crops.shape[1:] == (160, 160, 3) and len(crops) >= 20
