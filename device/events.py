@@ -249,16 +249,16 @@ class EventLog:
 
     def _prune_in(self, conn: sqlite3.Connection, now: float) -> list[str]:
         """Delete events beyond the retention inside the caller's transaction; returns their snapshot paths."""
-        conds, params = [], []
+        # by age first, then by count: the newest max_events ids stay (MAX(id) read after the age pass, so an
+        # already too old event just inserted does not push a current one out)
+        passes = [("id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?", (self.max_events,))]
         if self.retention_days > 0:
-            conds.append("ts < ?")
-            params.append(now - self.retention_days * 86400.0)
-        conds.append("id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?")
-        params.append(self.max_events)
-        where = " OR ".join(conds)
-        snaps = [r[0] for r in conn.execute(
-            f"SELECT snapshot FROM events WHERE ({where}) AND snapshot IS NOT NULL", params)]
-        n = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
+            passes.insert(0, ("ts < ?", (now - self.retention_days * 86400.0,)))
+        snaps, n = [], 0
+        for where, params in passes:
+            snaps += [r[0] for r in conn.execute(
+                f"SELECT snapshot FROM events WHERE ({where}) AND snapshot IS NOT NULL", params)]
+            n += conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
         if n:
             log.info("event log: %d old event(s) deleted", n)
         return snaps
