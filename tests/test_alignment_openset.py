@@ -3,8 +3,6 @@ the real MobileFaceNet upstream file, the built default models and a real LFW ph
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from edgeface.embed import (
     open_set_point,
 )
 
-from conftest import REPO, lfw_image
+from conftest import lfw_image
 
 TEMPLATE = np.array(ARCFACE_TEMPLATE_112, np.float32)
 
@@ -150,13 +148,13 @@ class _Embedder:
 
 def test_device_resolves_fpir_operating_points_for_the_gallery_size():
     from edgeface.device import config as C
-    from edgeface.device.app import StartupError, manifest_threshold
+    from edgeface.device.threshold import ThresholdError, manifest_threshold
 
     assert manifest_threshold(_Embedder, "fpir_0.01", 8) == 0.30
     assert manifest_threshold(_Embedder, "fpir_0.01", 158) == 0.42
     assert manifest_threshold(_Embedder, "fpir_0.01") == 0.42  # gallery unknown: the strictest
     assert manifest_threshold(_Embedder, "fpir_0.01@100", 8) == 0.36
-    with pytest.raises(StartupError, match="rebuild"):
+    with pytest.raises(ThresholdError, match="rebuild"):
         manifest_threshold(_Embedder, "fpir_0.001", 8)
     cfg = C.from_dict({"recognition": {"operating_point": "fpir_0.01@100"}})
     assert cfg.recognition.operating_point == "fpir_0.01@100"
@@ -170,8 +168,9 @@ def test_device_resolves_fpir_operating_points_for_the_gallery_size():
 def mobilefacenet_file():
     pytest.importorskip("tensorflow")
     from edgeface.converters import mobilefacenet
+    from edgeface.paths import cache_root
 
-    return mobilefacenet.upstream_file(Path(os.environ.get("EDGEFACE_CACHE", REPO / ".cache" / "downloads")))
+    return mobilefacenet.upstream_file(cache_root())
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def prune_embedder(models_dir: str | os.PathLike, out_dir: str | os.PathLike,
     report["gzip_ratio_int8"] = round(report["models"]["pruned_int8"]["gzip_bytes"]
                                       / report["models"]["unpruned_int8"]["gzip_bytes"], 4)
     if calibrate_threshold and (lfw / "pairsDevTrain.txt").is_file():
-        from ..build import calibrate_min_cosine_similarity
+        from ..thresholds import calibrate_min_cosine_similarity
 
         for precision, path in written.items():
             calibrate_min_cosine_similarity(models_dir / Path(resolve_models(models_dir, precision)[0]).name,

@@ -1,0 +1,86 @@
+"""Calibrated thresholds of an embedder manifest, from LFW DevTrain only (never the test pairs): the
+accuracy-optimal ``min_cosine_similarity``, the pair false-accept operating points (``far_<rate>``) and the
+open-set points (``fpir_<rate>@<gallery size>``). Used by ``edgeface build`` and by pruning."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import common
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_PAIRS_FILE = "pairsDevTrain.txt"
+
+
+def calibrate_open_set_points(detector_path: Path, embedder_path: Path, lfw_root: Path) -> dict:
+    """Add ``fpir_<rate>@<size>`` open-set points (:mod:`.openset`) to the embedder manifest."""
+    from edgeface.manifest import read_manifest, write_manifest
+    from edgeface.recognizer import FaceRecognizer
+
+    from . import openset
+
+    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    precision = read_manifest(embedder_path)["precision"]
+    points = openset.calibrate_open_set(rec, lfw_root,
+                                        progress=lambda it: common.progress(it, f"open-set points ({precision})"))
+    data = read_manifest(embedder_path)
+    data["embedder"].setdefault("operating_points", {}).update(points)
+    data["embedder"]["open_set_source"] = (
+        f"LFW peopleDevTrain: galleries of {'/'.join(str(s) for s in openset.GALLERY_SIZES)} people (one photo "
+        f"each, nested), their second photos as mated probes, {openset.DISTRACTORS} other DevTrain people as "
+        "distractors")
+    write_manifest(embedder_path, data)
+    return points
+
+
+def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lfw_root: Path,
+                                    limit: int = 600) -> dict:
+    """Set the embedder manifest's ``min_cosine_similarity`` from LFW DevTrain (never the test pairs).
+
+    The default is the accuracy-optimal threshold on ``limit`` DevTrain pairs. The false-accept operating
+    points (FAR 1e-2, 1e-3, 1e-4) need far more impostor pairs than a pairs file has (300 impostors cannot
+    measure 1e-3), so they come from every cross-identity pair of the images embedded (about 600,000
+    impostor pairs for 600 pairs' images).
+    """
+    import numpy as np
+
+    from edgeface import evaluate
+    from edgeface.lfw import embed_files, pair_files, pair_scores
+    from edgeface.manifest import read_manifest, write_manifest
+    from edgeface.recognizer import FaceRecognizer
+
+    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    precision = read_manifest(embedder_path)["precision"]
+    pairs = evaluate.read_pairs(lfw_root / THRESHOLD_PAIRS_FILE)
+    pairs = evaluate.first_pairs(pairs, limit)
+    embeddings = embed_files(rec, pair_files(pairs, lfw_root),
+                             lambda it: common.progress(it, f"threshold calibration ({precision})"))
+    scores = pair_scores(pairs, embeddings, lfw_root)
+    same = np.array([p.same for p in pairs])
+    best = evaluate.best_threshold(scores, same)
+    accuracy = evaluate.accuracy_at(scores, same, best)
+    valid = [(path.parent.name, e) for path, e in embeddings.items() if e is not None]
+    ids = np.array([name for name, _ in valid])
+    emb = np.stack([e for _, e in valid])
+    iu = np.triu_indices(len(emb), k=1)
+    all_scores = (emb @ emb.T)[iu]
+    all_same = ids[iu[0]] == ids[iu[1]]
+    points = {}
+    for far in (1e-2, 1e-3, 1e-4):
+        tar, thr = evaluate.tar_at_far(all_scores, all_same, far)
+        points[f"far_{far:g}"] = {"min_cosine_similarity": round(float(thr), 4), "tar": round(float(tar), 4)}
+    section = {
+        "min_cosine_similarity": round(float(best), 4),
+        "threshold_source": f"accuracy-optimal on LFW {THRESHOLD_PAIRS_FILE}, first {len(same)} pairs "
+                            f"({accuracy * 100:.2f}% there)",
+        "operating_points": points,
+        "operating_points_source": f"all pairs of the {len(emb)} DevTrain images embedded: "
+                                   f"{int((~all_same).sum())} impostor, {int(all_same.sum())} genuine",
+    }
+    data = read_manifest(embedder_path)
+    data["embedder"].update(section)
+    write_manifest(embedder_path, data)
+    log.info("%s: min_cosine_similarity %.3f (%s); %s", embedder_path.name, best, section["threshold_source"],
+             points)
+    return section
