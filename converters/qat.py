@@ -29,6 +29,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 
 from . import prune  # noqa: E402
+from .prune.wrapping import _keras, _tfmot  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def _depthwise_config_class():
         return _DW_CLASSES[0]
     import tensorflow as tf
 
-    keras = prune._keras()
-    quant = prune._tfmot().quantization.keras
+    keras = _keras()
+    quant = _tfmot().quantization.keras
 
     class DepthwiseChannelQuantizer(quant.quantizers.LastValueQuantizer):
         def __init__(self):
@@ -134,8 +135,8 @@ def _depthwise_config_class():
 def quantize_model(float_model):
     """tfmot's default 8-bit QAT wrapper around a *fresh copy* of ``float_model`` (the teacher is untouched),
     with per-channel depthwise kernels (:func:`_depthwise_config_class`)."""
-    keras = prune._keras()
-    quant = prune._tfmot().quantization.keras
+    keras = _keras()
+    quant = _tfmot().quantization.keras
     config = _depthwise_config_class()
 
     def annotate(layer):
