@@ -233,8 +233,9 @@ def test_default_int8_embedder_fits_the_edge_tpu_cache_and_its_op_list(models_di
     path = models_dir / index["int8"]["embedder"]
     assert path.stat().st_size <= 8 * 1024 * 1024
     ops = {d["op_name"] for d in Interpreter(str(path))._get_ops_details()}
-    # QUANTIZE: the uint8 input requantized to int8 once (tests/test_pipeline.py checks it is the first op)
-    assert "PRELU" not in ops and ops <= {"QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "RESHAPE"}
+    # QUANTIZE / DEQUANTIZE: the uint8 input and the float32 output at the edge (tests/test_pipeline.py)
+    assert "PRELU" not in ops and ops <= {"QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "RESHAPE",
+                                          "DEQUANTIZE"}
     report = edgetpu.check_model(path, compile=False)
     assert report["ready"], edgetpu.format_report(report)
 

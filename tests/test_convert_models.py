@@ -105,9 +105,14 @@ def test_blazeface_keras_rebuild_matches_the_upstream_tflite(spec_name, lfw):
     assert worst_scaled <= 1e-4, worst_scaled
 
 
-def test_facenet_msceleb_rebuild_matches_the_h5_graph(real_crops):
+def test_facenet_msceleb_rebuild_matches_the_h5_graph(models_dir, lfw, index):
     """The hand-written architecture against the h5's own graph (its model_config, Lambdas rebound to the
     same scale-sum with the h5's ``arguments``), weights loaded by topology from the same file."""
+    from edgeface.converters import embedder, heldout
+
+    # FaceNet's own crop (160 px box recipe), whatever the default embedder of the built models is
+    real_crops = heldout.face_crops(heldout.devtest_images(lfw, 8), models_dir / index["float32"]["detector"],
+                                    embedder.default_crop("facenet-msceleb"))
     import h5py
     import tf_keras as keras
 

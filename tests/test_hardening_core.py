@@ -627,19 +627,19 @@ def _set(keys: str, value):
 
 
 MANIFEST_DAMAGE = [  # (which manifest, edit, words the one-line error must contain)
-    ("embedder", _set("input.shape", [1, 128, 128, 3]), "crop.size is 160 but input.shape"),
+    ("embedder", _set("input.shape", [1, 128, 128, 3]), "crop.size is 112 but input.shape"),
     ("embedder", lambda d: (_set("input.shape", [1, 128, 128, 3])(d), _set("embedder.crop.size", 128)(d)),
-     "input.shape is [1, 128, 128, 3] but the model's input tensor is [1, 160, 160, 3]"),
+     "input.shape is [1, 128, 128, 3] but the model's input tensor is [1, 112, 112, 3]"),
     ("embedder", _set("embedder.crop.size", 96), "embedder.crop.size is 96"),
     ("embedder", _set("input.std", 0), "input.std must be non-zero"),
     ("embedder", _set("input.mean", float("nan")), "input.mean must be a finite number"),
     ("embedder", _set("embedder.crop", KeyError), "embedder.crop is missing (the crop recipe"),
-    ("embedder", _set("embedder.crop.width", KeyError), "embedder.crop.width is missing or out of range"),
+    ("embedder", _set("embedder.crop.template", KeyError), "embedder.crop.template"),
     ("embedder", _set("embedder.min_cosine_similarity", 1.5), "embedder.min_cosine_similarity must be in [-1, 1]"),
     ("embedder", lambda d: d["embedder"]["operating_points"].update({"far_0.01": {"min_cosine_similarity": -3}}),
      "operating_points.far_0.01.min_cosine_similarity must be in [-1, 1]"),
     ("embedder", _set("embedder.embedding_size", 512),
-     "embedding_size is 512 but the model's embedding output has 128"),
+     "embedding_size is 512 but the model's embedding output has 192"),
     ("embedder", _set("outputs.embedding", "nope"), "outputs.embedding names tensor 'nope'"),
     ("embedder", _set("input.dtype", "float32"), "input.dtype is 'float32' but the model's input tensor is"),
     ("detector", _set("input.shape", [1, 192, 192, 3]), "does not fit detector.spec"),
@@ -677,7 +677,7 @@ def test_12_missing_optional_keys_are_not_key_errors(tmp_path, models_dir):
         _edit(det, _set(key, KeyError) if key in json.loads(det.read_text()) else (lambda d: None))
     _edit(emb, _set("embedder.operating_points", KeyError))
     rec = FaceRecognizer(folder)
-    assert rec.embedder_id.startswith("facenet") and len(rec.embed(read_image(lfw_image("Colin_Powell", 1)))) == 1
+    assert rec.embedder_id.startswith("mobilefacenet") and len(rec.embed(read_image(lfw_image("Colin_Powell", 1)))) == 1
 
 
 # -- 14. clear messages ------------------------------------------------------------------------------------

@@ -94,11 +94,14 @@ def test_weak_door_thresholds_are_refused_unless_explicitly_allowed(site, models
     from edgeface.device.app import DoorApp, StartupError
     from edgeface.device.cli import doctor
 
-    floor = json.loads((models_dir / "facenet_msceleb_int8.json").read_text())["embedder"]["operating_points"][
+    embedder_json = Path(json.loads((models_dir / "models.json").read_text())["int8"]["embedder"]).with_suffix(".json")
+    floor = json.loads((models_dir / embedder_json).read_text())["embedder"]["operating_points"][
         "far_0.01"]["min_cosine_similarity"]
-    # a hand-set threshold below far_0.01, and the manifest's accuracy point (0.33 < far_0.01 0.38 here)
-    for rec_over in ({"min_cosine_similarity": -1.0}, {"min_cosine_similarity": floor - 0.01},
-                     {"operating_point": "accuracy"}):
+    accuracy = json.loads((models_dir / embedder_json).read_text())["embedder"]["min_cosine_similarity"]
+    # a hand-set threshold below far_0.01, and the manifest's accuracy point when it is below far_0.01 (FaceNet:
+    # 0.33 < 0.38; MobileFaceNet's 0.39 is above its 0.35)
+    weak = [{"min_cosine_similarity": -1.0}, {"min_cosine_similarity": floor - 0.01}]
+    for rec_over in weak + ([{"operating_point": "accuracy"}] if accuracy < floor else []):
         cfg = _cfg(site, tmp_path, models_dir, recognition=rec_over)
         factory = MockFactory()
         with pytest.raises(StartupError, match=r"below the manifest's far_0.01 threshold.*allow_weak_threshold"):
@@ -109,7 +112,7 @@ def test_weak_door_thresholds_are_refused_unless_explicitly_allowed(site, models
     # an edited manifest: an operating point of -3 is refused whatever the config says
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
-    man = models / "facenet_msceleb_int8.json"
+    man = models / embedder_json
     m = json.loads(man.read_text())
     m["embedder"]["operating_points"]["far_0.001"]["min_cosine_similarity"] = -3
     man.write_text(json.dumps(m))
