@@ -195,8 +195,6 @@ def test_bad_messages_are_refused_with_one_line_and_the_door_stays_locked(site, 
         for pid, (_, text) in cases.items():
             hits = [line for line in logs.having(text) if pid in line or "max_payload" in text]
             assert len(hits) == 1, (pid, text, logs.lines)
-        # the garbage command goes through the command handler, not the gallery: wait for its line too
-        assert door.wait(lambda: logs.having("command on") and logs.having("another-embedder-v9")), logs.lines[-10:]
         assert len(logs.having("another-embedder-v9")) == 1
         assert len(logs.having("command on")) == 1
         assert door.door.locked and not door.relay.pin(17).state
@@ -320,15 +318,9 @@ def test_doctor_reports_the_site_link(site, tmp_path, recognizer, faces):
     try:
         hub.put(hub.record("p-doc", "doc", faces["amy"]))
         assert door.wait(lambda: "doc" in door.people())
-        def checks_now():
-            return {c: (ok, d) for c, ok, d in doctor_checks(door.link.cfg, door.gallery_path)}
-
-        # the door commits the record's version just after the person: poll doctor until it has caught up
-        synced = f"door gallery version {hub.version}, hub {hub.version}"
-        assert door.wait(lambda: synced in checks_now()["sync"][1]), checks_now()
-        checks = checks_now()
+        checks = {c: (ok, d) for c, ok, d in doctor_checks(door.link.cfg, door.gallery_path)}
         assert checks["broker"][0] and "TLS verified" in checks["broker"][1], checks
-        assert checks["sync"][0] and synced in checks["sync"][1], checks
+        assert checks["sync"][0] and f"door gallery version {hub.version}, hub {hub.version}" in checks["sync"][1]
         bad = tmp_path / "bad"
         bad.write_text("nope")
         wrong = door.link.cfg.__class__(**{**door.link.cfg.__dict__, "password_file": str(bad)})
