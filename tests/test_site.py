@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from site_harness import LogLines, Watcher, new_site
+from site_harness import LogLines, Watcher, new_site, wait_until
 
 from edgeface.device.config import DeviceConfig
 from edgeface.device.site import door_topic, gallery_topic
@@ -84,12 +84,7 @@ class Door:
             return {p.name: p.num_embeddings for p in g.people()}
 
     def wait(self, pred, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_until(pred, timeout)
 
     def close(self):
         self.link.close()
