@@ -25,6 +25,16 @@ def settings(paths, user, password=None, client_id=None):
                           str(paths.broker / "ca.crt"), client_id or f"test-{user}-{time.monotonic_ns()}")
 
 
+
+def wait_until(pred, timeout: float = 10.0) -> bool:
+    """Poll ``pred`` every 50 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
 class Watcher:
     """A client that records what it receives on ``topics`` (a list)."""
 
@@ -58,12 +68,7 @@ class Watcher:
             return [json.loads(p) for t, p in self.messages if topic_part in t and p]
 
     def wait_for(self, pred, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_until(pred, timeout)
 
     def close(self):
         stop(self.client)

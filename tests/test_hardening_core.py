@@ -384,7 +384,7 @@ def test_4_escape_name_is_one_safe_line():
 
 
 @pytest.mark.slow
-def test_4_cli_refuses_bad_names_and_escapes_old_ones(tmp_path, enrolled):
+def test_4_cli_refuses_bad_names_and_escapes_old_ones(tmp_path, enrolled, models_dir):
     g = copy_gallery(enrolled, tmp_path)
     r = edgeface("enroll", "--gallery", tmp_path / "new.db", "--name", "Mallory\nINFO granted",
                  lfw_image("Colin_Powell", 1))
@@ -397,7 +397,7 @@ def test_4_cli_refuses_bad_names_and_escapes_old_ones(tmp_path, enrolled):
     listing = edgeface("gallery", "list", "--gallery", g)
     assert listing.returncode == 0 and "\x1b" not in listing.stdout
     assert len(listing.stdout.splitlines()) == 3 and max(map(len, listing.stdout.splitlines())) < 200
-    ident = edgeface("identify", "--models", os.environ.get("EDGEFACE_TEST_MODELS", ""), "--gallery", g,
+    ident = edgeface("identify", "--models", models_dir, "--gallery", g,
                      lfw_image("George_W_Bush", 3))
     assert ident.returncode == 0, ident.stderr
     lines = ident.stdout.splitlines()
