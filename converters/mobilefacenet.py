@@ -79,8 +79,9 @@ def upstream_file(cache_dir) -> Path:
     return dest
 
 
-def keras_model(path, prelu: str = "relu_split"):
-    """The upstream TFLite rebuilt as a batch-1 tf_keras model (192-d, not L2-normalized)."""
+def keras_model(path, prelu: str = "relu_split", channel_scales: dict | None = None):
+    """The upstream TFLite rebuilt as a batch-1 tf_keras model (192-d, not L2-normalized); ``channel_scales``
+    equalizes the channels around each PReLU (:func:`.tflite_rebuild.prelu_channel_scales`)."""
     from .tflite_rebuild import keras_from_tflite
 
-    return keras_from_tflite(path, name="mobilefacenet", prelu=prelu)
+    return keras_from_tflite(path, name="mobilefacenet", prelu=prelu, channel_scales=channel_scales)

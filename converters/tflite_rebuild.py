@@ -13,7 +13,19 @@ pattern and emits it as one of (``prelu=``):
   (two with a fused ReLU, the third carries the slopes ``a``) and an Add. Every op has an int8 kernel in XNNPACK
   and on the Edge TPU, and tfmot can wrap every layer for quantization-aware training. (A ``PRELU`` op has no int8
   XNNPACK kernel: the int8 graph falls back to the reference kernels in 34 pieces and is slower than float.)
+* ``"negative_part"``: ``x + dw(relu(dw(x, -1)), 1 - a)``, or ``x + relu(dw(x, -(1 - a)))`` where every slope of
+  the PReLU is <= 1: one or two 1x1 depthwise convolutions and an Add instead of three and an Add. The same
+  int8 kernels as ``"relu_split"`` and 1.3x faster in int8 (fewer full-size passes over memory).
 * ``"prelu"``: a ``keras.layers.PReLU`` (one ``PRELU`` op), the float graph's natural form.
+
+Channel equalization (``channel_scales=``, from :func:`prelu_channel_scales`). An int8 tensor has one scale for
+all its channels; in MobileFaceNet the channels that feed a PReLU differ in range by up to 200x, so most of
+them get a handful of int8 levels (a signal-to-quantization-noise of 4-7 levels per standard deviation).
+A PReLU commutes with a positive per-channel scale (``prelu(x / s) = prelu(x) / s``), so the producer
+convolution's output channel ``i`` can be divided by ``s_i`` and the consumer's input channel multiplied by it
+without changing the float function (cross-layer equalization, Nagel et al. 2019, here driven by measured
+activation ranges). Producer and depthwise consumers keep per-channel weight scales, so only a dense consumer's
+weights see the spread.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ _TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.f
           schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
                  "CONCATENATION", "RESIZE_BILINEAR", "DEQUANTIZE", "ABS", "SUB", "MUL")
-PRELU_STYLES = ("relu_split", "prelu")
+PRELU_STYLES = ("relu_split", "negative_part", "prelu")
 
 
 @keras.utils.register_keras_serializable(package="edgeface")
@@ -89,11 +101,13 @@ def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split"):
         y = layer(x)
         layer.set_weights([slopes.reshape(1, 1, -1)])
         return y
-    if style != "relu_split":
+    if style not in ("relu_split", "negative_part"):
         raise ValueError(f"unknown PReLU style {style!r}; choose one of {PRELU_STYLES}")
     channels = int(x.shape[-1])
     if slopes.size != channels:
         raise ValueError(f"{name}: {slopes.size} slopes for {channels} channels")
+    if style == "negative_part":
+        return _negative_part(x, slopes, name)
     # relu(x) as a 1x1 depthwise with weight 1 and a fused ReLU: XNNPACK has no int8 kernel for a standalone
     # RELU op (33 of them cut the int8 graph into 34 delegate pieces: 3x slower than float)
     pos_layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation="relu", name=name + "_pos")
@@ -106,6 +120,24 @@ def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split"):
     scaled = scale_layer(neg)
     scale_layer.set_weights([-slopes.reshape(1, 1, channels, 1)])
     return keras.layers.Add(name=name + "_add")([pos, scaled])
+
+
+def _depthwise_1x1(x, weights: np.ndarray, name: str, activation=None):
+    layer = keras.layers.DepthwiseConv2D(1, use_bias=False, activation=activation, name=name)
+    y = layer(x)
+    layer.set_weights([np.asarray(weights, np.float32).reshape(1, 1, -1, 1)])
+    return y
+
+
+def _negative_part(x, slopes: np.ndarray, name: str):
+    """``prelu(x) = x + (1 - a) * relu(-x)``; with every ``1 - a >= 0`` the scale moves inside the ReLU."""
+    c = 1.0 - slopes
+    if np.all(c >= 0):
+        part = _depthwise_1x1(x, -c, name + "_negpart", activation="relu")
+    else:
+        neg = _depthwise_1x1(x, -np.ones_like(c), name + "_negrelu", activation="relu")
+        part = _depthwise_1x1(neg, c, name + "_negpart")
+    return keras.layers.Add(name=name + "_add")([x, part])
 
 
 def _prelu_patterns(sg, names: list[str], consts: dict) -> dict[int, tuple[int, np.ndarray, int]]:
@@ -128,11 +160,103 @@ def _prelu_patterns(sg, names: list[str], consts: dict) -> dict[int, tuple[int, 
     return found
 
 
-def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: str = "relu_split") -> keras.Model:
+def _prelu_neighbours(sg, names: list[str], x: int, out: int) -> tuple[int, int] | None:
+    """(producer op, consumer op) of a PReLU pattern when both are plain convolutions that equalization can
+    rescale: the producer a CONV_2D / DEPTHWISE_CONV_2D without a fused activation whose output feeds only the
+    pattern, the one consumer a CONV_2D / DEPTHWISE_CONV_2D (multiplier 1) reading the PReLU output first."""
+    convs = ("CONV_2D", "DEPTHWISE_CONV_2D")
+    producers = [k for k, op in enumerate(sg.operators) if x in [int(t) for t in op.outputs]]
+    consumers = [k for k, op in enumerate(sg.operators) if out in [int(t) for t in op.inputs]]
+    if len(producers) != 1 or len(consumers) != 1:
+        return None
+    p, c = producers[0], consumers[0]
+    popt, copt = sg.operators[p].builtinOptions, sg.operators[c].builtinOptions
+    if names[p] not in convs or names[c] not in convs or int(sg.operators[c].inputs[0]) != out:
+        return None
+    if popt.fusedActivationFunction != schema.ActivationFunctionType.NONE:
+        return None
+    if any(names[c] == "DEPTHWISE_CONV_2D" and o.depthMultiplier != 1 for o in (copt,)):
+        return None
+    if names[p] == "DEPTHWISE_CONV_2D" and popt.depthMultiplier != 1:
+        return None
+    return p, c
+
+
+def _equalize(sg, names: list[str], consts: dict, patterns: dict, channel_scales: dict) -> None:
+    """Divide each PReLU's producer output channels by ``channel_scales[name of its input tensor]`` and multiply
+    the consumer's input channels by it (in ``consts``, in place; the float function is unchanged)."""
+    for x, _slopes, out in patterns.values():
+        scale = channel_scales.get(sg.tensors[x].name.decode())
+        if scale is None:
+            continue
+        pair = _prelu_neighbours(sg, names, x, out)
+        if pair is None:
+            raise ValueError(f"PReLU on {sg.tensors[x].name.decode()}: its producer/consumer cannot be rescaled")
+        scale = np.asarray(scale, np.float32).reshape(-1)
+        if scale.size != int(sg.tensors[x].shape[-1]) or not np.all(scale > 0):
+            raise ValueError(f"{sg.tensors[x].name.decode()}: need {int(sg.tensors[x].shape[-1])} positive scales")
+        p, c = (sg.operators[k] for k in pair)
+        pw, cw = int(p.inputs[1]), int(c.inputs[1])
+        if names[pair[0]] == "CONV_2D":  # [out, kh, kw, in]
+            consts[pw] = consts[pw] / scale[:, None, None, None]
+        else:  # [1, kh, kw, C]
+            consts[pw] = consts[pw] / scale
+        if len(p.inputs) > 2 and int(p.inputs[2]) >= 0:
+            consts[int(p.inputs[2])] = consts[int(p.inputs[2])] / scale
+        consts[cw] = consts[cw] * scale  # the channel axis is last for both kinds of consumer
+
+
+def prelu_channel_scales(path: str | os.PathLike, inputs: np.ndarray, alpha: float = 1.0,
+                         floor: float = 0.01) -> dict[str, np.ndarray]:
+    """Per-channel equalization scales for every rescalable PReLU of the float TFLite model at ``path``.
+
+    ``inputs``: normalized float samples (N, H, W, C), e.g. the calibration crops. Channel ``i`` of a PReLU
+    input with largest magnitude ``m_i`` gets ``s_i = (m_i / g) ** alpha`` (``g``: the geometric mean over the
+    channels; ``m_i`` floored at ``floor`` x the median, so a dead channel is not blown up): ``alpha = 1``
+    gives every channel the same range, ``0`` changes nothing.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = Path(path)
+    model = flatbuffer_utils.read_model(str(path))
+    sg = model.subgraphs[0]
+    names = op_names(model)
+    consts = {i: v for i, t in enumerate(sg.tensors) if (v := _const(model, t)) is not None}
+    patterns = _prelu_patterns(sg, names, consts)
+    wanted = {x: sg.tensors[x].name.decode() for x, _s, out in patterns.values()
+              if _prelu_neighbours(sg, names, x, out) is not None}
+    import warnings
+
+    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": reading them is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(str(path), num_threads=2, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    batch = int(detail["shape"][0])
+    samples = np.asarray(inputs, np.float32)
+    peak = {x: np.zeros(int(sg.tensors[x].shape[-1]), np.float32) for x in wanted}
+    for start in range(0, len(samples) - batch + 1, batch):
+        interpreter.set_tensor(detail["index"], samples[start:start + batch])
+        interpreter.invoke()
+        for x in wanted:
+            value = interpreter.get_tensor(x)
+            peak[x] = np.maximum(peak[x], np.abs(value).reshape(-1, value.shape[-1]).max(axis=0))
+    out = {}
+    for x, name in wanted.items():
+        m = np.maximum(peak[x], floor * float(np.median(peak[x])) + 1e-12)
+        out[name] = (m / np.exp(np.mean(np.log(m)))) ** alpha
+    return out
+
+
+def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: str = "relu_split",
+                      channel_scales: dict | None = None) -> keras.Model:
     """Translate the float TFLite model at ``path`` into an equivalent tf_keras model (batch 1).
 
     Output names and order follow the TFLite model's outputs. ``prelu`` chooses how a PReLU pattern is
     rebuilt (see the module doc); ``ABS``/``SUB``/``MUL`` are supported only inside that pattern.
+    ``channel_scales`` (from :func:`prelu_channel_scales`) equalizes the channels around each PReLU.
     """
     if prelu not in PRELU_STYLES:
         raise ValueError(f"unknown PReLU style {prelu!r}; choose one of {PRELU_STYLES}")
@@ -156,7 +280,12 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: s
     inp = keras.Input(shape=in_shape[1:], batch_size=1, name=tensors[in_idx].name.decode())
     values = {in_idx: inp}
     used_names: set[str] = set()
+    for op, kind in zip(sg.operators, names):  # fp16 weights behind DEQUANTIZE, widened once up front
+        if kind == "DEQUANTIZE":
+            consts[int(op.outputs[0])] = consts[int(op.inputs[0])].astype(np.float32)
     patterns = _prelu_patterns(sg, names, consts)
+    if channel_scales:
+        _equalize(sg, names, consts, patterns, channel_scales)
     skip: set[int] = set()
 
     def uniq(raw: bytes) -> str:
@@ -180,7 +309,6 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: s
         opt = op.builtinOptions
         lname = uniq(tensors[out].name)
         if kind == "DEQUANTIZE":
-            consts[out] = consts[ins[0]].astype(np.float32)
             continue
         x = values.get(ins[0])
         if kind == "CONV_2D":

@@ -174,9 +174,11 @@ def mobilefacenet_file():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style", ["relu_split", "prelu"])
-def test_mobilefacenet_rebuild_matches_the_upstream_tflite(mobilefacenet_file, data_root, style):
-    """The tf_keras rebuild (batch 1, PReLU rewritten) computes what the batch-2 upstream TFLite computes."""
+@pytest.mark.parametrize("style,equalize", [("relu_split", False), ("relu_split", True),
+                                            ("negative_part", True), ("prelu", False)])
+def test_mobilefacenet_rebuild_matches_the_upstream_tflite(mobilefacenet_file, data_root, style, equalize):
+    """The tf_keras rebuild (batch 1, PReLU rewritten, channels equalized or not) computes what the batch-2
+    upstream TFLite computes."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeface.converters import mobilefacenet
@@ -191,7 +193,15 @@ def test_mobilefacenet_rebuild_matches_the_upstream_tflite(mobilefacenet_file, d
     it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
     ref = it.get_tensor(it.get_output_details()[0]["index"])
-    model = mobilefacenet.keras_model(mobilefacenet_file, prelu=style)
+    scales = None
+    if equalize:
+        from edgeface.converters.tflite_rebuild import prelu_channel_scales
+
+        scales = prelu_channel_scales(mobilefacenet_file, x)
+        assert len(scales) == 33  # every PReLU sits between two rescalable convolutions
+        spread = [float(s.max() / s.min()) for s in scales.values()]
+        assert max(spread) > 20  # what equalization is for: channel ranges that differ by 20x and more
+    model = mobilefacenet.keras_model(mobilefacenet_file, prelu=style, channel_scales=scales)
     assert model.input_shape == (1, 112, 112, 3) and model.output_shape == (1, 192)
     got = np.concatenate([model(x[i:i + 1], training=False).numpy() for i in range(2)])
     np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
