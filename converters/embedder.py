@@ -144,7 +144,6 @@ def _converter(family: str, weights: Path, precision: str = "float32", crops=Non
     import tensorflow as tf
 
     if family == "mobilefacenet":
-        from . import mobilefacenet
 
         # float keeps PReLU ops (one fast float kernel); int8 gets the relu/depthwise form (int8 kernels),
         # channel-equalized on the calibration crops
