@@ -70,6 +70,9 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     detector_config.add_detector_configs(out, index, images)  # box transforms + the default "auto"
     stage("landmarks onet: float32 rebuild, int8 conversion")
     index["landmarks"] = _build_landmarks(out, images, out / index["float32"]["detector"], cset.describe())
+    # an interim index: the crops of QAT, threshold calibration and held-out reports find the landmark model
+    # through the folder's models.json, as the device does (rewritten complete at the end)
+    common.write_index(out, index)
     stage(f"embedder {embedder_family}: float32 conversion")
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from . import preprocess, runtime
 from .errors import OptionError
 from .landmarks import FIVE_POINT_NAMES, FaceLandmarker
-from .manifest import CROP_METHODS, ManifestError, check_model, manifest_path, read_manifest
+from .manifest import CROP_METHODS, INDEX, ManifestError, check_model, manifest_path, read_manifest, resolve_landmarks
 
 #: The detector's keypoints by name, in the order :class:`edgeface.detect.Face` carries them (BlazeFace; the
 #: subject's sides: "right_eye" is on the image's left).
@@ -60,6 +61,22 @@ def landmark_recipe(size: int = 112, template=ARCFACE_TEMPLATE_112, points=ARCFA
 def needs_landmark_model(recipe: dict) -> bool:
     """True when a ``landmarks`` recipe names points only a landmark model gives (the mouth corners)."""
     return any(p in LANDMARK_ONLY_NAMES for p in recipe.get("points", ()))
+
+
+def landmarker_for(recipe: dict, models_dir: str | os.PathLike, precision: str = "float32",
+                   threads: Optional[int] = None) -> Optional[FaceLandmarker]:
+    """The landmark model of a models folder that ``recipe`` needs, or None when it needs none.
+
+    For converters (calibration, training and held-out crops): a recipe that names the five points in a folder
+    without a landmark model is a :class:`ManifestError`, never a silent four-point fallback.
+    """
+    if not needs_landmark_model(recipe):
+        return None
+    path = resolve_landmarks(models_dir, precision)
+    if path is None:
+        raise ManifestError(f"{Path(models_dir) / INDEX}: the crop recipe names the five ArcFace points but the "
+                            "folder lists no landmark model; rebuild with `edgeface build`")
+    return FaceLandmarker(path, threads=threads)
 
 
 def _landmark_crop(image: np.ndarray, box, keypoints, recipe: dict, landmarker) -> np.ndarray:
@@ -160,11 +177,22 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def _folder_landmarks(model_path, precision: str) -> Optional[Path]:
+    """The landmark model listed in the ``models.json`` beside an embedder (same precision; int8 for int8
+    variants), or None without an index or a landmarks section."""
+    folder = Path(model_path).parent
+    if not (folder / INDEX).is_file():
+        return None
+    return resolve_landmarks(folder, "float32" if precision == "float32" else "int8")
+
+
 class FaceEmbedder:
     """Turns face crops into L2-normalized embeddings; compare two with a dot product (cosine similarity).
 
     The manifest fixes the crop recipe, the input normalization and the recommended
-    ``min_cosine_similarity`` (with the data it was calibrated on).
+    ``min_cosine_similarity`` (with the data it was calibrated on). A recipe that names the five ArcFace points
+    gets them from ``landmarks_path`` (default: the landmark model listed in the ``models.json`` beside the
+    embedder); without one it aligns on the detector's keypoints (the recipe's fallback; see :attr:`alignment`).
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: Optional[int] = None,
@@ -182,8 +210,11 @@ class FaceEmbedder:
         self.size = int(self.recipe["size"])
         #: the landmark model the crop recipe asks for (None: not needed, or absent and the fallback is used)
         self.landmarker: Optional[FaceLandmarker] = None
-        if landmarks_path is not None and needs_landmark_model(self.recipe):
-            self.landmarker = FaceLandmarker(landmarks_path, threads=threads, runtime_name=runtime_name)
+        if needs_landmark_model(self.recipe):
+            if landmarks_path is None:
+                landmarks_path = _folder_landmarks(model_path, self.manifest["precision"])
+            if landmarks_path is not None:
+                self.landmarker = FaceLandmarker(landmarks_path, threads=threads, runtime_name=runtime_name)
 
     @property
     def alignment(self) -> str:

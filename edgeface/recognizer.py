@@ -11,7 +11,7 @@ from . import preprocess
 from .detect import DetectorConfig, Face, FaceDetector, resolve_detector
 from .embed import FaceEmbedder
 from .errors import OptionError
-from .manifest import resolve_landmarks, resolve_models
+from .manifest import resolve_models
 
 DEFAULT_MODELS_DIR = "models"
 
@@ -63,9 +63,9 @@ class FaceRecognizer:
         :func:`edgeface.preprocess.enhance` for the measured effect); applied to every image before detection
         and cropping. Enroll and recognize with the same setting.
       landmarks_path: the five-point landmark model (MTCNN O-Net) for embedders whose crop recipe names the
-        five ArcFace points; default: the models folder's (``models.json`` ``landmarks``) when the embedder
-        comes from it. Without one such an embedder aligns on the detector's four keypoints (its recipe's
-        fallback; ``edgeface-device doctor`` warns): a little less accurate, ~1 ms less per face.
+        five ArcFace points; default: the one listed in the ``models.json`` beside the embedder. Without one such
+        an embedder aligns on the detector's four keypoints (its recipe's fallback; ``edgeface-device doctor``
+        warns): a little less accurate, ~1 ms less per face.
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, precision: str = "int8",
@@ -82,8 +82,6 @@ class FaceRecognizer:
             detector_path = detector
         if embedder_path is None:
             embedder_path = resolve_models(models_dir or default_models_dir(), precision)[1]
-            if landmarks_path is None:
-                landmarks_path = resolve_landmarks(models_dir or default_models_dir(), precision)
         self.detector = FaceDetector(detector_path, min_score=min_detection_score, threads=threads,
                                      accelerator=accelerator, tiles=tiles, min_face=min_face)
         self.embedder = FaceEmbedder(embedder_path, threads=threads, accelerator=accelerator,
