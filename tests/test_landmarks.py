@@ -22,7 +22,7 @@ from edgeface.landmarks import (
     decode_points,
     landmark_region,
 )
-from edgeface.manifest import ManifestError, validate
+from edgeface.manifest import ManifestError, resolve_landmarks, validate
 
 from conftest import lfw_image
 
@@ -175,7 +175,6 @@ def lfw_faces(models_dir, index):
 
 def _landmarker(models_dir, precision):
     from edgeface.landmarks import FaceLandmarker
-    from edgeface.manifest import resolve_landmarks
 
     path = resolve_landmarks(models_dir, precision)
     assert path is not None, "the build writes a landmarks section into models.json"
@@ -249,3 +248,16 @@ def test_recognizer_aligns_on_the_landmark_model_when_the_recipe_asks(models_dir
     rec = FaceRecognizer(folder, precision="float32", detector="short_range")
     assert rec.embedder.landmarker is None and "fallback" in rec.embedder.alignment
     np.testing.assert_array_equal(rec.embedder.crop(image, face.box, face.keypoints), old)
+
+
+@pytest.mark.slow
+def test_int8_onet_is_all_int8_ops_the_edge_tpu_maps(models_dir):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeface.converters import edgetpu
+
+    path = resolve_landmarks(models_dir, "int8")
+    ops = {d["op_name"] for d in Interpreter(str(path))._get_ops_details()}
+    assert "PRELU" not in ops and "TRANSPOSE" not in ops  # PReLU split into int8 convs, transpose in the weights
+    report = edgetpu.check_model(path, compile=False)
+    assert report["ready"], edgetpu.format_report(report)
