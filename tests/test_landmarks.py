@@ -261,3 +261,23 @@ def test_int8_onet_is_all_int8_ops_the_edge_tpu_maps(models_dir):
     assert "PRELU" not in ops and "TRANSPOSE" not in ops  # PReLU split into int8 convs, transpose in the weights
     report = edgetpu.check_model(path, compile=False)
     assert report["ready"], edgetpu.format_report(report)
+
+
+@pytest.mark.slow
+def test_doctor_reports_the_alignment_and_warns_on_the_four_point_fallback(models_dir, index, tmp_path):
+    from edgeface.device import config
+    from edgeface.device.cli import doctor
+
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir, folder)
+    cfg = config.from_dict({"source": {"kind": "folder", "uri": str(tmp_path)},
+                           "models": {"dir": str(folder)}, "gallery": {"path": str(tmp_path / "g.db")},
+                           "door": {"pin_factory": "mock"}})
+    check = next(c for c in doctor(cfg) if c["check"] == "alignment")
+    assert check["ok"] and not check.get("warning") and "five-point landmark model" in check["detail"]
+    assert "onet_int8.tflite" in check["detail"]
+    idx = json.loads((folder / "models.json").read_text())
+    del idx["landmarks"]
+    (folder / "models.json").write_text(json.dumps(idx))
+    check = next(c for c in doctor(cfg) if c["check"] == "alignment")
+    assert check["ok"] and check["warning"] and "no landmark model" in check["detail"]
