@@ -13,7 +13,7 @@ from typing import Optional
 
 from edgeface.detect import resolve_detector
 from edgeface.errors import EdgefaceError
-from edgeface.manifest import ManifestError, resolve_landmarks, resolve_models
+from edgeface.manifest import ManifestError, resolve_models
 
 from .config import DeviceConfig
 from .crypto import CryptoError, SealedGallery, make_cipher
@@ -83,10 +83,8 @@ def load_recognizer(cfg: DeviceConfig):
     except ManifestError as exc:
         raise StartupError(f"[models] detector: {exc}") from exc
     emb = resolve_models(m.dir, m.precision)[1]
-    # the five-point landmark model (CPU; ~1 ms a face) when the folder has one and the embedder's recipe wants it
     common = dict(precision=m.precision, enhance=cfg.recognition.enhance,
-                  landmarks_path=resolve_landmarks(m.dir, m.precision), min_detection_score=m.min_detection_score,
-                  threads=m.threads or None, min_face=door_min_face(cfg))
+                  min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=door_min_face(cfg))
     if m.accelerator == "edgetpu":
         if m.precision != "int8":
             raise StartupError("the Edge TPU runs int8 models only: set [models] precision = \"int8\"")
