@@ -15,11 +15,12 @@ from typing import Optional, Sequence
 from edgeface import blazeface
 from edgeface.calibration_data import builder
 from edgeface.detect import FaceDetector
-from edgeface.embed import face_crop
+from edgeface.embed import face_crop, needs_landmark_model
+from edgeface.landmarks import FaceLandmarker
 from edgeface.manifest import INDEX
 from edgeface.paths import cache_root
 
-from . import calibration, common, detector, detector_config, embedder, metadata
+from . import calibration, common, detector, detector_config, embedder, metadata, onet
 from .stages import stage
 from .thresholds import THRESHOLD_PAIRS_FILE, calibrate_min_cosine_similarity, calibrate_open_set_points
 
@@ -67,15 +68,22 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
         index.setdefault("detectors", {})[name] = {"float32": f.name, "int8": q.name}
         log.info("detector %s: float %s, int8 %s (%.0f KB)", name, f.name, q.name, q.stat().st_size / 1024)
     detector_config.add_detector_configs(out, index, images)  # box transforms + the default "auto"
+    stage("landmarks onet: float32 rebuild, int8 conversion")
+    index["landmarks"] = _build_landmarks(out, images, out / index["float32"]["detector"], cset.describe())
+    # an interim index: the crops of QAT, threshold calibration and held-out reports find the landmark model
+    # through the folder's models.json, as the device does (rewritten complete at the end)
+    common.write_index(out, index)
     stage(f"embedder {embedder_family}: float32 conversion")
     built = embedder.build(embedder_family, out, None, None, cache, threshold=threshold,
                            precisions=("float32",))
     float_det = FaceDetector(out / index["float32"]["detector"])
     recipe = embedder.default_crop(embedder_family)
+    landmarker = (FaceLandmarker(out / index["landmarks"][onet.NAME]["float32"]) if needs_landmark_model(recipe)
+                  else None)
     stage("embedder calibration crops (float32 detector)")
     crops = builder.face_crops(
         list(common.progress(images, "cropping calibration faces")),
-        float_det.detect, lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
+        float_det.detect, lambda img, face: face_crop(img, face.box, face.keypoints, recipe, landmarker))
     log.info("embedder calibration: %d face crops from %d images", len(crops), len(images))
     if qat_steps is None:
         qat_steps = QAT_STEPS if embedder_family in embedder.QAT_FAMILIES else 0
@@ -113,6 +121,16 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     os.replace(tmp, out / INDEX)
     log.info("built models into %s in %.0f s", out, time.time() - t0)
     return index
+
+
+def _build_landmarks(out: Path, images, float_detector: Path, calibration: dict) -> dict:
+    """O-Net float32 + int8 (calibrated on O-Net crops of the calibration faces); the index's ``landmarks``."""
+    crops = onet.face_crops(list(common.progress(images, "cropping landmark calibration faces")),
+                            FaceDetector(float_detector).detect)
+    built = onet.build(out, crops, calibration)
+    log.info("landmarks onet: float %s, int8 %s (%d calibration crops)", built["float32"].name,
+             built["int8"].name, len(crops))
+    return {"default": onet.NAME, onet.NAME: {p: path.name for p, path in built.items()}}
 
 
 #: Default quantization-aware training steps (batch 16) for the families in ``embedder.QAT_FAMILIES``.

@@ -76,15 +76,18 @@ def built_table(out: str | os.PathLike, index: dict) -> str:
     files = [(precision, role, name) for precision in ("int8", "float32") for role, name in index[precision].items()]
     files += [(precision, "detector", name) for det in index.get("detectors", {}).values()
               for precision, name in det.items() if name not in {f[2] for f in files}]
+    files += [(precision, "landmarks", name) for key, entry in index.get("landmarks", {}).items() if key != "default"
+              for precision, name in entry.items()]
     lines = [f"built {len(files)} models into {out} in {index['build_seconds']:.0f} s:",
-             f"  {'file':42} {'precision':9} {'role':8} {'size':>8}  threshold"]
+             f"  {'file':42} {'precision':9} {'role':9} {'size':>8}  threshold"]
     for precision, role, name in files:
         path = Path(out) / name
         section = read_manifest(path, verify_hash=False).get(role, {})
         threshold = (f"min_cosine_similarity {section['min_cosine_similarity']:.4f}" if role == "embedder"
+                     else "five points" if role == "landmarks"
                      else f"min_score {section.get('min_score', float('nan')):.2f}")
-        lines.append(f"  {name:42} {precision:9} {role:8} {human_size(path.stat().st_size):>8}  {threshold}")
-    lines.append(f"  {'models.json':42} {'':9} {'index':8} {human_size((Path(out) / 'models.json').stat().st_size):>8}")
+        lines.append(f"  {name:42} {precision:9} {role:9} {human_size(path.stat().st_size):>8}  {threshold}")
+    lines.append(f"  {'models.json':42} {'':9} {'index':9} {human_size((Path(out) / 'models.json').stat().st_size):>8}")
     return "\n".join(lines)
 
 

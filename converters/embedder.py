@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from edgeface import preprocess
-from edgeface.embed import landmark_recipe
+from edgeface.embed import ARCFACE_FIVE_POINTS, ARCFACE_FIVE_TEMPLATE_112, landmark_recipe
 from edgeface.manifest import sha256_file, write_manifest
 
 from . import common, quantize
@@ -69,14 +69,23 @@ DEFAULT = "mobilefacenet"
 DEFAULT_CROP = {"method": "box_rect", "width": 1.176, "height": 1.479, "shift_y": -0.104, "size": 160,
                 "source": "FaceNet validate_on_lfw crop (MTCNN box + 32 px) mapped to BlazeFace boxes on "
                           "LFW DevTrain"}
-#: MobileFaceNet: ArcFace-family, trained on faces aligned by five points onto the ArcFace template. Without
-#: keypoints, the box fallback is the aligned crop's square as it lies on BlazeFace short-range boxes (median
-#: over 150 LFW DevTrain faces: 1.282 box widths, centre 0.200 widths above the box centre; p10-p90 side
+#: MobileFaceNet: ArcFace-family, trained on faces aligned by five points onto the ArcFace template. The
+#: four-point recipe fits the detector's eyes, nose tip and mouth centre (the template's mouth corners averaged).
+#: Without keypoints, the box fallback is the aligned crop's square as it lies on BlazeFace short-range boxes
+#: (median over 150 LFW DevTrain faces: 1.282 box widths, centre 0.200 widths above the box centre; p10-p90 side
 #: 1.264-1.308).
-LANDMARK_CROP = landmark_recipe(
+FOUR_POINT_CROP = landmark_recipe(
     112, fallback={"method": "box_rect", "width": 1.282, "height": 1.282, "shift_y": -0.2, "size": 112},
     source="ArcFace 112x112 five-point template, mouth corners averaged; 4-point similarity (Umeyama) fit of "
            "the detector's eyes, nose tip and mouth centre")
+#: The default: the full five-point template on the five points of the landmark model (MTCNN O-Net on the
+#: detector box, :mod:`.onet`); a models folder without one falls back to :data:`FOUR_POINT_CROP` (doctor warns).
+#: LFW pairs.txt 10-fold, same MobileFaceNet models: float 99.03 % (four points) -> 99.28 % (five), int8 98.65 %
+#: -> 99.02 % (converters/README.md).
+LANDMARK_CROP = landmark_recipe(
+    112, ARCFACE_FIVE_TEMPLATE_112, ARCFACE_FIVE_POINTS, fallback=FOUR_POINT_CROP,
+    source="ArcFace 112x112 five-point template; 5-point similarity (Umeyama) fit of the landmark model's eyes, "
+           "nose tip and mouth corners")
 _GRAPH_INPUT = "input"
 _GRAPH_OUTPUT = "InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1"  # before the graph's own L2 normalize
 

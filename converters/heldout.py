@@ -57,11 +57,13 @@ def detector_inputs(files, size: int, mean: float, std: float) -> list[np.ndarra
 def face_crops(files, float_detector: str | os.PathLike, recipe: dict) -> list[np.ndarray]:
     """The subject's face (LFW central face) of each file, cropped with ``recipe`` by the float detector."""
     from edgeface.detect import FaceDetector
+    from edgeface.embed import landmarker_for
     from edgeface.lfw import crop_files
 
     files = list(files)
     by_file = crop_files(FaceDetector(float_detector).detect, files, recipe,
-                         lambda fs: common.progress(fs, "held-out face crops"))
+                         lambda fs: common.progress(fs, "held-out face crops"),
+                         landmarker_for(recipe, Path(float_detector).parent))
     crops = [c for c in by_file.values() if c is not None]  # unreadable files are logged and skipped
     if not crops:
         raise ValueError(f"no face found by {Path(float_detector).name} in {len(files)} held-out images")

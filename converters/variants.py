@@ -290,18 +290,19 @@ def calibration_faces(folder: str | os.PathLike, float_detector: str | os.PathLi
     """(images, crops) of a calibration folder; a folder where the float detector finds no face is an error."""
     from edgeface.calibration_data import builder
     from edgeface.detect import FaceDetector
-    from edgeface.embed import face_crop
+    from edgeface.embed import face_crop, landmarker_for
 
     cset = builder.folder(folder, count, seed)
     images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images"))
     det = FaceDetector(float_detector)
+    landmarker = None if recipe is None else landmarker_for(recipe, Path(float_detector).parent)
     crops, with_face = [], []
     for img in common.progress(images, "finding calibration faces"):
         faces = det.detect(img)
         if faces:
             with_face.append(img)
             if recipe is not None:
-                crops.append(face_crop(img, faces[0].box, faces[0].keypoints, recipe))
+                crops.append(face_crop(img, faces[0].box, faces[0].keypoints, recipe, landmarker))
     if not with_face:
         raise builder.CalibrationError(
             f"{folder}: no face found in any of the {len(images)} calibration images (float detector "

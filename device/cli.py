@@ -252,6 +252,13 @@ def doctor(cfg) -> list[dict]:
                             f"({rec.door_threshold.source})")
         if rec.door_threshold.warning:
             add("threshold", True, rec.door_threshold.warning, warn=True)
+        alignment = rec.embedder.alignment
+        fallback = "fallback" in alignment
+        add("alignment", True, f"embedder crops aligned on {alignment}"
+            + (": the embedder's recipe wants five-point landmarks and the models folder has no landmark model; "
+               "rebuild with `edgeface build` for the calibrated accuracy" if fallback else
+               f" ({Path(rec.embedder.landmarker.manifest['model_file']).name})"
+               if rec.embedder.landmarker is not None else ""), warn=fallback)
     except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import preprocess, runtime
 from .errors import OptionError
-from .manifest import CROP_METHODS, ManifestError, check_model, manifest_path, read_manifest
+from .landmarks import FIVE_POINT_NAMES, FaceLandmarker
+from .manifest import CROP_METHODS, INDEX, ManifestError, check_model, manifest_path, read_manifest, resolve_landmarks
 
 #: The detector's keypoints by name, in the order :class:`edgeface.detect.Face` carries them (BlazeFace; the
 #: subject's sides: "right_eye" is on the image's left).
@@ -17,6 +19,14 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
 #: into one mouth centre (BlazeFace has a single mouth point): right eye, left eye, nose tip, mouth centre.
 ARCFACE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (56.1396, 92.2848))
 ARCFACE_POINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center")
+#: The full ArcFace 112x112 five-point template (insightface ``arcface_dst``) in :data:`FIVE_POINT_NAMES` order:
+#: right eye, left eye, nose tip, right mouth corner, left mouth corner (subject's sides). Its points come from
+#: a landmark model (:mod:`edgeface.landmarks`): the detector has no mouth corners.
+ARCFACE_FIVE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
+                             (70.7299, 92.2041))
+ARCFACE_FIVE_POINTS = FIVE_POINT_NAMES
+#: Names only a landmark model gives: a recipe naming any of them takes all its points from the landmark model.
+LANDMARK_ONLY_NAMES = tuple(n for n in FIVE_POINT_NAMES if n not in KEYPOINT_NAMES)
 #: Kept for the legacy ``similarity`` recipe (same points, rounded).
 ALIGN_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [56.14, 92.28]], np.float32)
 
@@ -31,9 +41,14 @@ def landmark_recipe(size: int = 112, template=ARCFACE_TEMPLATE_112, points=ARCFA
     if len(template) != len(points) or len(points) < 2:
         raise ValueError(f"need as many template points as keypoint names (>= 2), got {len(template)} and "
                          f"{len(points)}")
-    unknown = [p for p in points if p not in KEYPOINT_NAMES]
+    if needs_landmark_model({"points": list(points)}):
+        unknown = [p for p in points if p not in FIVE_POINT_NAMES]
+        known = FIVE_POINT_NAMES
+    else:
+        unknown = [p for p in points if p not in KEYPOINT_NAMES]
+        known = KEYPOINT_NAMES
     if unknown:
-        raise ValueError(f"unknown keypoints {unknown}; known: {', '.join(KEYPOINT_NAMES)}")
+        raise ValueError(f"unknown keypoints {unknown}; known: {', '.join(known)}")
     recipe = {"method": "landmarks", "size": int(size), "points": list(points),
               "template": [[round(float(x), 4), round(float(y), 4)] for x, y in template]}
     if fallback is not None:
@@ -43,8 +58,41 @@ def landmark_recipe(size: int = 112, template=ARCFACE_TEMPLATE_112, points=ARCFA
     return recipe
 
 
-def _landmark_crop(image: np.ndarray, box, keypoints, recipe: dict) -> np.ndarray:
+def needs_landmark_model(recipe: dict) -> bool:
+    """True when a ``landmarks`` recipe names points only a landmark model gives (the mouth corners)."""
+    return any(p in LANDMARK_ONLY_NAMES for p in recipe.get("points", ()))
+
+
+def landmarker_for(recipe: dict, models_dir: str | os.PathLike, precision: str = "float32",
+                   threads: Optional[int] = None) -> Optional[FaceLandmarker]:
+    """The landmark model of a models folder that ``recipe`` needs, or None when it needs none.
+
+    For converters (calibration, training and held-out crops): a recipe that names the five points in a folder
+    without a landmark model is a :class:`ManifestError`, never a silent four-point fallback.
+    """
+    if not needs_landmark_model(recipe):
+        return None
+    path = resolve_landmarks(models_dir, precision)
+    if path is None:
+        raise ManifestError(f"{Path(models_dir) / INDEX}: the crop recipe names the five ArcFace points but the "
+                            "folder lists no landmark model; rebuild with `edgeface build`")
+    return FaceLandmarker(path, threads=threads)
+
+
+def _landmark_crop(image: np.ndarray, box, keypoints, recipe: dict, landmarker) -> np.ndarray:
     size = int(recipe["size"])
+    if needs_landmark_model(recipe):
+        if landmarker is None:
+            fallback = recipe.get("fallback")
+            if fallback is None:
+                raise ValueError("this crop recipe needs a landmark model (it names the mouth corners) and has no "
+                                 "fallback recipe")
+            return face_crop(image, box, keypoints, fallback)
+        if box is None:
+            raise ValueError("landmark-model alignment needs the face box")
+        points = landmarker.landmarks(image, box).points
+        idx = [FIVE_POINT_NAMES.index(p) for p in recipe["points"]]
+        return preprocess.align_face(image, points[idx], np.asarray(recipe["template"], np.float32), size)
     if keypoints is None:
         fallback = recipe.get("fallback")
         if fallback is None:
@@ -57,7 +105,8 @@ def _landmark_crop(image: np.ndarray, box, keypoints, recipe: dict) -> np.ndarra
     return preprocess.align_face(image, kps[idx], np.asarray(recipe["template"], np.float32), size)
 
 
-def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray], recipe: dict) -> np.ndarray:
+def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray], recipe: dict,
+              landmarker: Optional[FaceLandmarker] = None) -> np.ndarray:
     """Cut the face out of ``image`` the way the embedder was trained (``recipe`` from the manifest).
 
     ``box_rect``: a ``width`` x ``height`` rectangle (in detector-box widths) shifted down by ``shift_y``
@@ -65,11 +114,14 @@ def face_crop(image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray
     ``box_margin``: the square around the detector box enlarged by ``margin`` (a fraction of the box side),
     resized to ``size``. ``landmarks``: the detector keypoints named in ``points`` warped onto ``template`` by a
     similarity transform (Umeyama), how ArcFace-family models are trained; without keypoints it uses the
-    recipe's ``fallback`` box recipe. ``similarity``: the older fixed-template form of ``landmarks``.
+    recipe's ``fallback`` box recipe. A ``landmarks`` recipe that names the mouth corners (the five ArcFace
+    points) takes all its points from ``landmarker`` (:class:`edgeface.landmarks.FaceLandmarker`, one small
+    model run on the box); without one it uses its ``fallback`` (the detector-keypoint recipe; ``doctor`` warns).
+    ``similarity``: the older fixed-template form of ``landmarks``.
     """
     method, size = recipe["method"], int(recipe["size"])
     if method == "landmarks":
-        return _landmark_crop(image, box, keypoints, recipe)
+        return _landmark_crop(image, box, keypoints, recipe, landmarker)
     if method == "box_rect":
         return preprocess.crop_rect(image, box, float(recipe["width"]), float(recipe["height"]),
                                     float(recipe["shift_y"]), size)
@@ -125,15 +177,27 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def _folder_landmarks(model_path, precision: str) -> Optional[Path]:
+    """The landmark model listed in the ``models.json`` beside an embedder (same precision; int8 for int8
+    variants), or None without an index or a landmarks section."""
+    folder = Path(model_path).parent
+    if not (folder / INDEX).is_file():
+        return None
+    return resolve_landmarks(folder, "float32" if precision == "float32" else "int8")
+
+
 class FaceEmbedder:
     """Turns face crops into L2-normalized embeddings; compare two with a dot product (cosine similarity).
 
     The manifest fixes the crop recipe, the input normalization and the recommended
-    ``min_cosine_similarity`` (with the data it was calibrated on).
+    ``min_cosine_similarity`` (with the data it was calibrated on). A recipe that names the five ArcFace points
+    gets them from ``landmarks_path`` (default: the landmark model listed in the ``models.json`` beside the
+    embedder); without one it aligns on the detector's keypoints (the recipe's fallback; see :attr:`alignment`).
     """
 
     def __init__(self, model_path: str | os.PathLike, threads: Optional[int] = None,
-                 accelerator: Optional[str] = None, runtime_name: Optional[str] = None):
+                 accelerator: Optional[str] = None, runtime_name: Optional[str] = None,
+                 landmarks_path: str | os.PathLike | None = None):
         self.manifest = read_manifest(model_path)
         if self.manifest["role"] != "embedder":
             raise ManifestError(f"{model_path}: is a {self.manifest['role']}, not an embedder")
@@ -144,6 +208,27 @@ class FaceEmbedder:
         self._out = runtime.output_index(self.interpreter, self.manifest["outputs"]["embedding"])
         self.mean, self.std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
         self.size = int(self.recipe["size"])
+        #: the landmark model the crop recipe asks for (None: not needed, or absent and the fallback is used)
+        self.landmarker: Optional[FaceLandmarker] = None
+        if needs_landmark_model(self.recipe):
+            if landmarks_path is None:
+                landmarks_path = _folder_landmarks(model_path, self.manifest["precision"])
+            if landmarks_path is not None:
+                self.landmarker = FaceLandmarker(landmarks_path, threads=threads, runtime_name=runtime_name)
+
+    @property
+    def alignment(self) -> str:
+        """How crops are aligned: ``"five-point landmark model"``, ``"detector keypoints"``, ``"box"``, or
+        ``"detector keypoints (fallback: no landmark model)"`` when the recipe wants a landmark model that is
+        missing (what ``doctor`` warns about)."""
+        method = self.recipe["method"]
+        if method not in ("landmarks", "similarity"):
+            return "box"
+        if not needs_landmark_model(self.recipe):
+            return "detector keypoints"
+        if self.landmarker is not None:
+            return "five-point landmark model"
+        return "detector keypoints (fallback: no landmark model)"
 
     @property
     def model_id(self) -> str:
@@ -169,7 +254,7 @@ class FaceEmbedder:
         return float(self.section["min_cosine_similarity"])
 
     def crop(self, image: np.ndarray, box: np.ndarray, keypoints: Optional[np.ndarray] = None) -> np.ndarray:
-        return face_crop(image, box, keypoints, self.recipe)
+        return face_crop(image, box, keypoints, self.recipe, self.landmarker)
 
     def embed_crop(self, crop: np.ndarray) -> np.ndarray:
         """Embedding (dim,) of one RGB ``uint8`` crop of the recipe's size."""

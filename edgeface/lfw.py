@@ -68,12 +68,14 @@ def embed_files(recognizer, paths: Iterable[Path],
 
 
 def crop_files(detect: Callable[[np.ndarray], Sequence["Face"]], paths: Iterable[Path], recipe: dict,
-               progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[Path, Optional[np.ndarray]]:
+               progress: Callable[[Iterable], Iterable] = lambda it: it,
+               landmarker=None) -> dict[Path, Optional[np.ndarray]]:
     """Embedder input crop (``recipe`` from an embedder manifest) of the central face of each file found by
-    ``detect``; ``None`` when no face is found or the file is bad. Lets several embedders see the same crops."""
+    ``detect``; ``None`` when no face is found or the file is bad. Lets several embedders see the same crops.
+    ``landmarker``: the landmark model a five-point recipe needs (:func:`edgeface.embed.landmarker_for`)."""
     from .embed import face_crop
 
-    return {path: None if face is None else face_crop(image, face.box, face.keypoints, recipe)
+    return {path: None if face is None else face_crop(image, face.box, face.keypoints, recipe, landmarker)
             for path, image, face in central_faces(detect, progress(list(paths)))}
 
 

@@ -17,9 +17,9 @@ from typing import Any
 from .errors import EdgefaceError, OptionError
 
 FORMAT = "edgeface-manifest/1"
-ROLES = ("detector", "embedder")
+ROLES = ("detector", "embedder", "landmarks")
 _REQUIRED = {"format", "role", "family", "model_file", "sha256", "precision", "input", "outputs"}
-_OPTIONAL = {"detector", "embedder", "upstream", "calibration", "converter_version", "quantized_ranges",
+_OPTIONAL = {"detector", "embedder", "landmarks", "upstream", "calibration", "converter_version", "quantized_ranges",
              "created", "description", "license"}
 _INPUT_KEYS = {"shape", "dtype", "color", "mean", "std"}
 DTYPES = ("float32", "float16", "int8", "uint8")
@@ -105,6 +105,9 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
     section = data[role]
     if not isinstance(section, dict):
         raise bad(role, f"must be an object, got {type(section).__name__}")
+    if role == "landmarks":
+        _check_landmarks(section, outputs, shape, bad)
+        return
     need_outputs = ("boxes", "scores") if role == "detector" else ("embedding",)
     for key in need_outputs:
         if key not in outputs:
@@ -165,6 +168,29 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
             raise bad(f"embedder.crop.{key}", f"is missing or out of range for method {crop['method']!r}: {v!r}")
 
 
+#: How a landmark model's input is cut from a face box (see :mod:`edgeface.landmarks`).
+LANDMARK_CROP_METHODS = ("box_square",)
+
+
+def _check_landmarks(section: dict, outputs: dict, shape: list, bad) -> None:
+    """A landmark manifest: its point names, its crop from the face box, and a ``landmarks`` output."""
+    if "landmarks" not in outputs:
+        raise bad("outputs.landmarks", "is missing (a landmarks manifest names its points output tensor)")
+    pts = section.get("points")
+    if not (isinstance(pts, list) and len(pts) >= 2 and all(isinstance(n, str) for n in pts)):
+        raise bad("landmarks.points", f"must list the point names in output order, got {pts!r}")
+    crop = section.get("crop")
+    if not isinstance(crop, dict) or crop.get("method") not in LANDMARK_CROP_METHODS:
+        raise bad("landmarks.crop.method", f"must be one of {LANDMARK_CROP_METHODS}, got "
+                                           f"{crop.get('method') if isinstance(crop, dict) else crop!r}")
+    if [crop.get("size"), crop.get("size")] != shape[1:3]:
+        raise bad("landmarks.crop.size", f"is {crop.get('size')!r} but input.shape is {shape}")
+    if not (_finite(crop.get("scale")) and 0.2 <= crop["scale"] <= 5):
+        raise bad("landmarks.crop.scale", f"must be in [0.2, 5] box widths, got {crop.get('scale')!r}")
+    if not (_finite(crop.get("shift_y")) and abs(crop["shift_y"]) <= 2):
+        raise bad("landmarks.crop.shift_y", f"must be in [-2, 2] box widths, got {crop.get('shift_y')!r}")
+
+
 def check_model(data: dict[str, Any], interpreter, source: str = "<manifest>") -> None:
     """Check a validated manifest against the model's real tensors (``interpreter`` allocated).
 
@@ -188,6 +214,11 @@ def check_model(data: dict[str, Any], interpreter, source: str = "<manifest>") -
         if name not in details:
             raise ManifestError(f"{source}: outputs.{role} names tensor {name!r}, but the model's outputs are "
                                 f"{sorted(details)}")
+    if data["role"] == "landmarks":
+        size = int(math.prod(int(d) for d in details[data["outputs"]["landmarks"]]["shape"][1:]))
+        if size != 2 * len(data["landmarks"]["points"]):
+            raise ManifestError(f"{source}: landmarks.points names {len(data['landmarks']['points'])} points but "
+                                f"the model's landmarks output has {size} values")
     if data["role"] == "embedder":
         size = int(math.prod(int(d) for d in details[data["outputs"]["embedding"]]["shape"][1:]))
         if size != data["embedder"]["embedding_size"]:
@@ -254,6 +285,19 @@ def read_index(models_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: the index must be a JSON object")
     return data
+
+
+def resolve_landmarks(models_dir: str | os.PathLike, precision: str = "int8") -> Path | None:
+    """The landmark model of ``precision`` listed in a models folder's index (``landmarks`` section), or None
+    when the folder has none (an older build: embedders then align on the detector's keypoints)."""
+    models_dir = Path(models_dir)
+    entry = read_index(models_dir).get("landmarks")
+    if entry is None:
+        return None
+    try:
+        return models_dir / entry[entry["default"]][precision]
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{models_dir / INDEX}: the landmarks section lists no {precision} model ({exc})") from exc
 
 
 def resolve_models(models_dir: str | os.PathLike, precision: str = "int8") -> tuple[Path, Path]:

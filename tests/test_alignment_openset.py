@@ -221,9 +221,12 @@ def test_default_embedder_manifest_records_the_landmark_recipe_and_open_set_poin
         m = read_manifest(models_dir / index[precision]["embedder"])
         assert m["family"] == "mobilefacenet" and m["embedder"]["embedding_size"] == 192
         crop = m["embedder"]["crop"]
-        assert crop["method"] == "landmarks" and crop["size"] == 112 and len(crop["template"]) == 4
-        assert crop["points"] == ["right_eye", "left_eye", "nose_tip", "mouth_center"]
-        assert crop["fallback"]["method"] == "box_rect"
+        # five ArcFace points from the landmark model; without one, the detector's four; without keypoints, a box
+        assert crop["method"] == "landmarks" and crop["size"] == 112 and len(crop["template"]) == 5
+        assert crop["points"] == ["right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner"]
+        four = crop["fallback"]
+        assert four["points"] == ["right_eye", "left_eye", "nose_tip", "mouth_center"] and len(four["template"]) == 4
+        assert four["fallback"]["method"] == "box_rect"
         assert m["input"]["shape"] == [1, 112, 112, 3] and m["upstream"]["registry"] == "npm"
         pts = m["embedder"]["operating_points"]
         thr = [pts[f"fpir_0.01@{n}"]["min_cosine_similarity"] for n in (10, 100, 1000)]

@@ -113,7 +113,7 @@ def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev
     lfw, pairs = dev_test
     rec = FaceRecognizer(models_dir, precision=precision)
     files = pair_files(pairs, lfw)
-    crops = crop_files(rec.detect, files, rec.embedder.section["crop"])
+    crops = crop_files(rec.detect, files, rec.embedder.section["crop"], landmarker=rec.embedder.landmarker)
     assert all(c is not None for c in crops.values()), "a face was not found"
     ours = {p: rec.embedder.embed_crop(c) for p, c in crops.items()}
     np.savez(tmp_path / "crops.npz", crops=np.stack([crops[p] for p in files]))

@@ -42,6 +42,7 @@ def make_face_crops(files: Sequence[Path], detector_path: str | os.PathLike, rec
     the files, the detector's sha256 and the recipe.
     """
     from edgeface.detect import FaceDetector
+    from edgeface.embed import landmarker_for
     from edgeface.lfw import crop_files
     from edgeface.manifest import sha256_file
 
@@ -51,7 +52,8 @@ def make_face_crops(files: Sequence[Path], detector_path: str | os.PathLike, rec
     if path is not None and path.is_file():
         return np.load(path)
     det = FaceDetector(detector_path)
-    by_file = crop_files(det.detect, files, recipe, lambda fs: common.progress(fs, "cropping DevTrain faces"))
+    by_file = crop_files(det.detect, files, recipe, lambda fs: common.progress(fs, "cropping DevTrain faces"),
+                         landmarker_for(recipe, Path(detector_path).parent))
     crops = [c for c in by_file.values() if c is not None]  # unreadable files are logged and skipped
     if not crops:
         raise PruneError(f"no face found in any of the {len(files)} training images")
@@ -68,15 +70,16 @@ def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int
     """The crops ``edgeface build`` calibrates the embedder on (same set, same code as :mod:`build`)."""
     from edgeface.calibration_data import builder
     from edgeface.detect import FaceDetector
-    from edgeface.embed import face_crop
+    from edgeface.embed import face_crop, landmarker_for
 
     from ..calibration import default_set
 
     cset = default_set(count, seed)
     images = builder.load_images(cset, lambda it: common.progress(it, "reading calibration images",
                                                                    len(cset.files)))
+    landmarker = landmarker_for(recipe, Path(detector_path).parent)
     return builder.face_crops(images, FaceDetector(detector_path).detect,
-                              lambda img, face: face_crop(img, face.box, face.keypoints, recipe))
+                              lambda img, face: face_crop(img, face.box, face.keypoints, recipe, landmarker))
 
 
 def normalize_crops(crops: np.ndarray) -> np.ndarray:
