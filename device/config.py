@@ -88,13 +88,13 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class RecognitionConfig:
-    operating_point: str = _f("far_0.001", "which calibrated threshold of the embedder manifest to use when "
-                                           "min_cosine_similarity is unset: far_0.0001 / far_0.001 / far_0.01 "
-                                           "(false accept rate per pair on LFW DevTrain; a gallery of N embeddings "
-                                           "multiplies it by about N, see `doctor`), accuracy (accuracy-optimal), or "
-                                           "fpir_0.01 / fpir_0.001: at most that share of strangers matched, "
-                                           "calibrated for the enrolled gallery size (or fpir_0.01@100 to name "
-                                           "the gallery size)",
+    operating_point: str = _f("fpir_0.001", "which calibrated threshold of the embedder manifest to use when "
+                                            "min_cosine_similarity is unset: fpir_0.001 (default) / fpir_0.01: at "
+                                            "most that share of strangers matched by anyone in the gallery, "
+                                            "calibrated for the enrolled gallery size (`doctor` says which; "
+                                            "fpir_0.01@100 names the size); far_0.0001 / far_0.001 / far_0.01: "
+                                            "false accept rate per pair on LFW DevTrain (a gallery of N "
+                                            "embeddings multiplies it by about N); accuracy (accuracy-optimal)",
                               choices=("far_0.0001", "far_0.001", "far_0.01", "accuracy", "fpir_0.01", "fpir_0.001",
                                        *(f"fpir_{r}@{n}" for r in ("0.01", "0.001") for n in (10, 100, 1000))))
     min_cosine_similarity: Optional[float] = _f(
