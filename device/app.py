@@ -83,7 +83,7 @@ def load_recognizer(cfg: DeviceConfig):
     except ManifestError as exc:
         raise StartupError(f"[models] detector: {exc}") from exc
     emb = resolve_models(m.dir, m.precision)[1]
-    common = dict(precision=m.precision, enhance=cfg.recognition.enhance,
+    common = dict(precision=m.precision, enhance=cfg.recognition.enhance, flip=m.flip,
                   min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=door_min_face(cfg))
     if m.accelerator == "edgetpu":
         if m.precision != "int8":

@@ -84,6 +84,9 @@ class ModelsConfig:
                                        "min_face_pixels, scaled to picamera2's low-resolution stream: a smaller "
                                        "face is never embedded; large frames add tiles for faces this small)",
                                  0, 4096)
+    flip: Optional[bool] = _f(None, "also embed the mirrored face crop and average (what the embedder manifest's "
+                                    "thresholds were calibrated with; unset = the manifest's choice). false: half "
+                                    "the embedding time per face, a little less accurate")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def _recognizer(args):
                           min_detection_score=getattr(args, "min_score", None), threads=args.threads,
                           tiles=args.tiles, accelerator=args.accelerator,
                           enhance=getattr(args, "enhance", "none"), detector=args.detector,
-                          min_face=args.min_face)
+                          min_face=args.min_face, flip=False if getattr(args, "no_flip", False) else None)
 
 
 def _read(path: str):
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tiles", type=int, default=1,
                        help="also detect on a fixed grid of N x N overlapping tiles, for very large photos "
                             "(tile faces never replace a whole-frame face)")
+        p.add_argument("--no-flip", action="store_true",
+                       help="embed each face crop once, not also its mirror image (the default build averages "
+                            "both: LFW int8 99.25%% instead of 99.07%%, at twice the embedding time)")
         p.add_argument("--enhance", choices=list(ENHANCEMENTS), default="none",
                        help="brighten dark or backlit images before detection: equalize recovers dark, "
                             "hazy photos (51%% -> 98%% on degraded LFW pairs) and costs nothing on good ones; "

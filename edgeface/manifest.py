@@ -132,6 +132,8 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
         raise bad("embedder.embedding_size", f"must be a positive integer, got {section['embedding_size']!r}")
     if not (_finite(section["min_cosine_similarity"]) and -1 <= section["min_cosine_similarity"] <= 1):
         raise bad("embedder.min_cosine_similarity", f"must be in [-1, 1], got {section['min_cosine_similarity']!r}")
+    if not isinstance(section.get("flip", False), bool):
+        raise bad("embedder.flip", f"must be true or false, got {section['flip']!r}")
     points = section.get("operating_points", {})
     if not isinstance(points, dict):
         raise bad("embedder.operating_points", f"must be an object, got {points!r}")

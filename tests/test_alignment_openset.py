@@ -276,3 +276,37 @@ def test_real_lfw_face_is_aligned_eyes_level_and_int8_agrees_with_float(recogniz
         sims[name] = [same] + diff
     # int8 pair scores stay within 0.15 of float (Powell-Blair: 0.43 int8 vs 0.30 float, the int8 gap of issue 10)
     np.testing.assert_allclose(sims["int8"], sims["float32"], atol=0.15)
+
+
+@pytest.mark.slow
+def test_flip_averages_the_crop_and_its_mirror_as_the_manifest_asks(models_dir, index, tmp_path):
+    """Test-time flip: the default manifest asks for it; the embedding is the normalized mean of the crop's and
+    its mirror's, so a mirrored face gets the same embedding; flip=False is one plain run."""
+    import shutil
+
+    from edgeface import FaceRecognizer
+    from edgeface.embed import FaceEmbedder
+    from edgeface.manifest import ManifestError, read_manifest
+
+    path = models_dir / index["int8"]["embedder"]
+    assert read_manifest(path)["embedder"]["flip"] is True
+    on, off = FaceEmbedder(path), FaceEmbedder(path, flip=False)
+    assert on.flip and not off.flip
+    rec = FaceRecognizer(models_dir, flip=False)
+    image = preprocess.read_image(lfw_image("Colin_Powell", 1))
+    (face,) = rec.detect(image)[:1]
+    crop = on.crop(image, face.box, face.keypoints)
+    mirror = np.ascontiguousarray(crop[:, ::-1])
+    plain, mirrored = off.embed_crop(crop), off.embed_crop(mirror)
+    expected = (plain + mirrored) / np.linalg.norm(plain + mirrored)
+    np.testing.assert_allclose(on.embed_crop(crop), expected, atol=1e-6)
+    np.testing.assert_allclose(on.embed_crop(mirror), on.embed_crop(crop), atol=1e-6)
+    assert float(plain @ mirrored) < 0.999  # the mirror is a different input, so the average is not a no-op
+    # a manifest's flip must be a boolean
+    bad = tmp_path / path.name
+    shutil.copy(path, bad)
+    m = read_manifest(path, verify_hash=False)
+    m["embedder"]["flip"] = "yes"
+    (tmp_path / (path.stem + ".json")).write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="embedder.flip"):
+        FaceEmbedder(bad)

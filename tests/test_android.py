@@ -111,7 +111,9 @@ def test_mediapipe_face_detector_finds_the_faces_edgeface_detect_finds(models_di
 def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev_test, tmp_path, precision):
     """int8: uint8 pixels in, float32 out. float32: MediaPipe normalizes with the metadata's mean/std."""
     lfw, pairs = dev_test
-    rec = FaceRecognizer(models_dir, precision=precision)
+    # the model itself, one run per crop: an app that follows the manifest's "flip" embeds the mirrored crop
+    # too and averages, exactly as FaceEmbedder does (tests/test_alignment_openset.py)
+    rec = FaceRecognizer(models_dir, precision=precision, flip=False)
     files = pair_files(pairs, lfw)
     crops = crop_files(rec.detect, files, rec.embedder.section["crop"], landmarker=rec.embedder.landmarker)
     assert all(c is not None for c in crops.values()), "a face was not found"
