@@ -227,7 +227,9 @@ BENCHMARKS = (
                                                "skipped with a note)"),
             _opt("--precisions", nargs="+", help="int8 int8_io float32 int8_pruned, or any <precision>_<tag> entry "
                                                  "of models.json (e.g. int8_facenet: another embedder, same run; "
-                                                 "int8_io: build it with `edgeface variants --variants int8_io`)"),
+                                                 "int8_io: build it with `edgeface variants --variants int8_io`); "
+                                                 "a _noflip suffix (int8_noflip) embeds each face once, without "
+                                                 "the manifest's test-time flip"),
             _opt("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)"),
             _opt("--write-reference", action="store_true",
                  help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)"),

@@ -141,12 +141,13 @@ class Variant:
     precision: str
     detector: Path
     embedder: Path
+    flip: Optional[bool] = None  #: test-time flip: None follows the embedder manifest
 
     def recognizer(self, threads: Optional[int] = None):
         from edgeface import FaceRecognizer
 
         return FaceRecognizer(detector_path=self.detector, embedder_path=self.embedder, precision=self.precision,
-                              threads=threads)
+                              threads=threads, flip=self.flip)
 
     def key(self) -> str:
         """Content id of the two models (their sha256 from the manifests)."""
@@ -170,12 +171,14 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
     """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and
     notes on the ones that are not there. A precision ``<int8|float32>_<tag>`` names any extra entry of
     ``models.json`` (``int8_pruned``, or e.g. ``int8_facenet`` to time another embedder beside the default in
-    one run)."""
+    one run). A ``<precision>_noflip`` variant runs that precision's models without test-time flip (one
+    embedder run per face; ``int8_noflip``)."""
     models = Path(models)
     index = read_index(models)
     variants, notes = [], []
     for det_name in detectors:
-        for precision in precisions:
+        for asked in precisions:
+            precision, flip = (asked[:-len(NOFLIP)], False) if asked.endswith(NOFLIP) else (asked, None)
             if precision == INT8_IO:
                 _add_int8_io(models, index, det_name, variants, notes)
                 continue
@@ -190,15 +193,17 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
             if det_file is None or not (models / det_file).is_file():
                 notes.append(f"{precision} {det_name} detector not built in {models}: skipped")
                 continue
-            name = precision if det_name == "short_range" else f"{precision}+{det_name}"
+            name = asked if det_name == "short_range" else f"{asked}+{det_name}"
             variants.append(Variant(name, base, models / det_file,
-                                    models / entry["embedder"]))
+                                    models / entry["embedder"], flip))
     return variants, notes
 
 
 #: The int8 models with int8 input and int8 outputs (``edgeface variants --variants int8_io``): the built int8
 #: models have a uint8 input and float32 outputs (Android); the latency benchmark measures what that costs.
 INT8_IO = "int8_io"
+#: suffix of a precision name that turns test-time flip off (``int8_noflip``)
+NOFLIP = "_noflip"
 
 
 def _add_int8_io(models: Path, index: dict, det_name: str, variants: list, notes: list) -> None:

@@ -70,13 +70,13 @@ class StagedPipeline:
     """detect -> crop -> embed -> match with the core's own building blocks, timing each stage."""
 
     def __init__(self, detector_path: Path, embedder_path: Path, runtime: str, threads: int, tiles: int,
-                 gallery=None, precision: str = "int8"):
+                 gallery=None, precision: str = "int8", flip: "bool | None" = None):
         from edgeface.detect import FaceDetector
         from edgeface.embed import FaceEmbedder
 
         tflite = None if runtime == ONNXRUNTIME else runtime  # ONNX: any interpreter, for tensor details only
         self.detector = FaceDetector(detector_path, threads=threads, runtime_name=tflite, tiles=tiles)
-        self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=tflite)
+        self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=tflite, flip=flip)
         if runtime == ONNXRUNTIME:
             # the same wrappers (pre- and post-processing) with ONNX Runtime sessions in place of the interpreters
             from .onnx_interpreter import OnnxInterpreter, onnx_path_for
@@ -199,7 +199,7 @@ def probe(spec: dict) -> dict:
     rss_after_import = common.current_rss_mb()
     t0 = time.perf_counter()
     pipe = StagedPipeline(Path(spec["detector"]), Path(spec["embedder"]), spec["runtime"], spec["threads"],
-                          spec["tiles"], precision=spec["precision"])
+                          spec["tiles"], precision=spec["precision"], flip=spec.get("flip"))
     load_s = time.perf_counter() - t0
     first, _ = pipe.frame(Path(spec["image"]))
     later = [pipe.frame(Path(spec["image"]))[0]["total"] for _ in range(spec.get("frames", 3))]
@@ -268,7 +268,7 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
             for c in configs:
                 v = c["variant"]
                 pipe = StagedPipeline(v.detector, v.embedder, c["runtime"], c["threads"], scene["tiles"],
-                                      precision=v.precision)
+                                      precision=v.precision, flip=v.flip)
                 space = pipe.embedder.space_id
                 if (space, pipe.embedder.dim) not in galleries:
                     galleries[(space, pipe.embedder.dim)] = make_gallery(Path(tmp.name), pipe.embedder.dim,
@@ -297,10 +297,11 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
                 spec = {"runtime": c["runtime"], "precision": c["variant"].precision, "threads": c["threads"],
                         "tiles": scene["tiles"],
                         "detector": str(c["variant"].detector), "embedder": str(c["variant"].embedder),
-                        "image": str(images[0]), "frames": settings.get("probe_frames", 3)}
+                        "flip": c["variant"].flip, "image": str(images[0]), "frames": settings.get("probe_frames", 3)}
                 rows.append({
                     "config": k, "runtime": c["runtime"], "precision": c["precision"], "threads": c["threads"],
                     "detector": c["variant"].detector.name, "embedder": c["variant"].embedder.name,
+                    "flip": pipe.embedder.flip,
                     "faces_per_frame": round(float(np.mean(faces[k])), 2),
                     "stages_ms": {s: common.stats_ms(v) for s, v in samples[k].items()},
                     "embed_per_face_ms": common.stats_ms(
