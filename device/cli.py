@@ -259,6 +259,11 @@ def doctor(cfg) -> list[dict]:
                "rebuild with `edgeface build` for the calibrated accuracy" if fallback else
                f" ({Path(rec.embedder.landmarker.manifest['model_file']).name})"
                if rec.embedder.landmarker is not None else ""), warn=fallback)
+        manifest_flip = bool(rec.embedder.section.get("flip", False))
+        add("flip", True, f"test-time flip {'on' if rec.embedder.flip else 'off'} (the manifest's thresholds were "
+            f"calibrated {'with' if manifest_flip else 'without'} it)"
+            + ("" if rec.embedder.flip == manifest_flip else "; [models] flip differs from the calibration"),
+            warn=rec.embedder.flip != manifest_flip)
     except Exception as exc:  # noqa: BLE001 - doctor reports any failure as a failed check
         add("models", False, f"{cfg.models.dir}: {exc}")
     try:
