@@ -151,7 +151,10 @@ def test_core_runtime_is_quantization_exact_across_the_two_int8_interfaces(model
         twins[role] = variants.build_int8_io(tmp_path / src.name)
         assert quantize.interface(twins[role])["input"] == "int8"
     a = FaceRecognizer(models_dir, precision="int8")
-    b = FaceRecognizer(detector_path=twins["detector"], embedder_path=twins["embedder"])
+    # the twins sit in a folder without models.json: name the same landmark model explicitly
+    b = FaceRecognizer(detector_path=twins["detector"], embedder_path=twins["embedder"],
+                       landmarks_path=models_dir / index["landmarks"]["onet"]["int8"])
+    assert a.embedder.alignment == b.embedder.alignment == "five-point landmark model"
     from edgeface import read_image
 
     for path in pair_files(pairs, lfw)[:12]:
