@@ -161,9 +161,10 @@ INT8_PRELU = "relu_split"
 QAT_FAMILIES: tuple = ()
 
 
-def int8_input_mean(family: str, qat: bool = False) -> float:
-    """The normalization mean of the family's int8 model (its manifest says so; runtimes follow it)."""
-    return EXACT_INPUT_MEAN if family == "mobilefacenet" and not qat else MEAN
+def int8_input_mean(family: str) -> float:
+    """The normalization mean of the family's int8 model, post-training or quantization-aware trained (its
+    manifest says so; runtimes follow it): :data:`EXACT_INPUT_MEAN` for MobileFaceNet, ``MEAN`` for FaceNet."""
+    return EXACT_INPUT_MEAN if family == "mobilefacenet" else MEAN
 
 
 def upstream_file(family: str, cache_dir: Path) -> Path:
@@ -287,7 +288,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
                 raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
             # a quantization-aware model carries its ranges in its fake-quant ops: a few samples suffice
             use = crops if int8_model is None else crops[:64]
-            mean = int8_input_mean(family, qat=int8_model is not None)
+            mean = int8_input_mean(family)
             samples = [preprocess.normalize(c, mean, STD)[None] for c in use]
 
             def representative(samples=samples):
@@ -305,7 +306,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
             section["quantization"] = dict(int8_extra or {"method": "post-training (representative dataset)"
                                                           + (", channels equalized around each PReLU"
                                                              if family == "mobilefacenet" else "")})
-        mean = MEAN if precision == "float32" else int8_input_mean(family, qat=int8_model is not None)
+        mean = MEAN if precision == "float32" else int8_input_mean(family)
         out[precision] = _write(converter.convert(), dst,
                                 lambda name, precision=precision, dtype=dtype, extra=extra, section=section,
                                 mean=mean: _manifest(src, precision, dtype, name, weights, crop, section, extra,
