@@ -145,11 +145,15 @@ def _train_qat(family: str, detector_path: Path, recipe: dict, calibration: list
     from . import qat
 
     options = qat.QatOptions(steps=steps)
-    # the teacher is equalized too (the same float function): the student starts from its weights
-    teacher = embedder.keras_model(family, embedder.upstream_file(family, cache), crops=calibration)
+    # the teacher is the post-training int8 source (channels equalized, exact input: the same float function);
+    # the student starts from its weights and every step normalizes as its manifest will say
+    mean = embedder.int8_input_mean(family)
+    teacher = embedder.keras_model(family, embedder.upstream_file(family, cache), crops=calibration,
+                                   exact_input=mean == embedder.EXACT_INPUT_MEAN)
     train = qat.training_crops(lfw, detector_path, recipe, options, cache / "qat")
-    result = qat.train_qat(teacher, train, np.stack(calibration), options)
-    section = {"method": "quantization-aware training distilled from the float model (tfmot default 8-bit)",
+    result = qat.train_qat(teacher, train, np.stack(calibration), options, mean=mean)
+    section = {"method": "channels equalized around each PReLU, then quantization-aware training distilled "
+                         "from the float model (tfmot default 8-bit)",
                "steps": options.steps, "batch_size": options.batch_size, "learning_rate": options.learning_rate,
                "training_crops": result.num_crops, "training_data": "LFW peopleDevTrain, aligned crops",
                "final_loss": round(float(np.mean(result.losses[-20:])), 5) if result.losses else None,

@@ -234,7 +234,10 @@ def test_default_embedder_manifest_records_the_landmark_recipe_and_open_set_poin
         assert all(pts[f"fpir_0.01@{n}"]["fpir"] <= 0.01 for n in (10, 100, 1000))
         assert "peopleDevTrain" in m["embedder"]["open_set_source"]
     m8 = read_manifest(models_dir / index["int8"]["embedder"])
-    assert "channels equalized" in m8["embedder"]["quantization"]["method"] and m8["calibration"]["num_crops"] > 100
+    quant = m8["embedder"]["quantization"]
+    assert "channels equalized" in quant["method"] and m8["calibration"]["num_crops"] > 100
+    # post-training by default (embedder.QAT_FAMILIES is empty; --qat-steps N trains on the same exact input)
+    assert "quantization-aware" not in quant["method"]
     # the int8 input takes pixels exactly: (x - 128) / 128 is its uint8 quantization (scale 1/128, zero point 128)
     assert m8["input"]["mean"] == 128.0 and m8["input"]["std"] == 128.0
 

@@ -232,3 +232,52 @@ def test_check_same_wiring_catches_reordered_inputs():
     prune.check_same_wiring(model(1), model(1), prefix="")
     with pytest.raises(ValueError, match="rewired 'cat'"):
         prune.check_same_wiring(model(1), model(-1), prefix="")
+
+
+def _mini_mobilefacenet():
+    """MobileFaceNet's rebuilt layer types in miniature (biased first conv, BatchNorm folded, ReLU, per-channel
+    depthwise, pooling, linear bottleneck), for the QAT path on real crops."""
+    tf_keras.utils.set_random_seed(0)
+    L = tf_keras.layers
+    x0 = tf_keras.Input((160, 160, 3), name="input")
+    x = L.Conv2D(8, 3, strides=4, name="conv1")(x0)
+    x = L.ReLU(name="conv1_relu")(x)
+    x = L.DepthwiseConv2D(3, strides=2, name="dw")(x)
+    x = L.ReLU(name="dw_relu")(x)
+    x = L.Conv2D(16, 1, name="pw")(x)
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    return tf_keras.Model(x0, L.Dense(12, name="embedding")(x), name="mini_mobilefacenet")
+
+
+@pytest.mark.slow  # needs built models (the detector that cuts the crops)
+def test_qat_with_the_exact_input_mean_takes_pixels_exactly(models_dir, devtrain_crops, tmp_path):
+    """QAT with ``mean=EXACT_INPUT_MEAN`` (the int8 MobileFaceNet's normalization): the input quantizer is
+    seeded to the pixel range (x - 128) / 128, the converted int8 model's uint8 input is exactly that (scale
+    1/128, zero point 128), and fed raw pixels it computes what the QAT Keras model computes on the crops
+    normalized with 128 (the teacher targets, the training and the calibration use one mean)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeface.converters import embedder, qat
+
+    mean = embedder.EXACT_INPUT_MEAN
+    calib, held = devtrain_crops[:16], devtrain_crops[16:]
+    result = qat.train_qat(_mini_mobilefacenet(), devtrain_crops, calib,
+                           qat.QatOptions(steps=3, batch_size=8, num_crops=16), mean=mean)
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    (quantize_layer,) = [l for l in result.model.layers if type(l).__name__ == "QuantizeLayer"]
+    assert float(quantize_layer.quantizer_vars["min_var"].numpy()) == -1.0
+    assert float(quantize_layer.quantizer_vars["max_var"].numpy()) == 127.0 / 128.0
+
+    path = tmp_path / "mini_qat_int8.tflite"
+    path.write_bytes(qat.to_int8(result.model, calib, mean=mean))
+    it = Interpreter(str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and inp["quantization"] == (1.0 / 128.0, 128)
+    got = []
+    for crop in held:
+        it.set_tensor(inp["index"], crop[None])  # the pixels as they are
+        it.invoke()
+        got.append(it.get_tensor(out["index"])[0])
+    reference = prune.embed_keras(result.model, held, mean=mean)
+    assert prune.cosine_stats(np.stack(got), reference)["mean"] >= 0.98

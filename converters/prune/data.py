@@ -82,5 +82,7 @@ def calibration_crops(detector_path: str | os.PathLike, recipe: dict, count: int
                               lambda img, face: face_crop(img, face.box, face.keypoints, recipe, landmarker))
 
 
-def normalize_crops(crops: np.ndarray) -> np.ndarray:
-    return (np.asarray(crops, np.float32) - embedder.MEAN) / embedder.STD
+def normalize_crops(crops: np.ndarray, mean: float = embedder.MEAN) -> np.ndarray:
+    """uint8 crops as the model's float input: ``(x - mean) / STD`` (``mean``: the model manifest's, e.g.
+    :data:`embedder.EXACT_INPUT_MEAN` for the int8 MobileFaceNet; pruning's FaceNet uses ``MEAN``)."""
+    return (np.asarray(crops, np.float32) - mean) / embedder.STD

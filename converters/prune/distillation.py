@@ -51,18 +51,20 @@ def cosine_distance(y_true, y_pred):
     return 1.0 - tf.reduce_sum(y_true * y_pred, axis=-1)
 
 
-def _dataset(crops: np.ndarray, targets: np.ndarray, batch_size: int, seed: int):
+def _dataset(crops: np.ndarray, targets: np.ndarray, batch_size: int, seed: int, mean: float = embedder.MEAN):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((crops, targets))
     ds = ds.shuffle(len(crops), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) - embedder.MEAN) / embedder.STD, y))
+    ds = ds.map(lambda x, y: ((tf.cast(x, tf.float32) - mean) / embedder.STD, y))
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)
 
 
 def distill(model, crops: np.ndarray, targets: np.ndarray, steps: int, options: PruneOptions,
-            callbacks: Sequence = (), desc: str = "distilling", learning_rate: Optional[float] = None) -> list[float]:
-    """Train ``model`` for ``steps`` steps to reproduce ``targets`` (teacher embeddings); returns losses."""
+            callbacks: Sequence = (), desc: str = "distilling", learning_rate: Optional[float] = None,
+            mean: float = embedder.MEAN) -> list[float]:
+    """Train ``model`` for ``steps`` steps to reproduce ``targets`` (teacher embeddings); returns losses.
+    The uint8 ``crops`` are normalized with ``mean``, as the teacher's were (:func:`.teacher_embeddings`)."""
     keras = _keras()
     if len(crops) != len(targets):
         raise ValueError(f"{len(crops)} crops but {len(targets)} teacher embeddings")
@@ -71,7 +73,7 @@ def distill(model, crops: np.ndarray, targets: np.ndarray, steps: int, options: 
     lr = keras.optimizers.schedules.CosineDecay(float(learning_rate or options.learning_rate), steps)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=cosine_distance)
     progress = _Progress(steps, desc)
-    model.fit(_dataset(crops, targets, options.batch_size, options.seed), epochs=1, steps_per_epoch=steps,
+    model.fit(_dataset(crops, targets, options.batch_size, options.seed, mean), epochs=1, steps_per_epoch=steps,
               callbacks=[*callbacks, progress], verbose=0)
     return progress.losses
 

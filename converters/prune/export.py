@@ -14,15 +14,16 @@ from .. import common, embedder, quantize
 
 
 def quantize_int8(model, calibration_crops: Sequence[np.ndarray], input_dtype: str = "uint8",
-                  desc: str = "calibrating pruned model") -> bytes:
-    """Full-integer TFLite with the settings of every int8 model (:mod:`quantize`: uint8 input, float32 output)."""
+                  desc: str = "calibrating pruned model", mean: float = embedder.MEAN) -> bytes:
+    """Full-integer TFLite with the settings of every int8 model (:mod:`quantize`: uint8 input, float32 output);
+    the calibration crops are normalized with ``mean`` (the model's input normalization)."""
     import tensorflow as tf
 
     if input_dtype not in ("uint8", "int8"):
         raise ValueError(f"input_dtype must be 'int8' or 'uint8', got {input_dtype!r}")
     if not len(calibration_crops):
         raise ValueError("int8 needs calibration crops; got none")
-    samples = [preprocess.normalize(c, embedder.MEAN, embedder.STD)[None] for c in calibration_crops]
+    samples = [preprocess.normalize(c, mean, embedder.STD)[None] for c in calibration_crops]
 
     def representative():
         for x in common.progress(samples, desc):

@@ -134,17 +134,17 @@ def _observed_range(x, per_axis: bool, symmetric: bool, num_bits: int, narrow_ra
 
 
 def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
-                             input_range: Optional[tuple] = None) -> dict:
+                             input_range: Optional[tuple] = None, mean: float = embedder.MEAN) -> dict:
     """Initialise every quantizer range of a tfmot QAT model from a float calibration pass.
 
     tfmot creates each activation range as [-6, 6] and moves it by an EMA (decay 0.999) during training, so
     activations beyond +-6 (most of FaceNet's) stay clipped for thousands of steps. This runs ``crops``
-    (uint8, normalized as the embedder does) through ``qat`` with every activation quantizer
+    (uint8, normalized with ``mean`` as the model's manifest says) through ``qat`` with every activation quantizer
     (``MovingAverageQuantizer``, ``AllValuesQuantizer``) replaced by an identity that records the min/max of
     what it sees, i.e. the float model's activation ranges, which is what post-training int8 calibrates on;
     those min/max are assigned to the quantizers' ``*_min``/``*_max`` variables. The input quantizer gets
     ``input_range`` (default: the normalized uint8 pixel range, exactly what the int8 model's uint8 input
-    covers). Weight quantizers (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the
+    covers: with ``mean`` 128, scale 1/128 and zero point 128, the pixels themselves). Weight quantizers (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the
     current kernels. The model's weights and BatchNorm statistics are not touched.
 
     Returns ``{"activations": n, "weights": n, "inputs": n, "input_range": [lo, hi], "largest": max |range|}``.
@@ -171,7 +171,7 @@ def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
         for cls in classes:
             cls.__call__ = record
         for s in range(0, len(crops), batch_size):
-            qat(normalize_crops(crops[s:s + batch_size]), training=False)
+            qat(normalize_crops(crops[s:s + batch_size], mean), training=False)
     finally:
         for cls, call in saved.items():
             cls.__call__ = call
@@ -182,7 +182,7 @@ def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
         max_var.assign(np.broadcast_to(hi, max_var.shape).astype(np.float32))
 
     if input_range is None:
-        input_range = ((0.0 - embedder.MEAN) / embedder.STD, (255.0 - embedder.MEAN) / embedder.STD)
+        input_range = ((0.0 - mean) / embedder.STD, (255.0 - mean) / embedder.STD)
     inputs_seeded = 0
     weights_seeded = 0
     for layer in qat.layers:
