@@ -144,8 +144,9 @@ def seed_quantization_ranges(qat, crops: np.ndarray, batch_size: int = 16,
     what it sees, i.e. the float model's activation ranges, which is what post-training int8 calibrates on;
     those min/max are assigned to the quantizers' ``*_min``/``*_max`` variables. The input quantizer gets
     ``input_range`` (default: the normalized uint8 pixel range, exactly what the int8 model's uint8 input
-    covers: with ``mean`` 128, scale 1/128 and zero point 128, the pixels themselves). Weight quantizers (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the
-    current kernels. The model's weights and BatchNorm statistics are not touched.
+    covers: with ``mean`` 128, scale 1/128 and zero point 128, the pixels themselves). Weight quantizers
+    (``LastValueQuantizer``: per-channel symmetric for Conv2D) are set from the current kernels. The model's
+    weights and BatchNorm statistics are not touched.
 
     Returns ``{"activations": n, "weights": n, "inputs": n, "input_range": [lo, hi], "largest": max |range|}``.
     """
