@@ -145,3 +145,16 @@ def test_model_variants_find_the_int8_io_twin_or_say_how_to_build_it(tmp_path):
     io = variants[1]
     assert (io.name, io.precision, io.detector.name, io.embedder.name) == ("int8_io", "int8", "d8_io.tflite",
                                                                           "e8_io.tflite") and not notes
+
+
+def test_model_variants_noflip_suffix_turns_test_time_flip_off(tmp_path):
+    import json
+
+    index = {"int8": {"detector": "d8.tflite", "embedder": "e8.tflite"},
+             "detectors": {"short_range": {"int8": "d8.tflite"}}}
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    for f in ("d8.tflite", "e8.tflite"):
+        (tmp_path / f).write_bytes(b"")
+    variants, notes = common.model_variants(tmp_path, ["int8", "int8_noflip", "float32_noflip"])
+    assert [(v.name, v.precision, v.flip) for v in variants] == [("int8", "int8", None), ("int8_noflip", "int8", False)]
+    assert variants[1].embedder == variants[0].embedder and "float32" in notes[0]

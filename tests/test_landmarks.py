@@ -270,9 +270,10 @@ def test_doctor_reports_the_alignment_and_warns_on_the_four_point_fallback(model
 
     folder = tmp_path / "models"
     shutil.copytree(models_dir, folder)
-    cfg = config.from_dict({"source": {"kind": "folder", "uri": str(tmp_path)},
-                           "models": {"dir": str(folder)}, "gallery": {"path": str(tmp_path / "g.db")},
-                           "door": {"pin_factory": "mock"}})
+    base = {"source": {"kind": "folder", "uri": str(tmp_path)},
+            "models": {"dir": str(folder)}, "gallery": {"path": str(tmp_path / "g.db")},
+            "door": {"pin_factory": "mock"}}
+    cfg = config.from_dict(base)
     check = next(c for c in doctor(cfg) if c["check"] == "alignment")
     assert check["ok"] and not check.get("warning") and "five-point landmark model" in check["detail"]
     assert "onet_int8.tflite" in check["detail"]
@@ -281,3 +282,9 @@ def test_doctor_reports_the_alignment_and_warns_on_the_four_point_fallback(model
     (folder / "models.json").write_text(json.dumps(idx))
     check = next(c for c in doctor(cfg) if c["check"] == "alignment")
     assert check["ok"] and check["warning"] and "no landmark model" in check["detail"]
+    # test-time flip: as the manifest's thresholds were calibrated, or a warning when [models] flip differs
+    check = next(c for c in doctor(cfg) if c["check"] == "flip")
+    assert check["ok"] and not check.get("warning") and "flip on" in check["detail"]
+    off = config.from_dict({**base, "models": {"dir": str(folder), "flip": False}})
+    check = next(c for c in doctor(off) if c["check"] == "flip")
+    assert check["ok"] and check["warning"] and "flip off" in check["detail"] and "differs" in check["detail"]
