@@ -125,11 +125,17 @@ def _with_threshold(cfg: DeviceConfig, rec, gallery_size: Optional[int] = None):
 
 
 def open_gallery(path: str, rec):
-    """The enrolled gallery for ``rec``: must exist and hold embeddings of the same embedder."""
-    from edgeface.gallery import Gallery, GalleryError
+    """The enrolled gallery for ``rec``: must exist, be sound (``PRAGMA quick_check`` and every embedding, as
+    ``doctor`` checks: a damaged page must not surface mid-run as a wrong match or a crash at the door) and
+    hold embeddings of the same embedder."""
+    from edgeface.gallery import Gallery, GalleryError, check_gallery
 
     if not Path(path).is_file():
         raise StartupError(f"gallery {path} not found: enroll people first (edgeface-device enroll)")
+    problems = check_gallery(path)
+    if problems:
+        raise StartupError(f"gallery {path} is corrupt ({'; '.join(problems[:3])}): restore a backup or "
+                           "re-enroll")
     meta = Gallery.read_meta(path)
     if (meta.embedder_id, meta.dim) != (rec.embedder_id, rec.embedder.dim):
         raise StartupError(f"gallery {path} was built with embedder {meta.embedder_id!r} (dim {meta.dim}), but the "

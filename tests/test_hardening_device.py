@@ -402,6 +402,8 @@ def test_doctor_reports_a_corrupt_gallery_and_a_corrupt_event_log(site, models_d
     line = next(ln for ln in doc.stdout.splitlines() if " gallery " in ln)
     assert doc.returncode == 1 and line.startswith("BAD") and "corrupt" in line, doc.stdout
     assert "Traceback" not in doc.stderr
+    run = _cli("-c", toml, "run", "--max-frames", 3)  # run checks it too: refuses to start, one line
+    assert run.returncode == 2 and "corrupt" in run.stderr and "Traceback" not in run.stderr, run.stderr
     shutil.copy(gallery, mine)  # a sound gallery again; now the event log
     conn = sqlite3.connect(db)
     conn.executemany("INSERT INTO events (ts, time, kind, detail) VALUES (0, '', 'start', ?)",
