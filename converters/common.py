@@ -55,6 +55,20 @@ def package_version(dist: str) -> str:
 
 
 # --------------------------------------------------------------------------- the models index
+class UpstreamError(EdgefaceError, RuntimeError):
+    """Upstream weights could not be fetched, or are not the pinned file."""
+
+
+def verify_sha256(path: Path, expected: str, remedy: str) -> Path:
+    """``path`` if its SHA-256 is ``expected``, else :class:`UpstreamError` naming both digests and ``remedy``."""
+    from edgeface.manifest import sha256_file
+
+    digest = sha256_file(path)
+    if digest != expected:
+        raise UpstreamError(f"{path}: sha256 {digest} != expected {expected}; {remedy}")
+    return path
+
+
 class ModelsIndexError(EdgefaceError, ValueError):
     """A models folder without a readable ``models.json``; the message names the file."""
 

