@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeface import preprocess
 from edgeface.errors import EdgefaceError
+from edgeface.evaluate import lfw_image_path, read_people
 from edgeface.paths import data_root
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,7 @@ def lfw_devtrain(lfw_root: str | os.PathLike, count: int = DEFAULT_COUNT, seed: 
     images = root / "images_deepfunneled"
     if not listing.is_file() or not images.is_dir():
         raise CalibrationError(f"{root}: not an LFW folder (needs {people_file} and images_deepfunneled/)")
-    files = []
-    for line in listing.read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) != 2:
-            continue
-        name = parts[0]
-        f = images / name / f"{name}_0001.jpg"
-        if f.is_file():
-            files.append(f)
+    files = [f for name, _n in read_people(listing) if (f := lfw_image_path(images, name, 1)).is_file()]
     return CalibrationSet("lfw-devtrain", str(root), _choose(files, count, seed), seed)
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from edgeface import preprocess
+from edgeface.evaluate import lfw_image_path, read_people
 
 from . import common
 
@@ -33,13 +34,7 @@ def devtest_images(root: str | os.PathLike, count: int) -> list[Path]:
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     root = Path(root)
-    files = []
-    for line in (root / PEOPLE_FILE).read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) != 2:
-            continue
-        name, n = parts[0], int(parts[1])
-        files += [root / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg" for i in range(1, n + 1)]
+    files = [lfw_image_path(root, name, i) for name, n in read_people(root / PEOPLE_FILE) for i in range(1, n + 1)]
     files = [f for f in sorted(files) if f.is_file()]
     if not files:
         raise FileNotFoundError(f"{root}: no DevTest images found")

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from edgeface.evaluate import read_people
+
 log = logging.getLogger(__name__)
 
 GALLERY_SIZES = (10, 100, 1000)
@@ -37,12 +39,7 @@ def devtrain_people(lfw_root: Path) -> list[tuple[str, int]]:
     listing = Path(lfw_root) / "peopleDevTrain.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: not found; open-set operating points use LFW DevTrain people")
-    out = []
-    for line in listing.read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            out.append((parts[0], int(parts[1])))
-    return out
+    return read_people(listing)
 
 
 def protocol(people: Sequence[tuple[str, int]], sizes: Sequence[int] = GALLERY_SIZES,

@@ -179,6 +179,23 @@ def read_pairs(path: PathLike) -> list[Pair]:
     return pairs
 
 
+def read_people(path: PathLike) -> list[tuple[str, int]]:
+    """``(name, number of images)`` for every person of an LFW people file (``peopleDevTrain.txt``,
+    ``peopleDevTest.txt``), in file order. The header (a count) and lines that are not ``name count`` are
+    skipped.
+
+    Raises:
+        PairsFileError (a ValueError): when the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        raise PairsFileError(f"{path}: cannot read the people file ({why})") from exc
+    return [(p[0], int(p[1])) for p in (ln.split() for ln in lines) if len(p) == 2 and p[1].isdigit()]
+
+
 def lfw_image_path(lfw_root: PathLike, name: str, n: int) -> Path:
     """Path of LFW image ``n`` of person ``name``.
 

@@ -270,3 +270,13 @@ def test_pair_scores_with_separate_second_image_embeddings(tmp_path) -> None:
     np.testing.assert_allclose(pair_scores(pairs, clean, tmp_path), [1.0, 0.0])
     same_probe = pair_scores(pairs, clean, tmp_path, second=probe)
     assert same_probe[0] == pytest.approx(0.0) and math.isnan(same_probe[1])  # the probe's face was not found
+
+
+def test_read_people_skips_the_header_and_malformed_lines_and_names_an_unreadable_file(tmp_path):
+    from edgeface.evaluate import PairsFileError, read_people
+
+    p = tmp_path / "peopleDevTrain.txt"
+    p.write_text("3\nAaron_Peirsol\t4\n\nbroken line here\nAbel_Pacheco 2\nNo_Count x\n")
+    assert read_people(p) == [("Aaron_Peirsol", 4), ("Abel_Pacheco", 2)]
+    with pytest.raises(PairsFileError, match="missing.txt: cannot read the people file"):
+        read_people(tmp_path / "missing.txt")

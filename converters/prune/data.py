@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edgeface.evaluate import lfw_image_path, read_people
+
 from .. import common, embedder
 from .options import PruneError
 
@@ -19,12 +21,7 @@ def devtrain_files(lfw_root: str | os.PathLike, count: int, seed: int) -> list[P
     listing = root / "peopleDevTrain.txt"
     if not listing.is_file():
         raise PruneError(f"{listing}: not found; pruning trains on LFW peopleDevTrain identities only")
-    files = []
-    for line in listing.read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            name = parts[0]
-            files += [root / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg" for i in range(1, int(parts[1]) + 1)]
+    files = [lfw_image_path(root, name, i) for name, n in read_people(listing) for i in range(1, n + 1)]
     files = sorted(f for f in files if f.is_file())
     if not files:
         raise PruneError(f"{root}: no images of the peopleDevTrain.txt identities under images_deepfunneled/")
