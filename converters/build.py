@@ -16,6 +16,7 @@ from edgeface import blazeface
 from edgeface.calibration_data import builder
 from edgeface.detect import FaceDetector
 from edgeface.embed import face_crop, needs_landmark_model
+from edgeface.errors import OptionError
 from edgeface.landmarks import FaceLandmarker
 from edgeface.manifest import INDEX
 from edgeface.paths import cache_root
@@ -44,6 +45,8 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     With ``calibrate_threshold`` the embedder manifests also get open-set operating points
     (:mod:`.openset`).
     """
+    if qat_steps is not None and qat_steps < 0:  # before any work: a typo must not cost a build
+        raise OptionError(f"qat_steps must be >= 0 (0: post-training int8), got {qat_steps}")
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

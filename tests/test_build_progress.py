@@ -58,3 +58,11 @@ def test_closing_table_lists_every_file_with_size_and_threshold(models_dir):
             threshold = "min_cosine_similarity 0." if role == "embedder" else "min_score 0."
             assert precision in row and threshold in row
             assert row.split()[4] in ("KB", "MB")
+
+
+def test_negative_qat_steps_is_one_line_before_any_work(tmp_path):
+    out = tmp_path / "models"
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "build", "--out", str(out), "--qat-steps", "-1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "qat_steps must be >= 0" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()  # nothing written, nothing fetched
