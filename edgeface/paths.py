@@ -22,6 +22,8 @@ def cache_root() -> Path:
 
 
 def data_root() -> Path:
-    """The data folder holding ``lfw/`` and ``bbt/``: ``$EDGEFACE_DATA`` or ``../shared/data``."""
+    """The data folder holding ``lfw/`` and ``bbt/``: ``$EDGEFACE_DATA`` or ``../shared/data``, as an absolute
+    path (a relative one, as in the README's commands, would break for any tool that runs elsewhere, e.g. a
+    browser asked to upload one of its photos)."""
     env = os.environ.get("EDGEFACE_DATA")
-    return Path(env).expanduser() if env else Path("..", "shared", "data").resolve()
+    return (Path(env).expanduser() if env else Path("..", "shared", "data")).resolve()

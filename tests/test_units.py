@@ -139,3 +139,16 @@ def test_missing_edgetpu_library_is_a_clear_error(tmp_path):
     with pytest.raises(runtime.DelegateError, match="libedgetpu1-std"):
         runtime.make_interpreter(model, accelerator="edgetpu")
     gc.collect()
+
+
+def test_data_root_is_absolute_even_when_edgeface_data_is_relative(tmp_path, monkeypatch):
+    """The README sets EDGEFACE_DATA=../shared/data: tools that run elsewhere (a browser uploading a photo,
+    a subprocess with another cwd) need the absolute path."""
+    from edgeface.paths import data_root
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("EDGEFACE_DATA", "../shared/data")
+    assert data_root() == tmp_path / "shared" / "data" and data_root().is_absolute()
+    monkeypatch.delenv("EDGEFACE_DATA")
+    assert data_root() == tmp_path / "shared" / "data"
