@@ -158,7 +158,7 @@ def keras_model(family: str, weights: Path, for_int8: bool = True,
 
 
 #: How MobileFaceNet's int8 graph spells its PReLUs (:mod:`.tflite_rebuild`): XNNPACK has no int8 PReLU kernel.
-INT8_PRELU = "relu_split"
+INT8_PRELU = "signed"
 
 #: Families built with quantization-aware training by default (``edgeface build --qat-steps N`` trains any
 #: family; 0: none). None: MobileFaceNet's post-training int8 after channel equalization with flip meets

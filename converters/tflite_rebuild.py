@@ -9,10 +9,16 @@ PReLU. MobileFaceNet's TFLite spells each PReLU as five ops on one tensor ``x``:
 ``RELU(x) + m * (x - ABS(x))`` with a per-channel constant ``m`` (= slope / 2). The rebuilder recognises the
 pattern and emits it as one of (``prelu=``):
 
-* ``"relu_split"`` (default): ``relu(dw(x, 1)) + dw(relu(dw(x, -1)), -a)``: three 1x1 depthwise convolutions
+* ``"relu_split"``: ``relu(dw(x, 1)) + dw(relu(dw(x, -1)), -a)``: three 1x1 depthwise convolutions
   (two with a fused ReLU, the third carries the slopes ``a``) and an Add. Every op has an int8 kernel in XNNPACK
   and on the Edge TPU, and tfmot can wrap every layer for quantization-aware training. (A ``PRELU`` op has no int8
   XNNPACK kernel: the int8 graph falls back to the reference kernels in 34 pieces and is slower than float.)
+* ``"signed"`` (the int8 default of :mod:`.embedder`): ``x + relu(dw(x, a - 1))``, one 1x1 depthwise
+  convolution with a fused ReLU and an Add. That is ``prelu(x)`` for a channel whose slope is <= 1; a channel
+  with a slope > 1 has its sign flipped in the producer convolution (weights and bias) and back in the consumer
+  (``-g(-x)`` is that channel's PReLU when ``g`` is the block's function there). Two passes over memory instead
+  of four: the int8 MobileFaceNet runs 1.4x faster than with ``"relu_split"`` and keeps more of the float
+  embedding (cosine 0.986 vs 0.984 on held-out crops). Needs every PReLU between two plain convolutions.
 * ``"negative_part"``: ``x + dw(relu(dw(x, -1)), 1 - a)``, or ``x + relu(dw(x, -(1 - a)))`` where every slope of
   the PReLU is <= 1: one or two 1x1 depthwise convolutions and an Add instead of three and an Add. The same
   int8 kernels as ``"relu_split"`` and 1.3x faster in int8 (fewer full-size passes over memory).
@@ -46,7 +52,7 @@ _TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.f
           schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RELU", "PAD", "MAX_POOL_2D", "RESHAPE",
                  "CONCATENATION", "RESIZE_BILINEAR", "DEQUANTIZE", "ABS", "SUB", "MUL")
-PRELU_STYLES = ("relu_split", "negative_part", "prelu")
+PRELU_STYLES = ("signed", "relu_split", "negative_part", "prelu")
 
 
 @keras.utils.register_keras_serializable(package="edgeface")
@@ -93,19 +99,28 @@ def _activation(layer_out, fused: int, name: str):
     raise ValueError(f"{name}: unsupported fused activation {fused}")
 
 
-def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split"):
-    """``PReLU(x)`` with per-channel ``slopes`` (negative side ``slopes * x``) as Keras layers (see module doc)."""
+def prelu_block(x, slopes: np.ndarray, name: str, style: str = "relu_split", signs_flipped: bool = False):
+    """``PReLU(x)`` with per-channel ``slopes`` (negative side ``slopes * x``) as Keras layers (see module doc).
+
+    ``signs_flipped`` (``"signed"`` only): the channels with a slope > 1 arrive negated and leave negated (the
+    producer and consumer carry the sign; :func:`keras_from_tflite` arranges it)."""
     slopes = np.asarray(slopes, np.float32).reshape(-1)
     if style == "prelu":
         layer = keras.layers.PReLU(shared_axes=[1, 2], name=name + "_prelu")
         y = layer(x)
         layer.set_weights([slopes.reshape(1, 1, -1)])
         return y
-    if style not in ("relu_split", "negative_part"):
+    if style not in PRELU_STYLES:
         raise ValueError(f"unknown PReLU style {style!r}; choose one of {PRELU_STYLES}")
     channels = int(x.shape[-1])
     if slopes.size != channels:
         raise ValueError(f"{name}: {slopes.size} slopes for {channels} channels")
+    if style == "signed":
+        if np.any(slopes > 1) and not signs_flipped:
+            raise ValueError(f"{name}: the 'signed' PReLU needs the producer's sign flipped where a slope is > 1 "
+                             f"({int(np.sum(slopes > 1))} channels): rebuild with keras_from_tflite")
+        part = _depthwise_1x1(x, slopes - 1.0, name + "_negpart", activation="relu")
+        return keras.layers.Add(name=name + "_add")([x, part])
     if style == "negative_part":
         return _negative_part(x, slopes, name)
     # relu(x) as a 1x1 depthwise with weight 1 and a fused ReLU: XNNPACK has no int8 kernel for a standalone
@@ -206,6 +221,26 @@ def _equalize(sg, names: list[str], consts: dict, patterns: dict, channel_scales
         consts[cw] = consts[cw] * scale  # the channel axis is last for both kinds of consumer
 
 
+def _flip_signs(sg, names: list[str], consts: dict, patterns: dict) -> None:
+    """For the ``"signed"`` style: negate each PReLU's producer output channels (and the consumer's input
+    channels) where the slope is > 1, in ``consts`` in place (the float function is unchanged)."""
+    for x, slopes, out in patterns.values():
+        flip = slopes > 1
+        if not np.any(flip):
+            continue
+        pair = _prelu_neighbours(sg, names, x, out)
+        if pair is None:
+            raise ValueError(f"PReLU on {sg.tensors[x].name.decode()}: slopes > 1 need a producer and consumer "
+                             f"convolution to flip signs in; use prelu='relu_split'")
+        sign = np.where(flip, -1.0, 1.0).astype(np.float32)
+        p, c = (sg.operators[j] for j in pair)
+        pw, cw = int(p.inputs[1]), int(c.inputs[1])
+        consts[pw] = consts[pw] * (sign[:, None, None, None] if names[pair[0]] == "CONV_2D" else sign)
+        if len(p.inputs) > 2 and int(p.inputs[2]) >= 0:
+            consts[int(p.inputs[2])] = consts[int(p.inputs[2])] * sign
+        consts[cw] = consts[cw] * sign  # the channel axis is last for both kinds of consumer
+
+
 def prelu_channel_scales(path: str | os.PathLike, inputs: np.ndarray, alpha: float = 1.0,
                          floor: float = 0.01) -> dict[str, np.ndarray]:
     """Per-channel equalization scales for every rescalable PReLU of the float TFLite model at ``path``.
@@ -286,6 +321,8 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: s
     patterns = _prelu_patterns(sg, names, consts)
     if channel_scales:
         _equalize(sg, names, consts, patterns, channel_scales)
+    if prelu == "signed":
+        _flip_signs(sg, names, consts, patterns)
     skip: set[int] = set()
 
     def uniq(raw: bytes) -> str:
@@ -301,7 +338,8 @@ def keras_from_tflite(path: str | os.PathLike, name: str | None = None, prelu: s
             continue
         if k in patterns:
             x_idx, slopes, out_idx = patterns[k]
-            values[out_idx] = prelu_block(values[x_idx], slopes, uniq(tensors[out_idx].name), prelu)
+            values[out_idx] = prelu_block(values[x_idx], slopes, uniq(tensors[out_idx].name), prelu,
+                                          signs_flipped=prelu == "signed")
             skip.update(range(k + 1, k + 5))
             continue
         ins = [int(i) for i in op.inputs]

@@ -174,7 +174,7 @@ def mobilefacenet_file():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("style,equalize", [("relu_split", False), ("relu_split", True),
+@pytest.mark.parametrize("style,equalize", [("signed", True), ("signed", False), ("relu_split", True),
                                             ("negative_part", True), ("prelu", False)])
 def test_mobilefacenet_rebuild_matches_the_upstream_tflite(mobilefacenet_file, data_root, style, equalize):
     """The tf_keras rebuild (batch 1, PReLU rewritten, channels equalized or not) computes what the batch-2
@@ -207,9 +207,28 @@ def test_mobilefacenet_rebuild_matches_the_upstream_tflite(mobilefacenet_file, d
     np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
     names = {type(layer).__name__ for layer in model.layers}
     assert ("PReLU" in names) == (style == "prelu")
+    if style == "signed":  # one 1x1 depthwise (a fused ReLU) and an Add per PReLU, nothing else added
+        depthwise_1x1 = [la for la in model.layers if la.name.endswith("_negpart")]
+        assert len(depthwise_1x1) == 33 and sum(la.name.endswith("_add") for la in model.layers) >= 33
     from tensorflow.lite.tools import flatbuffer_utils
 
     assert op_names(flatbuffer_utils.read_model(str(mobilefacenet_file))).count("ABS") == 33  # 33 PReLUs
+
+
+def test_signed_prelu_block_refuses_slopes_above_one_without_the_producer_flip():
+    """``x + relu((a - 1) x)`` is a PReLU only where a <= 1; a lone block cannot flip its producer's sign."""
+    pytest.importorskip("tensorflow")
+    import tf_keras as keras
+
+    from edgeface.converters.tflite_rebuild import prelu_block
+
+    x = keras.Input((2, 2, 3), batch_size=1)
+    slopes = np.array([0.25, -2.0, 0.5], np.float32)
+    model = keras.Model(x, prelu_block(x, slopes, "p", style="signed"))
+    v = np.linspace(-3, 3, 12, dtype=np.float32).reshape(1, 2, 2, 3)
+    np.testing.assert_allclose(model(v).numpy(), np.where(v > 0, v, slopes * v), atol=1e-6)
+    with pytest.raises(ValueError, match="slope is > 1"):
+        prelu_block(x, np.array([0.25, 2.0, 0.5], np.float32), "q", style="signed")
 
 
 # --------------------------------------------------------------------------- the built default models
