@@ -251,7 +251,9 @@ BENCHMARKS = (
         description="Every model variant (precision x detector): LFW 10-fold accuracy on pairs.txt, pairsDevTest "
                     "accuracy at the manifest's threshold (calibrated on DevTrain), ROC AUC, TAR at FAR 1e-3 and "
                     "1e-4 on a large impostor set, ROC and DET plots, and an operating-point table for installers.",
-        options=(_PRECISIONS, _opt("--detectors", nargs="+", help="short_range full_range"),
+        options=(_PRECISIONS, _opt("--detectors", nargs="+", metavar="NAME",
+                                          help="detector names of models.json, e.g. short_range full_range "
+                                               "auto ('default': the folder's default_detector)"),
                  _opt("--no-cache", action="store_true", help="do not reuse embeddings cached in <out>/cache")),
         overrides=("precisions", "detectors")),
     Benchmark(
