@@ -119,7 +119,8 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
         tar3 = next(r for r in ops if r["source"] == "FAR target 0.001")
         tar4 = next((r for r in ops if r["source"] == "FAR target 0.0001"), None)
         results.append({
-            "variant": v.name, "precision": v.precision, "detector": v.detector.name, "embedder": v.embedder.name,
+            "variant": v.name, "precision": v.precision, "detector": v.detector.name,
+            "detector_models": [p.name for p in v.detector_files], "embedder": v.embedder.name,
             "images": len(files), "images_without_face": sum(e is None for e in emb.values()),
             "lfw_10fold": {"pairs": len(pairs10), "accuracy_mean": k.mean, "accuracy_std": k.std,
                            "roc_auc": evaluate.roc_auc(s10, y10), "failed_pairs": int(np.isnan(s10).sum())},

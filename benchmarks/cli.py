@@ -20,6 +20,7 @@ from edgeface.errors import run_cli
 EXAMPLES = """\
 examples (a full run of everything takes about an hour on a 2-core x86 machine; run it with `nice`):
   edgeface bench latency  --models models                      # runtime x precision x threads, side by side
+  edgeface bench latency  --models models --detectors short_range auto  # the single model vs the default
   edgeface bench latency  --models models --write-reference    # also save benchmarks/reference/<device>.json
   edgeface bench accuracy --models models --data ../shared/data/lfw
   edgeface bench identify --models models --data ../shared/data/lfw
@@ -214,10 +215,13 @@ _PRECISIONS = _opt("--precisions", nargs="+")
 BENCHMARKS = (
     Benchmark(
         "latency", "latency", runner=run_latency, raw_description=True,
-        help="per-stage latency, runtime x precision x threads side by side",
+        help="per-stage latency, runtime x precision x threads x detector side by side",
         description="Per-stage time of decode, detect, crop, embed and match, and end to end per frame, for every "
-                    "available runtime x precision x threads, interleaved in one run. Warm-up, then --runs timed "
-                    "runs; median, p95, min; load and first-frame time and peak RSS from a fresh process each.",
+                    "available runtime x precision x threads x detector, interleaved in one run. Warm-up, then "
+                    "--runs timed runs; median, p95, min; load and first-frame time and peak RSS from a fresh "
+                    "process each. The detector is by default the models folder's default_detector (what users "
+                    "get: auto in a current build, several models and tiles in large frames); --detectors "
+                    "short_range times the single short-range model.",
         options=(
             _opt("--bbt", type=Path, default=None, help="bbt folder with group/ (default: beside --data)"),
             _opt("--runs", type=int, help="timed runs per configuration (default 200 in the full profile)"),
@@ -230,20 +234,26 @@ BENCHMARKS = (
                                                  "int8_io: build it with `edgeface variants --variants int8_io`); "
                                                  "a _noflip suffix (int8_noflip) embeds each face once, without "
                                                  "the manifest's test-time flip"),
+            _opt("--detectors", nargs="+", metavar="NAME",
+                 help="detector configurations of the models folder's models.json (its detector_configs and "
+                      "detectors, e.g. auto short_range full_range; default: the folder's default_detector, "
+                      "also named by 'default'); every configuration runs each one"),
             _opt("--scenes", nargs="+", help="only these scenes of runs.json (lfw_1face, group)"),
             _opt("--write-reference", action="store_true",
                  help="write benchmarks/reference/<device>.json (commit it: later runs are checked against it)"),
             _opt("--reference", type=Path, help="reference file to check against (default: this device's)"),
             _opt("--fail-on-drift", action="store_true", help="exit 3 if a median drifted beyond the tolerance"),
         ),
-        overrides=("runs", "warmup", "threads", "runtimes", "precisions")),
+        overrides=("runs", "warmup", "threads", "runtimes", "precisions", "detectors")),
     Benchmark(
         "accuracy", "accuracy", cached=True,
         help="LFW 10-fold and DevTest accuracy, ROC AUC, TAR@FAR, ROC/DET plots, operating points",
         description="Every model variant (precision x detector): LFW 10-fold accuracy on pairs.txt, pairsDevTest "
                     "accuracy at the manifest's threshold (calibrated on DevTrain), ROC AUC, TAR at FAR 1e-3 and "
                     "1e-4 on a large impostor set, ROC and DET plots, and an operating-point table for installers.",
-        options=(_PRECISIONS, _opt("--detectors", nargs="+", help="short_range full_range"),
+        options=(_PRECISIONS, _opt("--detectors", nargs="+", metavar="NAME",
+                                          help="detector names of models.json, e.g. short_range full_range "
+                                               "auto ('default': the folder's default_detector)"),
                  _opt("--no-cache", action="store_true", help="do not reuse embeddings cached in <out>/cache")),
         overrides=("precisions", "detectors")),
     Benchmark(

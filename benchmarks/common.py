@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from edgeface.errors import EdgefaceError
 from edgeface.progress import progress
+
+if TYPE_CHECKING:
+    from edgeface.detect import DetectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,27 +139,56 @@ def load_runs(section: str, profile: str = "full") -> dict:
 
 @dataclass(frozen=True)
 class Variant:
-    """One detector + embedder combination to measure."""
+    """One detector configuration + embedder combination to measure.
+
+    ``detector`` is a resolved :class:`edgeface.detect.DetectorConfig` (one model, or several plus tiles such as
+    ``auto``); ``name`` is the asked precision (``int8``, ``int8_facenet``, ``int8_noflip``...) followed by
+    ``+<detector>`` unless the detector is ``short_range`` (the names benchmarks have always used).
+    """
     name: str
     precision: str
-    detector: Path
+    detector: "DetectorConfig"
     embedder: Path
     flip: Optional[bool] = None  #: test-time flip: None follows the embedder manifest
+
+    @property
+    def precision_name(self) -> str:
+        """The asked precision entry, without the detector: ``int8_facenet`` of ``int8_facenet+auto``."""
+        return self.name.partition("+")[0]
+
+    @property
+    def detector_files(self) -> tuple[Path, ...]:
+        """Every model file the detector configuration runs (whole frame, then the tile model), once each."""
+        return detector_files(self.detector)
 
     def recognizer(self, threads: Optional[int] = None):
         from edgeface import FaceRecognizer
 
-        return FaceRecognizer(detector_path=self.detector, embedder_path=self.embedder, precision=self.precision,
+        return FaceRecognizer(detector=self.detector, embedder_path=self.embedder, precision=self.precision,
                               threads=threads, flip=self.flip)
 
     def key(self) -> str:
-        """Content id of the two models (their sha256 from the manifests)."""
+        """Content id of the models: the sha256 (from the manifests) of every detector model and the embedder;
+        a configuration with tiles or several models also adds its name and settings. A single-model detector
+        keeps the id it had when variants were one detector file (embedding caches stay valid)."""
         from edgeface.manifest import read_manifest
 
         h = hashlib.sha256()
-        for p in (self.detector, self.embedder):
+        for p in (*self.detector_files, self.embedder):
             h.update(read_manifest(p, verify_hash=False)["sha256"].encode())
+        d = self.detector
+        if len(self.detector_files) > 1 or d.min_face:
+            h.update(json.dumps([d.name, d.min_face, d.tile_face_fraction, d.min_face_fraction]).encode())
         return h.hexdigest()[:16]
+
+
+def detector_files(config) -> tuple[Path, ...]:
+    """The model files of a :class:`edgeface.detect.DetectorConfig`, whole-frame models first, once each."""
+    out: list[Path] = []
+    for p in (*config.whole_frame, config.tile_model):
+        if Path(p) not in out:
+            out.append(Path(p))
+    return tuple(out)
 
 
 def read_index(models: Path) -> dict:
@@ -166,17 +198,65 @@ def read_index(models: Path) -> dict:
     return json.loads(path.read_text())
 
 
+#: detector name meaning the models folder's ``default_detector`` (what users get; ``auto`` in a current build)
+DEFAULT_DETECTOR = "default"
+#: the single-model detector every variant used before detector configurations (and a folder's only one then)
+LEGACY_DETECTOR = "short_range"
+
+
+def detector_choices(models: Path, index: Optional[dict] = None) -> list[str]:
+    """The detector names a models folder offers (``models.json`` ``detector_configs`` then ``detectors``;
+    ``short_range`` for a folder built before those existed)."""
+    from edgeface.detect import detector_names
+
+    names = detector_names(read_index(models) if index is None else index)
+    return names or [LEGACY_DETECTOR]
+
+
+def resolve_detector_names(models: Path, names: Optional[Sequence[str]], index: Optional[dict] = None) -> list[str]:
+    """``names`` with ``default`` (or ``names`` None) replaced by the folder's ``default_detector``, duplicates
+    dropped; an unknown name raises :class:`BenchmarkError` listing the names the folder offers."""
+    index = read_index(models) if index is None else index
+    offered = detector_choices(models, index)
+    default = index.get("default_detector") or LEGACY_DETECTOR
+    out: list[str] = []
+    for n in (names or [DEFAULT_DETECTOR]):
+        n = default if n == DEFAULT_DETECTOR else n
+        if n not in offered:
+            raise BenchmarkError(f"unknown detector {n!r}; {models} offers: {', '.join(offered)} "
+                                 f"(or {DEFAULT_DETECTOR}: {default})")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def variant_detector(models: Path, index: dict, precision: str, det_name: str):
+    """The :class:`edgeface.detect.DetectorConfig` ``det_name`` at ``precision`` (``int8`` / ``float32``), from
+    :func:`edgeface.detect.resolve_detector`; a folder built before ``detectors`` existed has its precision
+    entry's one detector model as ``short_range``."""
+    from edgeface.detect import DetectorConfig, resolve_detector
+
+    if det_name == LEGACY_DETECTOR and LEGACY_DETECTOR not in index.get("detectors", {}):
+        path = Path(models) / index[precision]["detector"]
+        return DetectorConfig(LEGACY_DETECTOR, (path,), path)
+    return resolve_detector(models, precision, det_name)
+
+
 def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32"),
-                   detectors: Sequence[str] = ("short_range",)) -> tuple[list[Variant], list[str]]:
+                   detectors: Optional[Sequence[str]] = (LEGACY_DETECTOR,)) -> tuple[list[Variant], list[str]]:
     """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and
-    notes on the ones that are not there. A precision ``<int8|float32>_<tag>`` names any extra entry of
-    ``models.json`` (``int8_pruned``, or e.g. ``int8_facenet`` to time another embedder beside the default in
-    one run). A ``<precision>_noflip`` variant runs that precision's models without test-time flip (one
-    embedder run per face; ``int8_noflip``)."""
+    notes on the ones that are not there.
+
+    A precision ``<int8|float32>_<tag>`` names any extra entry of ``models.json`` (``int8_pruned``, or e.g.
+    ``int8_facenet`` to time another embedder beside the default in one run); it runs the detector
+    configuration of its base precision (int8 detector models for ``int8_facenet``). A ``<precision>_noflip``
+    variant runs that precision's models without test-time flip (one embedder run per face; ``int8_noflip``).
+    ``detectors`` are names the folder offers (:func:`detector_choices`; ``default`` or None: its
+    ``default_detector``); an unknown one raises :class:`BenchmarkError` before anything is loaded."""
     models = Path(models)
     index = read_index(models)
     variants, notes = [], []
-    for det_name in detectors:
+    for det_name in resolve_detector_names(models, detectors, index):
         for asked in precisions:
             precision, flip = (asked[:-len(NOFLIP)], False) if asked.endswith(NOFLIP) else (asked, None)
             if precision == INT8_IO:
@@ -187,16 +267,22 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
                 notes.append(f"{precision}: not in {models}/models.json (not built): skipped")
                 continue
             base = precision.split("_", 1)[0]
-            det_file = index.get("detectors", {}).get(det_name, {}).get(base)
-            if det_name == "short_range" and det_file is None:
-                det_file = entry["detector"]
-            if det_file is None or not (models / det_file).is_file():
-                notes.append(f"{precision} {det_name} detector not built in {models}: skipped")
+            try:
+                config = variant_detector(models, index, base, det_name)
+            except EdgefaceError as exc:
+                notes.append(f"{precision} {det_name} detector: {exc}: skipped")
                 continue
-            name = asked if det_name == "short_range" else f"{asked}+{det_name}"
-            variants.append(Variant(name, base, models / det_file,
-                                    models / entry["embedder"], flip))
+            missing = [p.name for p in detector_files(config) if not p.is_file()]
+            if missing:
+                notes.append(f"{precision} {det_name} detector not built in {models} ({', '.join(missing)}): "
+                             "skipped")
+                continue
+            variants.append(Variant(_variant_name(asked, det_name), base, config, models / entry["embedder"], flip))
     return variants, notes
+
+
+def _variant_name(asked: str, det_name: str) -> str:
+    return asked if det_name == LEGACY_DETECTOR else f"{asked}+{det_name}"
 
 
 #: The int8 models with int8 input and int8 outputs (``edgeface variants --variants int8_io``): the built int8
@@ -207,15 +293,25 @@ NOFLIP = "_noflip"
 
 
 def _add_int8_io(models: Path, index: dict, det_name: str, variants: list, notes: list) -> None:
+    """The ``int8_io`` twin of the int8 detector configuration ``det_name`` (each of its models replaced by
+    that model's int8_io twin) with the int8_io embedder."""
     saved = index.get("variants", {})
-    det = saved.get("detectors", {}).get(det_name, {}).get(INT8_IO)
+    twins = {(models / files["int8"]): models / saved.get("detectors", {}).get(n, {}).get(INT8_IO, "")
+             for n, files in index.get("detectors", {}).items() if isinstance(files, dict) and "int8" in files}
     emb = saved.get("embedder", {}).get(INT8_IO)
-    if not det or not emb or not (models / det).is_file() or not (models / emb).is_file():
-        notes.append(f"{INT8_IO} {det_name}: not built in {models} (edgeface variants --models {models} "
-                     f"--variants {INT8_IO}): skipped")
+    how = f"edgeface variants --models {models} --variants {INT8_IO}"
+    try:
+        config = variant_detector(models, index, "int8", det_name)
+    except EdgefaceError as exc:
+        notes.append(f"{INT8_IO} {det_name}: {exc}: skipped")
         return
-    name = INT8_IO if det_name == "short_range" else f"{INT8_IO}+{det_name}"
-    variants.append(Variant(name, "int8", models / det, models / emb))
+    io = {p: twins.get(p) for p in detector_files(config)}
+    if not emb or not (models / emb).is_file() or not all(t is not None and t.is_file() and t != models
+                                                          for t in io.values()):
+        notes.append(f"{INT8_IO} {det_name}: not built in {models} ({how}): skipped")
+        return
+    config = config._replace(whole_frame=tuple(io[p] for p in config.whole_frame), tile_model=io[config.tile_model])
+    variants.append(Variant(_variant_name(INT8_IO, det_name), "int8", config, models / emb))
 
 
 # --------------------------------------------------------------------------- LFW

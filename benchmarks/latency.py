@@ -1,4 +1,8 @@
-"""Per-stage latency of the whole pipeline, every runtime x precision x threads side by side in one run.
+"""Per-stage latency of the whole pipeline, every runtime x precision x threads x detector side by side in one run.
+
+The detector is a configuration of the models folder (``models.json``): by default its ``default_detector``,
+what users get (``auto``: short- and full-range BlazeFace on the whole frame, plus a pyramid of full-range tiles
+in large frames); ``--detectors short_range`` times the single short-range model instead.
 
 Stages of one frame: ``decode`` (read + decode the image file), ``detect_pre`` (letterbox + normalize),
 ``detect_invoke`` (the detector model; once per tile), ``detect_post`` (anchor decoding + NMS), ``crop``,
@@ -24,10 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import common
+
+if TYPE_CHECKING:
+    from edgeface.detect import DetectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +77,19 @@ def delegate_info(interpreter) -> dict:
 class StagedPipeline:
     """detect -> crop -> embed -> match with the core's own building blocks, timing each stage."""
 
-    def __init__(self, detector_path: Path, embedder_path: Path, runtime: str, threads: int, tiles: int,
-                 gallery=None, precision: str = "int8", flip: "bool | None" = None):
+    def __init__(self, detector: "Path | DetectorConfig", embedder_path: Path, runtime: str, threads: int,
+                 tiles: int, gallery=None, precision: str = "int8", flip: "bool | None" = None):
         from edgeface.detect import FaceDetector
         from edgeface.embed import FaceEmbedder
 
         tflite = None if runtime == ONNXRUNTIME else runtime  # ONNX: any interpreter, for tensor details only
-        self.detector = FaceDetector(detector_path, threads=threads, runtime_name=tflite, tiles=tiles)
+        self.detector = FaceDetector(detector, threads=threads, runtime_name=tflite, tiles=tiles)
         self.embedder = FaceEmbedder(embedder_path, threads=threads, runtime_name=tflite, flip=flip)
         if runtime == ONNXRUNTIME:
             # the same wrappers (pre- and post-processing) with ONNX Runtime sessions in place of the interpreters
             from .onnx_interpreter import OnnxInterpreter, onnx_path_for
 
-            for wrapper, path in ((self.detector, detector_path), (self.embedder, embedder_path)):
+            for wrapper, path in ([(m, m.path) for m in self.detector.members] + [(self.embedder, embedder_path)]):
                 onnx = onnx_path_for(Path(path), precision)
                 if onnx is None:
                     raise common.BenchmarkError(f"no ONNX export of {path} (run `edgeface onnx`)")
@@ -159,8 +167,8 @@ def resolve_threads(threads: list) -> list[int]:
 
 
 def pick_scene_images(scene: dict, lfw: Path, bbt: Path, detectors: list) -> list[Path]:
-    """LFW scene: evenly spaced LFW images where every detector finds exactly one face. Group scene: the bbt
-    group photos."""
+    """LFW scene: evenly spaced LFW images where every detector (every configuration of the run) finds exactly
+    one face. Group scene: the bbt group photos."""
     from edgeface import preprocess
 
     n = int(scene["images"])
@@ -198,8 +206,8 @@ def probe(spec: dict) -> dict:
     import_s = time.perf_counter() - t0
     rss_after_import = common.current_rss_mb()
     t0 = time.perf_counter()
-    pipe = StagedPipeline(Path(spec["detector"]), Path(spec["embedder"]), spec["runtime"], spec["threads"],
-                          spec["tiles"], precision=spec["precision"], flip=spec.get("flip"))
+    pipe = StagedPipeline(detector_from_spec(spec["detector"]), Path(spec["embedder"]), spec["runtime"],
+                          spec["threads"], spec["tiles"], precision=spec["precision"], flip=spec.get("flip"))
     load_s = time.perf_counter() - t0
     first, _ = pipe.frame(Path(spec["image"]))
     later = [pipe.frame(Path(spec["image"]))[0]["total"] for _ in range(spec.get("frames", 3))]
@@ -210,6 +218,24 @@ def probe(spec: dict) -> dict:
             "steady_frame_ms": round(float(np.median(later)) * 1e3, 2) if later else None,
             "rss_before_import_mb": round(base_rss, 1), "rss_after_import_mb": round(rss_after_import, 1),
             "peak_rss_mb": round(common.peak_rss_mb(), 1)}
+
+
+def detector_spec(config: "DetectorConfig") -> dict:
+    """A detector configuration as JSON for the fresh-process probe (its files and settings, so the probe runs
+    exactly the configuration timed in the run, int8_io twins included)."""
+    return {"name": config.name, "whole_frame": [str(p) for p in config.whole_frame],
+            "tile_model": str(config.tile_model), "min_face": config.min_face,
+            "tile_face_fraction": config.tile_face_fraction, "min_face_fraction": config.min_face_fraction}
+
+
+def detector_from_spec(spec: "dict | str") -> "DetectorConfig":
+    """The :class:`edgeface.detect.DetectorConfig` of :func:`detector_spec` (a plain path: that one model)."""
+    from edgeface.detect import DetectorConfig
+
+    if isinstance(spec, str):
+        return DetectorConfig(Path(spec).stem, (Path(spec),), Path(spec))
+    return DetectorConfig(spec["name"], tuple(Path(p) for p in spec["whole_frame"]), Path(spec["tile_model"]),
+                          int(spec["min_face"]), float(spec["tile_face_fraction"]), float(spec["min_face_fraction"]))
 
 
 def run_probe(spec: dict) -> dict:
@@ -225,13 +251,21 @@ def run_probe(spec: dict) -> dict:
 # --------------------------------------------------------------------------- the benchmark
 
 def config_key(c: dict) -> str:
-    return f"{c['runtime']}/{c['precision']}/t{c['threads']}"
+    """``runtime/precision/tN/detector``, e.g. ``litert/int8/t1/auto`` (the row's ``config``)."""
+    return f"{c['runtime']}/{c['precision']}/t{c['threads']}/{c['detector']}"
+
+
+def sum_delegates(infos: list[dict]) -> dict:
+    """:func:`delegate_info` of several models (a detector configuration's members) added up."""
+    if any(i["nodes"] is None for i in infos):
+        return {"delegate_kernels": None, "nodes": None, "nodes_delegated": None}
+    return {k: sum(i[k] for i in infos) for k in ("delegate_kernels", "nodes", "nodes_delegated")}
 
 
 def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_progress: bool = True) -> dict:
     """Measure every available configuration side by side; returns the JSON-ready result."""
     notes: list[str] = []
-    variants, vnotes = common.model_variants(models, settings["precisions"])
+    variants, vnotes = common.model_variants(models, settings["precisions"], settings.get("detectors"))
     notes += vnotes
     if not variants:
         raise common.BenchmarkError(f"no models of precisions {settings['precisions']} in {models}")
@@ -241,14 +275,14 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
         from .onnx_interpreter import onnx_path_for
 
         onnx_variants = [v for v in variants if all(onnx_path_for(Path(p), v.precision)
-                                                    for p in (v.detector, v.embedder))]
+                                                    for p in (*v.detector_files, v.embedder))]
         for v in variants:
             if v not in onnx_variants:
                 notes.append(f"onnxruntime {v.name}: no ONNX export of its models in {models} or {models}/onnx "
                              "(run `edgeface onnx --models MODELS`): skipped")
         if not onnx_variants:
             runtimes.remove(ONNXRUNTIME)
-    configs = [{"runtime": r, "precision": v.precision if v.name == v.precision else v.name, "threads": t,
+    configs = [{"runtime": r, "precision": v.precision_name, "threads": t, "detector": v.detector.name,
                 "variant": v} for r in runtimes for v in variants for t in threads
                if r != ONNXRUNTIME or v in onnx_variants]
     info = common.machine_info()
@@ -258,7 +292,9 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
     try:
         from edgeface.detect import FaceDetector
 
-        selectors = [FaceDetector(v.detector, runtime_name=runtimes[0]) for v in variants]
+        selector_runtime = None if runtimes[0] == ONNXRUNTIME else runtimes[0]
+        distinct = {(v.detector.name, common.detector_files(v.detector)): v.detector for v in variants}
+        selectors = [FaceDetector(d, runtime_name=selector_runtime) for d in distinct.values()]
         for scene in settings["scenes"]:
             images = pick_scene_images(scene, Path(lfw), Path(bbt), selectors)
             if not images:
@@ -296,17 +332,20 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
                 pipe = pipes[k]
                 spec = {"runtime": c["runtime"], "precision": c["variant"].precision, "threads": c["threads"],
                         "tiles": scene["tiles"],
-                        "detector": str(c["variant"].detector), "embedder": str(c["variant"].embedder),
+                        "detector": detector_spec(c["variant"].detector), "embedder": str(c["variant"].embedder),
                         "flip": c["variant"].flip, "image": str(images[0]), "frames": settings.get("probe_frames", 3)}
                 rows.append({
                     "config": k, "runtime": c["runtime"], "precision": c["precision"], "threads": c["threads"],
-                    "detector": c["variant"].detector.name, "embedder": c["variant"].embedder.name,
+                    "detector": c["detector"],
+                    "detector_models": [p.name for p in c["variant"].detector_files],
+                    "embedder": c["variant"].embedder.name, "variant_key": c["variant"].key(),
                     "flip": pipe.embedder.flip,
                     "faces_per_frame": round(float(np.mean(faces[k])), 2),
                     "stages_ms": {s: common.stats_ms(v) for s, v in samples[k].items()},
                     "embed_per_face_ms": common.stats_ms(
                         [e / n for e, n in zip(samples[k]["embed"], faces[k]) if n]),
-                    "delegate": {"detector": delegate_info(pipe.detector.interpreter),
+                    "delegate": {"detector": sum_delegates([delegate_info(m.interpreter)
+                                                            for m in pipe.detector.members]),
                                  "embedder": delegate_info(pipe.embedder.interpreter)},
                     "fresh_process": run_probe(spec),
                 })
@@ -318,23 +357,37 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
     finally:
         tmp.cleanup()
     result = {"benchmark": "latency", "machine": info, "settings": {k: v for k, v in settings.items()},
-              "runtimes": runtimes, "threads": threads, "notes": notes, "scenes": scenes_out}
+              "runtimes": runtimes, "threads": threads,
+              "detectors": list(dict.fromkeys(v.detector.name for v in variants)),
+              "default_detector": common.resolve_detector_names(models, [common.DEFAULT_DETECTOR])[0],
+              "notes": notes, "scenes": scenes_out}
     result["int8_vs_float32"] = speedups(result)
     result["interface_cost"] = interface_cost(result)
+    result["vs_facenet"] = versus(result, FACENET)
     return result
+
+
+#: the precision entry the "embedder variants vs" table compares with (issue 10: the FaceNet int8 pipeline)
+FACENET = "int8_facenet"
+
+
+def _rows_by(scene: dict) -> dict:
+    """Rows of one scene by (runtime, precision, threads, detector): like is compared only with like."""
+    return {(r["runtime"], r["precision"], r["threads"], r.get("detector")): r for r in scene["rows"]}
 
 
 def interface_cost(result: dict) -> list[dict]:
     """What the Android interface costs: int8 (uint8 input, float32 outputs) against ``int8_io`` (int8 tensors,
-    the runtime quantizes and dequantizes in numpy), medians of the same run; > 0 ms: the interface is slower."""
+    the runtime quantizes and dequantizes in numpy), medians of the same run, same detector configuration;
+    > 0 ms: the interface is slower."""
     out = []
     for sc in result["scenes"]:
-        by = {(r["runtime"], r["precision"], r["threads"]): r for r in sc["rows"]}
-        for (rt, prec, th), r in by.items():
-            io = by.get((rt, common.INT8_IO, th))
+        by = _rows_by(sc)
+        for (rt, prec, th, det), r in by.items():
+            io = by.get((rt, common.INT8_IO, th, det))
             if prec != "int8" or io is None:
                 continue
-            row = {"scene": sc["scene"], "runtime": rt, "threads": th}
+            row = {"scene": sc["scene"], "runtime": rt, "threads": th, "detector": det}
             for stage in ("detect_invoke", "total"):
                 a, b = r["stages_ms"][stage]["median"], io["stages_ms"][stage]["median"]
                 row[f"{stage}_ms"] = {"int8": a, "int8_io": b, "delta": round(a - b, 3)}
@@ -346,43 +399,77 @@ def interface_cost(result: dict) -> list[dict]:
 
 
 def speedups(result: dict) -> list[dict]:
-    """End-to-end median of float32 over int8, per scene, runtime and threads (> 1: int8 is faster)."""
+    """End-to-end median of float32 over int8, per scene, runtime, threads and detector (> 1: int8 is faster)."""
     out = []
     for sc in result["scenes"]:
-        by = {(r["runtime"], r["precision"], r["threads"]): r for r in sc["rows"]}
-        for (rt, prec, th), r in by.items():
-            if prec != "int8" or (rt, "float32", th) not in by:
+        by = _rows_by(sc)
+        for (rt, prec, th, det), r in by.items():
+            if prec != "int8" or (rt, "float32", th, det) not in by:
                 continue
-            f = by[(rt, "float32", th)]
+            f = by[(rt, "float32", th, det)]
             ratio = f["stages_ms"]["total"]["median"] / r["stages_ms"]["total"]["median"]
             emb = (f["embed_per_face_ms"]["median"] or 0) / max(r["embed_per_face_ms"]["median"] or 1e-9, 1e-9)
-            det = f["stages_ms"]["detect_invoke"]["median"] / max(r["stages_ms"]["detect_invoke"]["median"], 1e-9)
-            out.append({"scene": sc["scene"], "runtime": rt, "threads": th, "total_speedup": round(ratio, 2),
-                        "embed_speedup": round(emb, 2), "detect_invoke_speedup": round(det, 2),
-                        "at_least_2x": bool(ratio >= 2.0)})
+            det_ratio = f["stages_ms"]["detect_invoke"]["median"] / max(r["stages_ms"]["detect_invoke"]["median"],
+                                                                        1e-9)
+            out.append({"scene": sc["scene"], "runtime": rt, "threads": th, "detector": det,
+                        "total_speedup": round(ratio, 2), "embed_speedup": round(emb, 2),
+                        "detect_invoke_speedup": round(det_ratio, 2), "at_least_2x": bool(ratio >= 2.0)})
+    return out
+
+
+def versus(result: dict, baseline: str = FACENET) -> list[dict]:
+    """Every other precision entry against ``baseline`` (``int8_facenet``: another embedder of the folder),
+    per scene, runtime, threads and detector, medians of the same run: ``total_ratio`` = this / baseline end to
+    end (< 1: this pipeline is faster), ``speedup`` = baseline / this; the same for embed per face. Empty when
+    the run has no ``baseline`` rows."""
+    out = []
+    for sc in result["scenes"]:
+        by = _rows_by(sc)
+        for (rt, prec, th, det), r in by.items():
+            base = by.get((rt, baseline, th, det))
+            if prec == baseline or base is None:
+                continue
+            t, tb = r["stages_ms"]["total"]["median"], base["stages_ms"]["total"]["median"]
+            e, eb = r["embed_per_face_ms"]["median"], base["embed_per_face_ms"]["median"]
+            out.append({"scene": sc["scene"], "runtime": rt, "threads": th, "detector": det, "precision": prec,
+                        "baseline": baseline, "total_ms": t, "baseline_total_ms": tb,
+                        "total_ratio": round(t / tb, 3), "speedup": round(tb / t, 2),
+                        "embed_per_face_ms": e, "baseline_embed_per_face_ms": eb,
+                        "embed_ratio": round(e / eb, 3) if e and eb else None})
     return out
 
 
 # --------------------------------------------------------------------------- reference files and drift
 
 def reference_payload(result: dict) -> dict:
-    """The small per-device file committed under benchmarks/reference/: medians only."""
+    """The small per-device file committed under benchmarks/reference/: medians only, keyed
+    ``scene/runtime/precision/tN/detector``."""
     return {"device": common.device_slug(result["machine"]), "cpu": result["machine"]["cpu"],
             "cores": result["machine"]["cores"], "date": result["machine"]["date"],
             "packages": {k: v for k, v in result["machine"]["packages"].items()
                          if k in ("ai-edge-litert", "tensorflow", "numpy", "opencv-python-headless")},
-            "runs": result["settings"]["runs"],
+            "runs": result["settings"]["runs"], "key": "scene/runtime/precision/threads/detector",
             "median_total_ms": {f"{sc['scene']}/{r['config']}": r["stages_ms"]["total"]["median"]
                                 for sc in result["scenes"] for r in sc["rows"]},
             "median_embed_per_face_ms": {f"{sc['scene']}/{r['config']}": r["embed_per_face_ms"]["median"]
                                          for sc in result["scenes"] for r in sc["rows"]}}
 
 
+def reference_key(key: str) -> str:
+    """A reference file's key in today's form: keys written before the detector dimension
+    (``scene/runtime/precision/tN``) timed the folder's single short-range model: ``.../short_range``."""
+    return key if key.count("/") >= 4 else f"{key}/{common.LEGACY_DETECTOR}"
+
+
 def drift_check(result: dict, reference: dict, tolerance: float) -> dict:
-    """Compare medians with a reference file: a ratio now/reference outside [1/(1+tol), 1+tol] is drift."""
+    """Compare medians with a reference file: a ratio now/reference outside [1/(1+tol), 1+tol] is drift.
+
+    Rows of this run that the reference does not have (another detector, runtime...) are listed in
+    ``no_reference``, never compared with something else."""
     now = reference_payload(result)["median_total_ms"]
+    ref_all = {reference_key(k): v for k, v in reference.get("median_total_ms", {}).items()}
     rows, drifted = [], 0
-    for key, ref in reference.get("median_total_ms", {}).items():
+    for key, ref in ref_all.items():
         if key not in now or not ref:
             continue
         ratio = now[key] / ref
@@ -390,7 +477,8 @@ def drift_check(result: dict, reference: dict, tolerance: float) -> dict:
         drifted += not ok
         rows.append({"key": key, "reference_ms": ref, "now_ms": now[key], "ratio": round(ratio, 3), "ok": ok})
     return {"reference_device": reference.get("device"), "reference_date": reference.get("date"),
-            "tolerance": tolerance, "compared": len(rows), "drifted": drifted, "rows": rows}
+            "tolerance": tolerance, "compared": len(rows), "drifted": drifted, "rows": rows,
+            "no_reference": sorted(k for k in now if not ref_all.get(k))}
 
 
 # --------------------------------------------------------------------------- report
@@ -400,7 +488,9 @@ def markdown(result: dict) -> str:
     lines = [common.header("Latency per frame (ms)", info,
                            f"{result['settings']['runs']} timed runs per configuration after "
                            f"{result['settings']['warmup']} warm-up runs, interleaved; median / p95 / min. "
-                           "Load, first frame and peak RSS from a fresh process per configuration.")]
+                           "Load, first frame and peak RSS from a fresh process per configuration. "
+                           f"detector: the models folder's detector configuration timed (its default, what "
+                           f"users get: {result.get('default_detector', '?')}).")]
     for sc in result["scenes"]:
         lines.append(f"\n### {sc['scene']} (tiles {sc['tiles']}, {len(sc['images'])} images)\n")
         rows = []
@@ -410,37 +500,51 @@ def markdown(result: dict) -> str:
             d = r["delegate"]
             deleg = " / ".join(f"{x['nodes_delegated']}/{x['nodes']}" for x in (d["detector"], d["embedder"])
                                if x["nodes"] is not None)
-            rows.append([r["runtime"], r["precision"], r["threads"], r["faces_per_frame"], s["decode"]["median"],
+            rows.append([r["runtime"], r["precision"], r["threads"], r.get("detector"), r["faces_per_frame"],
+                         s["decode"]["median"],
                          round(s["detect_pre"]["median"] + s["detect_invoke"]["median"]
                                + s["detect_post"]["median"], 3),
                          s["crop"]["median"], r["embed_per_face_ms"]["median"], s["match"]["median"],
                          s["total"]["median"], s["total"]["p95"], s["total"]["min"], fp.get("load_ms"),
                          fp.get("first_frame_ms"), fp.get("peak_rss_mb"), deleg])
         lines.append(common.md_table(
-            ["runtime", "precision", "threads", "faces", "decode", "detect", "crop", "embed/face", "match",
+            ["runtime", "precision", "threads", "detector", "faces", "decode", "detect", "crop", "embed/face",
+             "match",
              "total median", "total p95", "total min", "load", "first frame", "peak RSS MB",
              "XNNPACK nodes det / emb"], rows))
     if result["int8_vs_float32"]:
         lines.append("\n### int8 vs float32 (median end-to-end, same run)\n")
-        lines.append(common.md_table(["scene", "runtime", "threads", "float32 / int8 total", "embed", "detect model",
-                                      ">= 2x"],
-                                     [[s["scene"], s["runtime"], s["threads"], s["total_speedup"], s["embed_speedup"],
-                                       s["detect_invoke_speedup"], "yes" if s["at_least_2x"] else "no"]
+        lines.append(common.md_table(["scene", "runtime", "threads", "detector", "float32 / int8 total", "embed",
+                                      "detect models", ">= 2x"],
+                                     [[s["scene"], s["runtime"], s["threads"], s["detector"], s["total_speedup"],
+                                       s["embed_speedup"], s["detect_invoke_speedup"],
+                                       "yes" if s["at_least_2x"] else "no"]
                                       for s in result["int8_vs_float32"]]))
     if result.get("interface_cost"):
         lines.append("\n### Android interface (uint8 in, float32 out) vs int8 tensors (median ms, same run)\n")
         lines.append(common.md_table(
-            ["scene", "runtime", "threads", "detector model int8 / int8_io", "embed/face int8 / int8_io",
-             "total int8 / int8_io", "total delta"],
-            [[c["scene"], c["runtime"], c["threads"],
+            ["scene", "runtime", "threads", "detector", "detector models int8 / int8_io",
+             "embed/face int8 / int8_io", "total int8 / int8_io", "total delta"],
+            [[c["scene"], c["runtime"], c["threads"], c["detector"],
               f"{c['detect_invoke_ms']['int8']} / {c['detect_invoke_ms']['int8_io']}",
               f"{c['embed_per_face_ms']['int8']} / {c['embed_per_face_ms']['int8_io']}",
               f"{c['total_ms']['int8']} / {c['total_ms']['int8_io']}", c["total_ms"]["delta"]]
              for c in result["interface_cost"]]))
+    if result.get("vs_facenet"):
+        base = result["vs_facenet"][0]["baseline"]
+        lines.append(f"\n### Embedder variants vs {base} (median end-to-end, same run, same detector)\n")
+        lines.append(common.md_table(
+            ["scene", "runtime", "threads", "detector", "precision", "total ms", f"{base} total ms",
+             f"total / {base}", f"speedup ({base} / this)", f"embed/face / {base}"],
+            [[v["scene"], v["runtime"], v["threads"], v["detector"], v["precision"], v["total_ms"],
+              v["baseline_total_ms"], v["total_ratio"], v["speedup"], v["embed_ratio"]]
+             for v in result["vs_facenet"]]))
     if result.get("drift"):
         d = result["drift"]
+        missing = len(d.get("no_reference", []))
         lines.append(f"\nDrift against reference {d['reference_device']} ({d['reference_date']}): "
-                     f"{d['drifted']} of {d['compared']} medians outside ±{int(100 * d['tolerance'])}%.")
+                     f"{d['drifted']} of {d['compared']} medians outside ±{int(100 * d['tolerance'])}%"
+                     + (f"; {missing} configurations have no reference median (not compared)." if missing else "."))
     if result["notes"]:
         lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)

@@ -31,6 +31,15 @@ def test_latency_quick(models_dir, data_root, out):
     assert set(scenes) == {"lfw_1face", "group"}
     one = scenes["lfw_1face"]["rows"]
     assert {row["precision"] for row in one} == {"int8", "float32"}
+    # the quick profile times the single short-range model and the folder's default configuration (auto)
+    assert r["default_detector"] == "auto" and r["detectors"] == ["short_range", "auto"]
+    assert {(row["precision"], row["detector"]) for row in one} == {
+        (p, d) for p in ("int8", "float32") for d in ("short_range", "auto")}
+    assert len({row["config"] for row in one}) == len({row["variant_key"] for row in one}) == len(one) == 4
+    for row in one:
+        assert row["config"] == f"litert/{row['precision']}/t1/{row['detector']}"
+        assert len(row["detector_models"]) == (1 if row["detector"] == "short_range" else 2)
+        assert row["delegate"]["detector"]["nodes"] > 0
     for row in one:
         st = row["stages_ms"]
         assert row["faces_per_frame"] == 1
@@ -44,10 +53,24 @@ def test_latency_quick(models_dir, data_root, out):
         d = row["delegate"]["embedder"]
         assert 0 <= d["nodes_delegated"] <= d["nodes"] and d["nodes"] > 50
     assert scenes["group"]["rows"][0]["faces_per_frame"] >= 2
-    assert {(s["scene"], s["runtime"], s["threads"]) for s in r["int8_vs_float32"]} == {
-        ("lfw_1face", "litert", 1), ("group", "litert", 1)}
+    assert {(s["scene"], s["runtime"], s["threads"], s["detector"]) for s in r["int8_vs_float32"]} == {
+        (sc, "litert", 1, d) for sc in ("lfw_1face", "group") for d in ("short_range", "auto")}
+    md = (out / "latency.md").read_text()
+    assert "| detector |" in md and "litert/int8/t1/auto" not in md  # a column, not a label
     assert r["machine"]["packages"]["ai-edge-litert"]
     assert r["runtimes"] == ["litert"] and isinstance(r["notes"], list)
+
+
+@pytest.mark.slow  # needs built models
+def test_latency_unknown_detector_is_refused_in_one_line_before_any_timing(models_dir, data_root, tmp_path,
+                                                                           capsys):
+    argv = ["latency", "--models", str(models_dir), "--data", str(data_root / "lfw"), "--out", str(tmp_path),
+            "--profile", "quick", "--no-progress", "--detectors", "short_range", "tiny_faces"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgeface bench latency: error: unknown detector 'tiny_faces'")
+    assert "auto, short_range, full_range" in err[0]
+    assert not list(tmp_path.iterdir())  # nothing timed, nothing written
 
 
 @pytest.mark.slow  # needs built models
@@ -61,6 +84,15 @@ def test_latency_reference_and_drift(models_dir, data_root, out):
     assert same["compared"] == len(ref["median_total_ms"]) and same["drifted"] == 0
     slow = dict(ref, median_total_ms={k: v / 3 for k, v in ref["median_total_ms"].items()})
     assert latency.drift_check(r, slow, 0.5)["drifted"] == same["compared"]
+    # a reference written before the detector dimension (keys without it) timed the short-range model: its
+    # rows are compared with this run's short_range rows, the auto rows have no reference (not compared)
+    legacy = dict(ref, median_total_ms={k.rsplit("/", 1)[0]: v for k, v in ref["median_total_ms"].items()
+                                        if k.endswith("/short_range")})
+    old = latency.drift_check(r, legacy, 0.5)
+    assert old["compared"] == len(legacy["median_total_ms"]) > 0 and old["drifted"] == 0
+    assert all(row["key"].endswith("/short_range") for row in old["rows"])
+    assert old["no_reference"] and all(k.endswith("/auto") for k in old["no_reference"])
+    assert "have no reference median" in latency.markdown(dict(r, drift=old))
 
 
 @pytest.mark.slow  # needs built models

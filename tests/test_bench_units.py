@@ -143,8 +143,9 @@ def test_model_variants_find_the_int8_io_twin_or_say_how_to_build_it(tmp_path):
     (tmp_path / "models.json").write_text(json.dumps(index))
     variants, notes = common.model_variants(tmp_path, ["int8", "int8_io"])
     io = variants[1]
-    assert (io.name, io.precision, io.detector.name, io.embedder.name) == ("int8_io", "int8", "d8_io.tflite",
+    assert (io.name, io.precision, io.detector.name, io.embedder.name) == ("int8_io", "int8", "short_range",
                                                                           "e8_io.tflite") and not notes
+    assert [p.name for p in io.detector_files] == ["d8_io.tflite"]
 
 
 def test_model_variants_noflip_suffix_turns_test_time_flip_off(tmp_path):
@@ -158,3 +159,70 @@ def test_model_variants_noflip_suffix_turns_test_time_flip_off(tmp_path):
     variants, notes = common.model_variants(tmp_path, ["int8", "int8_noflip", "float32_noflip"])
     assert [(v.name, v.precision, v.flip) for v in variants] == [("int8", "int8", None), ("int8_noflip", "int8", False)]
     assert variants[1].embedder == variants[0].embedder and "float32" in notes[0]
+
+
+def _folder_with_detector_configs(tmp_path):
+    import json
+
+    index = {"int8": {"detector": "s8.tflite", "embedder": "e8.tflite"},
+             "float32": {"detector": "s32.tflite", "embedder": "e32.tflite"},
+             "int8_facenet": {"detector": "s8.tflite", "embedder": "fn8.tflite"},
+             "detectors": {"short_range": {"int8": "s8.tflite", "float32": "s32.tflite"},
+                           "full_range": {"int8": "f8.tflite", "float32": "f32.tflite"}},
+             "detector_configs": {"auto": {"whole_frame": ["short_range", "full_range"], "tile_model": "full_range",
+                                           "min_face": 20}},
+             "default_detector": "auto",
+             "variants": {"embedder": {"int8_io": "e8_io.tflite"},
+                          "detectors": {"short_range": {"int8_io": "s8_io.tflite"},
+                                        "full_range": {"int8_io": "f8_io.tflite"}}}}
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    for f in ("s8", "s32", "f8", "f32", "e8", "e32", "fn8", "e8_io", "s8_io", "f8_io"):
+        (tmp_path / f"{f}.tflite").write_bytes(b"")
+    return tmp_path
+
+
+def test_model_variants_time_detector_configurations_of_the_variant_precision(tmp_path):
+    models = _folder_with_detector_configs(tmp_path)
+    variants, notes = common.model_variants(models, ["int8", "float32", "int8_facenet", "int8_io"],
+                                            ["short_range", "default", "auto"])  # default is auto: once
+    assert not notes
+    assert [v.name for v in variants] == ["int8", "float32", "int8_facenet", "int8_io", "int8+auto", "float32+auto",
+                                          "int8_facenet+auto", "int8_io+auto"]
+    by = {v.name: v for v in variants}
+    assert by["int8_facenet+auto"].precision_name == "int8_facenet"
+    assert by["int8_facenet+auto"].detector == by["int8+auto"].detector  # the int8 detector models
+    assert [p.name for p in by["float32+auto"].detector_files] == ["s32.tflite", "f32.tflite"]
+    assert [p.name for p in by["int8_io+auto"].detector_files] == ["s8_io.tflite", "f8_io.tflite"]
+    assert by["int8+auto"].detector.min_face == 20 and by["int8"].detector.name == "short_range"
+    # None (the runs.json default) is the folder's default_detector
+    assert [v.name for v in common.model_variants(models, ["int8"], None)[0]] == ["int8+auto"]
+
+
+def test_model_variants_refuse_an_unknown_detector_naming_the_offered_ones(tmp_path):
+    models = _folder_with_detector_configs(tmp_path)
+    with pytest.raises(common.BenchmarkError) as e:
+        common.model_variants(models, ["int8"], ["auto", "tiny"])
+    assert str(e.value).startswith("unknown detector 'tiny'") and "auto, short_range, full_range" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_latency_tables_compare_like_with_like():
+    from edgeface.benchmarks import latency
+
+    def row(precision, det, total, emb=10.0):
+        return {"runtime": "litert", "precision": precision, "threads": 1, "detector": det,
+                "stages_ms": {"detect_invoke": {"median": 1.0}, "total": {"median": total}},
+                "embed_per_face_ms": {"median": emb}}
+
+    result = {"scenes": [{"scene": "lfw_1face", "rows": [
+        row("int8", "short_range", 10.0), row("int8", "auto", 14.0), row("float32", "auto", 28.0),
+        row("int8_facenet", "short_range", 40.0, 36.0), row("int8_facenet", "auto", 44.0, 36.0)]}]}
+    (s,) = latency.speedups(result)  # float32 only with auto: one pair, never float32+auto / int8+short_range
+    assert (s["detector"], s["total_speedup"]) == ("auto", 2.0)
+    vs = {(v["precision"], v["detector"]): v for v in latency.versus(result)}
+    assert set(vs) == {("int8", "short_range"), ("int8", "auto"), ("float32", "auto")}
+    assert vs[("int8", "short_range")]["speedup"] == 4.0 and vs[("int8", "auto")]["total_ratio"] == round(14 / 44, 3)
+    assert vs[("int8", "auto")]["embed_ratio"] == round(10 / 36, 3)
+    assert latency.versus(result, "int8_pruned") == []
+    assert latency.reference_key("group/litert/int8/t1") == "group/litert/int8/t1/short_range"
+    assert latency.reference_key("group/litert/int8/t1/auto") == "group/litert/int8/t1/auto"
