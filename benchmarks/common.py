@@ -170,7 +170,8 @@ class Variant:
     def key(self) -> str:
         """Content id of the models: the sha256 (from the manifests) of every detector model and the embedder;
         a configuration with tiles or several models also adds its name and settings. A single-model detector
-        keeps the id it had when variants were one detector file (embedding caches stay valid)."""
+        keeps the id it had when variants were one detector file (embedding caches stay valid); a variant that
+        sets test-time flip (``int8_noflip``) adds it."""
         from edgeface.manifest import read_manifest
 
         h = hashlib.sha256()
@@ -179,6 +180,8 @@ class Variant:
         d = self.detector
         if len(self.detector_files) > 1 or d.min_face:
             h.update(json.dumps([d.name, d.min_face, d.tile_face_fraction, d.min_face_fraction]).encode())
+        if self.flip is not None:  # embeddings with and without test-time flip differ: never one cache entry
+            h.update(f"flip={self.flip}".encode())
         return h.hexdigest()[:16]
 
 
@@ -250,7 +253,8 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
     A precision ``<int8|float32>_<tag>`` names any extra entry of ``models.json`` (``int8_pruned``, or e.g.
     ``int8_facenet`` to time another embedder beside the default in one run); it runs the detector
     configuration of its base precision (int8 detector models for ``int8_facenet``). A ``<precision>_noflip``
-    variant runs that precision's models without test-time flip (one embedder run per face; ``int8_noflip``).
+    variant runs that precision's models without test-time flip (one embedder run per face; ``int8_noflip``),
+    a ``<precision>_flip`` one with it (the crop and its mirror image, averaged; ``int8_flip``).
     ``detectors`` are names the folder offers (:func:`detector_choices`; ``default`` or None: its
     ``default_detector``); an unknown one raises :class:`BenchmarkError` before anything is loaded."""
     models = Path(models)
@@ -258,7 +262,7 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
     variants, notes = [], []
     for det_name in resolve_detector_names(models, detectors, index):
         for asked in precisions:
-            precision, flip = (asked[:-len(NOFLIP)], False) if asked.endswith(NOFLIP) else (asked, None)
+            precision, flip = split_flip(asked)
             if precision == INT8_IO:
                 _add_int8_io(models, index, det_name, variants, notes)
                 continue
@@ -288,8 +292,18 @@ def _variant_name(asked: str, det_name: str) -> str:
 #: The int8 models with int8 input and int8 outputs (``edgeface variants --variants int8_io``): the built int8
 #: models have a uint8 input and float32 outputs (Android); the latency benchmark measures what that costs.
 INT8_IO = "int8_io"
-#: suffix of a precision name that turns test-time flip off (``int8_noflip``)
+#: suffix of a precision name that turns test-time flip off (``int8_noflip``) or on (``int8_flip``)
 NOFLIP = "_noflip"
+FLIP = "_flip"
+
+
+def split_flip(asked: str) -> tuple[str, Optional[bool]]:
+    """``int8_noflip`` -> ``("int8", False)``, ``int8_flip`` -> ``("int8", True)``, ``int8`` -> ``("int8", None)``
+    (None: the embedder manifest's choice)."""
+    for suffix, flip in ((NOFLIP, False), (FLIP, True)):
+        if asked.endswith(suffix):
+            return asked[:-len(suffix)], flip
+    return asked, None
 
 
 def _add_int8_io(models: Path, index: dict, det_name: str, variants: list, notes: list) -> None:

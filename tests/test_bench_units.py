@@ -156,9 +156,17 @@ def test_model_variants_noflip_suffix_turns_test_time_flip_off(tmp_path):
     (tmp_path / "models.json").write_text(json.dumps(index))
     for f in ("d8.tflite", "e8.tflite"):
         (tmp_path / f).write_bytes(b"")
-    variants, notes = common.model_variants(tmp_path, ["int8", "int8_noflip", "float32_noflip"])
-    assert [(v.name, v.precision, v.flip) for v in variants] == [("int8", "int8", None), ("int8_noflip", "int8", False)]
+    variants, notes = common.model_variants(tmp_path, ["int8", "int8_noflip", "int8_flip", "float32_noflip"])
+    assert [(v.name, v.precision, v.flip) for v in variants] == [("int8", "int8", None), ("int8_noflip", "int8", False),
+                                                                 ("int8_flip", "int8", True)]
     assert variants[1].embedder == variants[0].embedder and "float32" in notes[0]
+
+
+@pytest.mark.slow
+def test_variant_key_tells_flip_from_no_flip(models_dir):
+    """The accuracy benchmark caches embeddings by variant key: with flip and without must never share one."""
+    keys = {v.name: v.key() for v in common.model_variants(models_dir, ["int8", "int8_noflip", "int8_flip"])[0]}
+    assert len(set(keys.values())) == 3, keys
 
 
 def _folder_with_detector_configs(tmp_path):
