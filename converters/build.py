@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from edgeface import blazeface
 from edgeface.calibration_data import builder
-from edgeface.detect import FaceDetector
+from edgeface.detect import FaceDetector, resolve_detector
 from edgeface.embed import face_crop, needs_landmark_model
 from edgeface.errors import OptionError
 from edgeface.landmarks import FaceLandmarker
@@ -109,11 +109,11 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     if calibrate_threshold:
         if (lfw / THRESHOLD_PAIRS_FILE).is_file():
             for precision in ("float32", "int8"):
-                stage(f"threshold calibration ({precision}) on LFW {THRESHOLD_PAIRS_FILE}")
-                calibrate_min_cosine_similarity(out / index[precision]["detector"],
-                                                out / index[precision]["embedder"], lfw, threshold_pairs)
-                calibrate_open_set_points(out / index[precision]["detector"], out / index[precision]["embedder"],
-                                          lfw)
+                # the folder's default detector configuration (``auto``), as the device and `eval` run it
+                det = resolve_detector(out, precision)
+                stage(f"threshold calibration ({precision}, detector {det.name}) on LFW {THRESHOLD_PAIRS_FILE}")
+                calibrate_min_cosine_similarity(det, out / index[precision]["embedder"], lfw, threshold_pairs)
+                calibrate_open_set_points(det, out / index[precision]["embedder"], lfw)
         else:
             log.warning("LFW not found at %s: min_cosine_similarity stays provisional", lfw)
     for path in common.index_models(out, index=index):  # last: it changes the files and their sha256

@@ -13,14 +13,23 @@ log = logging.getLogger(__name__)
 THRESHOLD_PAIRS_FILE = "pairsDevTrain.txt"
 
 
-def calibrate_open_set_points(detector_path: Path, embedder_path: Path, lfw_root: Path) -> dict:
-    """Add ``fpir_<rate>@<size>`` open-set points (:mod:`.openset`) to the embedder manifest."""
+def _detector_name(detector) -> str:
+    """What a manifest records of the detector thresholds were calibrated with: a configuration's name
+    (``auto``) or a model file's name."""
+    return getattr(detector, "name", None) if not isinstance(detector, (str, Path)) else Path(detector).name
+
+
+def calibrate_open_set_points(detector, embedder_path: Path, lfw_root: Path) -> dict:
+    """Add ``fpir_<rate>@<size>`` open-set points (:mod:`.openset`) to the embedder manifest.
+
+    ``detector``: a detector model file or a :class:`edgeface.detect.DetectorConfig` (the build passes the
+    folder's default configuration, the one the device runs)."""
     from edgeface.manifest import read_manifest, write_manifest
     from edgeface.recognizer import FaceRecognizer
 
     from . import openset
 
-    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    rec = FaceRecognizer(detector_path=detector, embedder_path=embedder_path, min_cosine_similarity=0.0)
     precision = read_manifest(embedder_path)["precision"]
     points = openset.calibrate_open_set(rec, lfw_root,
                                         progress=lambda it: common.progress(it, f"open-set points ({precision})"))
@@ -29,14 +38,17 @@ def calibrate_open_set_points(detector_path: Path, embedder_path: Path, lfw_root
     data["embedder"]["open_set_source"] = (
         f"LFW peopleDevTrain: galleries of {'/'.join(str(s) for s in openset.GALLERY_SIZES)} people (one photo "
         f"each, nested), their second photos as mated probes, {openset.DISTRACTORS} other DevTrain people as "
-        "distractors")
+        f"distractors; detector {_detector_name(detector)}")
     write_manifest(embedder_path, data)
     return points
 
 
-def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lfw_root: Path,
+def calibrate_min_cosine_similarity(detector, embedder_path: Path, lfw_root: Path,
                                     limit: int = 600) -> dict:
     """Set the embedder manifest's ``min_cosine_similarity`` from LFW DevTrain (never the test pairs).
+
+    ``detector``: a detector model file or a :class:`edgeface.detect.DetectorConfig` (the build passes the
+    folder's default configuration, so the thresholds fit the faces the device will crop).
 
     The default is the accuracy-optimal threshold on ``limit`` DevTrain pairs. The false-accept operating
     points (FAR 1e-2, 1e-3, 1e-4) need far more impostor pairs than a pairs file has (300 impostors cannot
@@ -50,7 +62,7 @@ def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lf
     from edgeface.manifest import read_manifest, write_manifest
     from edgeface.recognizer import FaceRecognizer
 
-    rec = FaceRecognizer(detector_path=detector_path, embedder_path=embedder_path, min_cosine_similarity=0.0)
+    rec = FaceRecognizer(detector_path=detector, embedder_path=embedder_path, min_cosine_similarity=0.0)
     precision = read_manifest(embedder_path)["precision"]
     pairs = evaluate.read_pairs(lfw_root / THRESHOLD_PAIRS_FILE)
     pairs = evaluate.first_pairs(pairs, limit)
@@ -73,7 +85,7 @@ def calibrate_min_cosine_similarity(detector_path: Path, embedder_path: Path, lf
     section = {
         "min_cosine_similarity": round(float(best), 4),
         "threshold_source": f"accuracy-optimal on LFW {THRESHOLD_PAIRS_FILE}, first {len(same)} pairs "
-                            f"({accuracy * 100:.2f}% there)",
+                            f"({accuracy * 100:.2f}% there), detector {_detector_name(detector)}",
         "operating_points": points,
         "operating_points_source": f"all pairs of the {len(emb)} DevTrain images embedded: "
                                    f"{int((~all_same).sum())} impostor, {int(all_same.sum())} genuine",

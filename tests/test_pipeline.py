@@ -25,6 +25,10 @@ def test_index_and_manifests(models_dir, index):
     m = read_manifest(emb8)
     assert m["calibration"]["source"] == "lfw-devtrain"
     assert -1 < m["embedder"]["min_cosine_similarity"] < 1 and "LFW" in m["embedder"]["threshold_source"]
+    # calibrated on the faces the device crops: with the folder's default detector configuration
+    default = index.get("default_detector")
+    assert f"detector {default}" in m["embedder"]["threshold_source"]
+    assert f"detector {default}" in m["embedder"]["open_set_source"]
 
 
 def test_every_op_of_int8_models_is_integer(models_dir):
@@ -116,18 +120,23 @@ def test_equalize_option_recovers_dark_hazy_probes(models_dir, data_root):
     from edgeface.benchmarks.preprocess_study import degrade
     from edgeface.recognizer import FaceRecognizer
 
-    pairs = [p for p in evaluate.read_pairs(data_root / "lfw" / "pairsDevTest.txt") if p.same][:6]
+    pairs = [p for p in evaluate.read_pairs(data_root / "lfw" / "pairsDevTest.txt") if p.same][:12]
     plain, equalized = FaceRecognizer(models_dir), FaceRecognizer(models_dir, enhance="equalize")
     with pytest.raises(ValueError, match="sharpen"):
         FaceRecognizer(models_dir, enhance="sharpen")
     passed = {"plain": 0, "equalized": 0}
+    gain = []
     for p in pairs:
         enrolled = read_image(lfw_image(p.name1, p.n1))
         probe = degrade(read_image(lfw_image(p.name2, p.n2)), "dark_low_contrast")
-        passed["plain"] += plain.verify(enrolled, probe).same
-        passed["equalized"] += equalized.verify(enrolled, probe).same
-    # measured: FaceNet int8 6 of 6 equalized, 2 plain; MobileFaceNet int8 6 equalized, 3 plain
-    assert passed["equalized"] == len(pairs) and passed["plain"] <= len(pairs) // 2, passed
+        a, b = plain.verify(enrolled, probe), equalized.verify(enrolled, probe)
+        passed["plain"] += a.same
+        passed["equalized"] += b.same
+        gain.append(b.similarity - a.similarity)
+    # measured on these 12 pairs: the 'signed' MobileFaceNet int8 12 equalized, 10 plain, similarity +0.2 on
+    # average (FaceNet int8 on the first 6: 6 equalized, 2 plain); the better the model, the fewer plain fail
+    assert passed["equalized"] == len(pairs) and passed["plain"] < passed["equalized"], passed
+    assert np.mean(gain) >= 0.08 and min(gain) > -0.05, np.round(gain, 3)
 
 
 def test_lfw_devtest_quick_accuracy(recognizer):
