@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -88,6 +89,7 @@ def manifest_thresholds(embedder_manifest: dict) -> dict:
 def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, show_progress: bool = True) -> dict:
     from edgeface import evaluate
     from edgeface.lfw import pair_files, pair_scores
+    from edgeface.manifest import read_manifest
 
     lfw = Path(lfw)
     out = Path(out)
@@ -99,17 +101,16 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
     if settings.get("pairs_per_fold_class"):
         dev = common.subset_pairs(dev, settings["pairs_per_fold_class"] * 2)
     files = sorted(set(pair_files(pairs10, lfw)) | set(pair_files(dev, lfw)))
-    results = []
+    results, embedded = [], {}
     for v in variants:
         emb = variant_embeddings(v, files, out, cache, show_progress)
+        embedded[v.name] = emb
         s10 = pair_scores(pairs10, emb, lfw)
         y10 = np.array([p.same for p in pairs10])
         folds = np.array([p.fold for p in pairs10])
         k = evaluate.kfold_accuracy(s10, y10, folds)
         sdev = pair_scores(dev, emb, lfw)
         ydev = np.array([p.same for p in dev])
-        from edgeface.manifest import read_manifest
-
         mpoints = manifest_thresholds(read_manifest(v.embedder, verify_hash=False))
         found = {p: emb[p] for p in pair_files(pairs10, lfw)}
         imp = impostor_scores(found, int(settings["impostor_pairs"]))
@@ -138,8 +139,46 @@ def run(models: Path, lfw: Path, settings: dict, out: Path, cache: bool = True, 
             "operating_points": ops,
             "_curve": _curve(genuine, imp),
         })
+    lazy = []
+    for v in variants:  # a flipped variant and its _noflip twin: what flipping only near the threshold decides
+        twin = next((w for w in variants if w.embedder == v.embedder and w.detector == v.detector
+                     and w.flip is False and w.name.startswith(v.precision_name + common.NOFLIP)), None)
+        manifest = read_manifest(v.embedder, verify_hash=False)["embedder"]
+        if v.flip is None and manifest.get("flip") and twin is not None:
+            lazy += lazy_flip_agreement(embedded[v.name], embedded[twin.name], pairs10, lfw,
+                                        manifest_thresholds({"embedder": manifest}), manifest.get("flip_band"),
+                                        v.name)
     return {"benchmark": "accuracy", "machine": common.machine_info(), "settings": settings, "notes": notes,
-            "variants": results}
+            "variants": results, "lazy_flip": lazy}
+
+
+def lazy_flip_agreement(flipped: dict, single: dict, pairs, lfw: Path, thresholds: dict,
+                        band: Optional[float], variant: str) -> list[dict]:
+    """Decisions of the device's path (:func:`edgeface.recognizer.identify_crop`) on verification pairs, per
+    manifest threshold: the first image enrolled flipped, the second judged on one model run and mirrored
+    only within ``band`` of the threshold; against flipping both (what the thresholds were calibrated for)
+    and flipping neither. Errors count missed faces as rejects."""
+    from edgeface.lfw import pair_scores
+
+    band = float("inf") if band is None else float(band)
+    same = np.array([p.same for p in pairs])
+    full = pair_scores(pairs, flipped, lfw)
+    one_run = pair_scores(pairs, flipped, lfw, second=single)
+    neither = pair_scores(pairs, single, lfw)
+    out = []
+    for name, thr in thresholds.items():
+        mirrored = np.abs(one_run - thr) < band
+        lazy = np.where(mirrored, full, one_run)
+
+        def errors(s, thr=thr):
+            return int(np.sum(np.where(np.isnan(s), False, s >= thr) != same))
+
+        out.append({"variant": variant, "threshold_from": name, "threshold": thr, "band": band,
+                    "pairs": len(pairs), "mirrored_share": float(np.mean(mirrored)),
+                    "decisions_unlike_full_flip": int(np.sum((lazy >= thr) != (full >= thr))),
+                    "errors_near_threshold_flip": errors(lazy), "errors_full_flip": errors(full),
+                    "errors_no_flip": errors(neither)})
+    return out
 
 
 def _curve(genuine: np.ndarray, impostor: np.ndarray, points: int = 400) -> dict:
@@ -180,6 +219,17 @@ def markdown(result: dict) -> str:
             [[o["source"] + ("" if o["resolvable"] else " (too few impostors)"),
               None if o["threshold"] is None else round(o["threshold"], 4), round(o["tar"], 4),
               f"{o['far']:.2e}", round(o["frr"], 4)] for o in r["operating_points"]]))
+    if result.get("lazy_flip"):
+        lines.append("\n### Test-time flip near the threshold only (the device's decision path)\n")
+        lines.append("pairs.txt, the first image enrolled flipped, the second judged on one model run and mirrored "
+                     "only when that score is within the manifest's `flip_band` of the threshold:\n")
+        lines.append(common.md_table(
+            ["variant", "threshold from", "threshold", "band", "mirrored", "decisions unlike full flip",
+             "errors: near-threshold flip", "full flip", "no flip"],
+            [[r["variant"], r["threshold_from"], round(r["threshold"], 4), r["band"],
+              f"{100 * r['mirrored_share']:.1f} %", f"{r['decisions_unlike_full_flip']} of {r['pairs']}",
+              r["errors_near_threshold_flip"], r["errors_full_flip"], r["errors_no_flip"]]
+             for r in result["lazy_flip"]]))
     if result["notes"]:
         lines.append(common.notes_markdown(result["notes"]))
     return "\n".join(lines)

@@ -7,6 +7,10 @@ in large frames); ``--detectors short_range`` times the single short-range model
 Stages of one frame: ``decode`` (read + decode the image file), ``detect_pre`` (letterbox + normalize),
 ``detect_invoke`` (the detector model; once per tile), ``detect_post`` (anchor decoding + NMS), ``crop``,
 ``embed`` (normalize + the embedder model, per face), ``match`` (gallery lookup, per face), and ``total``.
+Embed and match follow the device's decision path (:func:`edgeface.recognizer.identify_crop`): with the
+manifest's test-time flip, the mirror image is embedded only for a face whose one-run score is near the
+threshold; the gallery holds the scene's people (enrolled from their second LFW photo) among random
+vectors, so probes score as real faces do, and each row reports the share of faces mirrored.
 
 How it stays honest:
 
@@ -95,10 +99,13 @@ class StagedPipeline:
                     raise common.BenchmarkError(f"no ONNX export of {path} (run `edgeface onnx`)")
                 wrapper.interpreter = OnnxInterpreter(onnx, wrapper.interpreter, threads)
         self.gallery = gallery
+        #: faces whose mirror image was embedded too (test-time flip near the threshold)
+        self.mirrored = 0
 
     def frame(self, path: Path) -> tuple[dict, int]:
         """Seconds per stage for one image file, and the number of faces found."""
         from edgeface import preprocess
+        from edgeface.recognizer import identify_crop
 
         t = {s: 0.0 for s in STAGES}
         c0 = time.perf_counter()
@@ -110,20 +117,33 @@ class StagedPipeline:
             a = time.perf_counter()
             crop = self.embedder.crop(image, f.box, f.keypoints)
             b = time.perf_counter()
-            emb = self.embedder.embed_crop(crop)
-            c = time.perf_counter()
-            if self.gallery is not None:
-                self.gallery.match(emb, k=1)
-            d = time.perf_counter()
             t["crop"] += b - a
-            t["embed"] += c - b
-            t["match"] += d - c
+            if self.gallery is None:
+                self.embedder.embed_crop(crop)
+                t["embed"] += time.perf_counter() - b
+            else:  # the device's decision path: the mirror image only near the threshold (flip_band)
+                found = identify_crop(self.embedder, crop, self.gallery, self.embedder.min_cosine_similarity, t)
+                self.mirrored += found.mirrored
         t["total"] = time.perf_counter() - c0
         return t, len(faces)
 
+    def enroll_people(self, photos: dict) -> None:
+        """Enroll ``{name: photo}`` into the gallery as the device does (the best face, flipped when the
+        manifest says so), so that probes of these people score as real faces do, near and far from the
+        threshold (a gallery of random vectors would never put a probe near it)."""
+        from edgeface import preprocess
+
+        for name, path in photos.items():
+            image = preprocess.read_image(path)
+            faces = self.detector.detect(image)
+            if faces:
+                crop = self.embedder.crop(image, faces[0].box, faces[0].keypoints)
+                self.gallery.enroll(name, [self.embedder.embed_crop(crop)])
+
 
 def make_gallery(folder: Path, dim: int, size: int, space_id: str, seed: int = 0):
-    """A gallery of ``size`` random unit embeddings (5 per person), for timing the match stage."""
+    """A gallery of ``size`` random unit embeddings (5 per person), for timing the match stage (a scene's real
+    people are added by :meth:`StagedPipeline.enroll_people`)."""
     from edgeface.gallery import Gallery
 
     rng = np.random.default_rng(seed)
@@ -167,8 +187,9 @@ def resolve_threads(threads: list) -> list[int]:
 
 
 def pick_scene_images(scene: dict, lfw: Path, bbt: Path, detectors: list) -> list[Path]:
-    """LFW scene: evenly spaced LFW images where every detector (every configuration of the run) finds exactly
-    one face. Group scene: the bbt group photos."""
+    """LFW scene: evenly spaced first photos of LFW people with a second photo (enrolled in the gallery), where
+    every detector (every configuration of the run) finds exactly one face. Group scene: the bbt group
+    photos."""
     from edgeface import preprocess
 
     n = int(scene["images"])
@@ -177,7 +198,8 @@ def pick_scene_images(scene: dict, lfw: Path, bbt: Path, detectors: list) -> lis
         if not files:
             raise common.BenchmarkError(f"no group photos in {bbt / 'group'}")
         return files[:n]
-    files = sorted((lfw / "images_deepfunneled").glob("*/*_0001.jpg"))
+    files = sorted(f for f in (lfw / "images_deepfunneled").glob("*/*_0001.jpg")
+                   if second_photo(f).is_file())
     if not files:
         raise common.BenchmarkError(f"no LFW images in {lfw}")
     step = max(1, len(files) // (n * 4))
@@ -189,6 +211,11 @@ def pick_scene_images(scene: dict, lfw: Path, bbt: Path, detectors: list) -> lis
         if len(out) == n:
             break
     return out
+
+
+def second_photo(first: Path) -> Path:
+    """``Name_0002.jpg`` beside ``Name_0001.jpg``: the photo a scene's person is enrolled from."""
+    return first.with_name(first.name.replace("_0001.jpg", "_0002.jpg"))
 
 
 # --------------------------------------------------------------------------- fresh-process probe
@@ -309,6 +336,9 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
                 if (space, pipe.embedder.dim) not in galleries:
                     galleries[(space, pipe.embedder.dim)] = make_gallery(Path(tmp.name), pipe.embedder.dim,
                                                                         settings["gallery_size"], space)
+                    pipe.gallery = galleries[(space, pipe.embedder.dim)]
+                    if scene["source"] == "lfw":  # the scene's people, from their second photos
+                        pipe.enroll_people({p.parent.name: second_photo(p) for p in images})
                 pipe.gallery = galleries[(space, pipe.embedder.dim)]
                 pipes[config_key(c)] = pipe
             keys = list(pipes)
@@ -316,6 +346,8 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
             for i in range(settings["warmup"]):
                 for k in keys:
                     pipes[k].frame(images[i % len(images)])
+            for k in keys:  # the mirrored share counts timed runs only
+                pipes[k].mirrored = 0
             samples = {k: {s: [] for s in STAGES + ("total",)} for k in keys}
             faces = {k: [] for k in keys}
             for i in common.progress(range(settings["runs"]), f"latency {scene['name']}",
@@ -342,6 +374,7 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
                     "flip": pipe.embedder.flip,
                     "faces_per_frame": round(float(np.mean(faces[k])), 2),
                     "stages_ms": {s: common.stats_ms(v) for s, v in samples[k].items()},
+                    "mirrored_share": round(pipe.mirrored / max(1, sum(faces[k])), 4),
                     "embed_per_face_ms": common.stats_ms(
                         [e / n for e, n in zip(samples[k]["embed"], faces[k]) if n]),
                     "delegate": {"detector": sum_delegates([delegate_info(m.interpreter)
@@ -504,12 +537,13 @@ def markdown(result: dict) -> str:
                          s["decode"]["median"],
                          round(s["detect_pre"]["median"] + s["detect_invoke"]["median"]
                                + s["detect_post"]["median"], 3),
-                         s["crop"]["median"], r["embed_per_face_ms"]["median"], s["match"]["median"],
+                         s["crop"]["median"], r["embed_per_face_ms"]["median"],
+                         f"{100 * r.get('mirrored_share', 0):.0f} %", s["match"]["median"],
                          s["total"]["median"], s["total"]["p95"], s["total"]["min"], fp.get("load_ms"),
                          fp.get("first_frame_ms"), fp.get("peak_rss_mb"), deleg])
         lines.append(common.md_table(
             ["runtime", "precision", "threads", "detector", "faces", "decode", "detect", "crop", "embed/face",
-             "match",
+             "mirrored", "match",
              "total median", "total p95", "total min", "load", "first frame", "peak RSS MB",
              "XNNPACK nodes det / emb"], rows))
     if result["int8_vs_float32"]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeface.detect import Face
 from edgeface.gallery import escape_name
+from edgeface.recognizer import identify_crop
 
 from . import quality as quality_mod
 from .decision import LivenessCheck, Vote, VoteBox, make_liveness
@@ -310,11 +311,14 @@ class FaceLoop:
                 self.stats["quality_rejected"] += 1
             elif self._wants_embedding(st, q, frame.index):
                 t = time.perf_counter()
-                emb = self.rec.embedder.embed_crop(self.rec.embedder.crop(image, face.box, face.keypoints))
-                self.timer.add("embed", time.perf_counter() - t)
-                t = time.perf_counter()
-                match = self.gallery.identify(emb, self.threshold)
-                self.timer.add("match", time.perf_counter() - t)
+                crop = self.rec.embedder.crop(image, face.box, face.keypoints)
+                stages = {"embed": time.perf_counter() - t}
+                # the mirror image only where it could change the answer (the embedder's flip_band)
+                found = identify_crop(self.rec.embedder, crop, self.gallery, self.threshold, stages)
+                match = found.match
+                for stage, seconds in stages.items():
+                    self.timer.add(stage, seconds)
+                self.stats["mirrored"] += found.mirrored
                 self.stats["embeddings"] += 1
                 st.n_embeds += 1
                 st.last_embed_frame, st.last_embed_score = frame.index, q.score

@@ -173,6 +173,24 @@ class Match(NamedTuple):
     similarity: float
 
 
+def check_threshold(min_cosine_similarity: object) -> float:
+    """``min_cosine_similarity`` as a float, or :class:`OptionError` unless it is a number in [-1, 1]."""
+    t = min_cosine_similarity
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) \
+            or not -1.0 <= float(t) <= 1.0:
+        raise OptionError(f"min_cosine_similarity must be a number in [-1, 1], got {t!r}")
+    return float(t)
+
+
+def best_match(top: Sequence[Match], min_cosine_similarity: float) -> Match:
+    """:meth:`Gallery.identify`'s answer from :meth:`Gallery.match`'s list (best first): the best person at or
+    above the threshold, else ``Match(None, best similarity)``; ``Match(None, nan)`` for an empty list."""
+    t = check_threshold(min_cosine_similarity)
+    if not top:
+        return Match(None, math.nan)
+    return top[0] if top[0].similarity >= t else Match(None, top[0].similarity)
+
+
 class Person(NamedTuple):
     """An enrolled person: name, how many embeddings, creation time (ISO 8601, UTC)."""
 
@@ -707,14 +725,8 @@ class Gallery:
         invent one.  Must be in [-1, 1].  With an empty gallery the result is
         ``Match(None, nan)``.
         """
-        t = min_cosine_similarity
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) \
-                or not -1.0 <= float(t) <= 1.0:
-            raise OptionError(f"min_cosine_similarity must be a number in [-1, 1], got {t!r}")
-        best = self.match(embedding, k=1)
-        if not best:
-            return Match(None, math.nan)
-        return best[0] if best[0].similarity >= float(t) else Match(None, best[0].similarity)
+        check_threshold(min_cosine_similarity)  # before the lookup: a bad threshold fails on any gallery
+        return best_match(self.match(embedding, k=1), min_cosine_similarity)
 
     # -- lifetime -----------------------------------------------------------
     def close(self) -> None:

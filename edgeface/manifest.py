@@ -134,6 +134,9 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
         raise bad("embedder.min_cosine_similarity", f"must be in [-1, 1], got {section['min_cosine_similarity']!r}")
     if not isinstance(section.get("flip", False), bool):
         raise bad("embedder.flip", f"must be true or false, got {section['flip']!r}")
+    band = section.get("flip_band", 0.0)
+    if isinstance(band, bool) or not (_finite(band) and 0 <= band <= 2):
+        raise bad("embedder.flip_band", f"must be a number in [0, 2], got {band!r}")
     points = section.get("operating_points", {})
     if not isinstance(points, dict):
         raise bad("embedder.operating_points", f"must be an object, got {points!r}")

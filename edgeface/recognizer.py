@@ -1,7 +1,9 @@
 """The public API: find faces, embed them, compare them, name them against a gallery."""
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -11,6 +13,7 @@ from . import preprocess
 from .detect import DetectorConfig, Face, FaceDetector, resolve_detector
 from .embed import FaceEmbedder
 from .errors import OptionError
+from .gallery import Match, best_match
 from .manifest import resolve_models
 
 DEFAULT_MODELS_DIR = "models"
@@ -35,6 +38,57 @@ class Identity(NamedTuple):
     face: Face
     name: Optional[str]
     similarity: float
+
+
+class CropMatch(NamedTuple):
+    """Result of :func:`identify_crop`: the gallery's answer, the embedding it was given and whether the
+    mirror image was embedded too (test-time flip)."""
+    match: Match
+    embedding: np.ndarray
+    mirrored: bool
+
+
+def needs_mirror(top: list[Match], threshold: float, band: float) -> bool:
+    """Could the mirror run change a one-run answer? Yes when the best score lies within ``band`` of
+    ``threshold``, or when the two best people are within ``band`` of each other at a score that could be
+    accepted (the name could change). ``top``: ``gallery.match(embedding, k=2)``; ``band`` inf: always."""
+    if not top or not math.isfinite(top[0].similarity):
+        return False
+    best = top[0].similarity
+    if abs(best - threshold) < band:
+        return True
+    return len(top) > 1 and best >= threshold - band and best - top[1].similarity < band
+
+
+def _add(timings: Optional[dict], key: str, seconds: float) -> None:
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + seconds
+
+
+def identify_crop(embedder: FaceEmbedder, crop: np.ndarray, gallery, min_cosine_similarity: float,
+                  timings: Optional[dict] = None) -> CropMatch:
+    """Who is the face in ``crop`` (the embedder's aligned crop)? What ``gallery.identify`` says of it.
+
+    With the embedder's test-time flip on, the mirror image is embedded only when :func:`needs_mirror` says
+    it could change the answer (``embedder.flip_band``; the gallery holds flipped embeddings from
+    enrollment): the decisions of flipping every probe, for about one model run a face. ``timings`` (a
+    dict) accumulates the seconds of ``embed`` (every model run) and ``match``.
+    """
+    t0 = time.perf_counter()
+    emb = embedder.embed_crop(crop, flip=False)
+    t1 = time.perf_counter()
+    top = gallery.match(emb, k=2)
+    t2 = time.perf_counter()
+    _add(timings, "embed", t1 - t0)
+    _add(timings, "match", t2 - t1)
+    mirrored = embedder.flip and needs_mirror(top, min_cosine_similarity, embedder.flip_band)
+    if mirrored:
+        emb = embedder.add_mirror(crop, emb)
+        t3 = time.perf_counter()
+        top = gallery.match(emb, k=1)
+        _add(timings, "embed", t3 - t2)
+        _add(timings, "match", time.perf_counter() - t3)
+    return CropMatch(best_match(top, min_cosine_similarity), emb, mirrored)
 
 
 class FaceRecognizer:
@@ -69,6 +123,10 @@ class FaceRecognizer:
       flip: also embed each face crop's mirror image and average (test-time flip). ``None`` follows the embedder
         manifest (the default build calibrates its thresholds with it: LFW int8 99.28 % vs 99.20 % without);
         ``False`` halves the embedding time per face.
+      flip_band: :meth:`identify` (and the device) embed the mirror only for a face whose one-run score is
+        within this of the threshold or of the runner-up (default: the manifest's ``flip_band``, 0.05 in a
+        current build: 1-3 % of faces, the same decisions as always flipping); ``float("inf")`` always
+        mirrors, 0 never (at thresholds calibrated for flipped probes).
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, precision: str = "int8",
@@ -77,7 +135,7 @@ class FaceRecognizer:
                  detector_path: str | os.PathLike | None = None, embedder_path: str | os.PathLike | None = None,
                  enhance: str = "none", detector: "str | DetectorConfig | None" = None,
                  min_face: Optional[int] = None, landmarks_path: str | os.PathLike | None = None,
-                 flip: Optional[bool] = None):
+                 flip: Optional[bool] = None, flip_band: Optional[float] = None):
         if enhance not in preprocess.ENHANCEMENTS:
             raise OptionError(f"unknown enhance {enhance!r}; choose one of {', '.join(preprocess.ENHANCEMENTS)}")
         if detector_path is None and not isinstance(detector, DetectorConfig):
@@ -89,7 +147,7 @@ class FaceRecognizer:
         self.detector = FaceDetector(detector_path, min_score=min_detection_score, threads=threads,
                                      accelerator=accelerator, tiles=tiles, min_face=min_face)
         self.embedder = FaceEmbedder(embedder_path, threads=threads, accelerator=accelerator,
-                                     landmarks_path=landmarks_path, flip=flip)
+                                     landmarks_path=landmarks_path, flip=flip, flip_band=flip_band)
         if min_cosine_similarity is None:
             min_cosine_similarity = self.embedder.min_cosine_similarity
         if not -1.0 <= min_cosine_similarity <= 1.0:
@@ -139,8 +197,10 @@ class FaceRecognizer:
 
     def identify(self, image: np.ndarray, gallery) -> list[Identity]:
         """Name every face in ``image`` against a :class:`edgeface.Gallery`; unknown faces get ``None``."""
+        image = self.prepare(image)
         out = []
-        for face, emb in self.embed(image):
-            match = gallery.identify(emb, self.min_cosine_similarity)
+        for face in self.detector.detect(image):
+            crop = self.embedder.crop(image, face.box, face.keypoints)
+            match = identify_crop(self.embedder, crop, gallery, self.min_cosine_similarity).match
             out.append(Identity(face, match.name, float(match.similarity)))
         return out

@@ -332,3 +332,62 @@ def test_flip_averages_the_crop_and_its_mirror_as_the_manifest_asks(models_dir, 
     (tmp_path / (path.stem + ".json")).write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="embedder.flip"):
         FaceEmbedder(bad)
+    m["embedder"]["flip"], m["embedder"]["flip_band"] = True, -0.1
+    (tmp_path / (path.stem + ".json")).write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="embedder.flip_band"):
+        FaceEmbedder(bad)
+
+
+def test_needs_mirror_only_where_the_mirror_could_change_the_answer():
+    from edgeface.gallery import Match
+    from edgeface.recognizer import needs_mirror
+
+    thr, band = 0.45, 0.05
+    assert not needs_mirror([], thr, band) and not needs_mirror([Match("a", float("nan"))], thr, band)
+    assert not needs_mirror([Match("a", 0.80), Match("b", 0.30)], thr, band)  # clearly someone
+    assert not needs_mirror([Match("a", 0.30), Match("b", 0.29)], thr, band)  # clearly no one, however close
+    assert needs_mirror([Match("a", 0.47)], thr, band) and needs_mirror([Match("a", 0.42)], thr, band)
+    assert needs_mirror([Match("a", 0.80), Match("b", 0.77)], thr, band)  # the name could change
+    assert not needs_mirror([Match("a", 0.80), Match("b", 0.77)], thr, 0.0)  # band 0: never
+    assert needs_mirror([Match("a", 0.99)], thr, float("inf"))  # inf: always
+
+
+@pytest.mark.slow
+def test_identify_crop_runs_the_mirror_only_near_the_threshold(models_dir, index, tmp_path):
+    """The device's decision path: one model run for a face far from the threshold (the flipped gallery
+    decides), the mirror too when the one-run score is near it; with the mirror the result is exactly the
+    always-flipped one."""
+    from edgeface import FaceRecognizer, Gallery
+    from edgeface.manifest import read_manifest
+    from edgeface.recognizer import identify_crop
+
+    m = read_manifest(models_dir / index["int8"]["embedder"])["embedder"]
+    assert m["flip"] is True and m["flip_band"] == 0.05
+    rec = FaceRecognizer(models_dir)
+    assert rec.embedder.flip and rec.embedder.flip_band == 0.05
+    gallery = Gallery(tmp_path / "g.db", rec.embedder_id, rec.embedder.dim)
+    empty = identify_crop(rec.embedder, np.zeros((112, 112, 3), np.uint8), gallery, 0.5)
+    assert empty.match.name is None and np.isnan(empty.match.similarity) and not empty.mirrored
+    for name in ("Colin_Powell", "Tony_Blair"):
+        image = preprocess.read_image(lfw_image(name, 1))
+        gallery.enroll(name, [rec.embed(image)[0][1]])  # enrollment embeddings are always flipped
+    image = preprocess.read_image(lfw_image("Colin_Powell", 2))
+    (face,) = rec.detect(image)[:1]
+    crop = rec.embedder.crop(image, face.box, face.keypoints)
+    thr = rec.min_cosine_similarity
+    timings = {}
+    far = identify_crop(rec.embedder, crop, gallery, thr, timings)
+    one_run = rec.embedder.embed_crop(crop, flip=False)
+    assert far.match.name == "Colin_Powell" and far.match.similarity > thr + 0.05 and not far.mirrored
+    np.testing.assert_allclose(far.embedding, one_run, atol=1e-6)
+    assert timings["embed"] > 0 and timings["match"] > 0
+    # the same face judged at a threshold just above its one-run score: near it, so the mirror runs
+    near = identify_crop(rec.embedder, crop, gallery, min(1.0, far.match.similarity + 0.01))
+    assert near.mirrored
+    np.testing.assert_allclose(near.embedding, rec.embedder.embed_crop(crop), atol=1e-6)  # = always flipped
+    np.testing.assert_allclose(near.match.similarity, float(gallery.match(rec.embedder.embed_crop(crop))[0]
+                                                            .similarity), atol=1e-6)
+    always = FaceRecognizer(models_dir, flip_band=float("inf"))
+    assert identify_crop(always.embedder, crop, gallery, thr).mirrored
+    assert [i.name for i in rec.identify(image, gallery)][:1] == ["Colin_Powell"]
+    gallery.close()

@@ -40,6 +40,8 @@ def test_latency_quick(models_dir, data_root, out):
         assert row["config"] == f"litert/{row['precision']}/t1/{row['detector']}"
         assert len(row["detector_models"]) == (1 if row["detector"] == "short_range" else 2)
         assert row["delegate"]["detector"]["nodes"] > 0
+        # the device's decision path: the mirror image only for faces near the threshold (deterministic)
+        assert row["flip"] and 0 <= row["mirrored_share"] <= 0.5
     for row in one:
         st = row["stages_ms"]
         assert row["faces_per_frame"] == 1
@@ -57,6 +59,7 @@ def test_latency_quick(models_dir, data_root, out):
         (sc, "litert", 1, d) for sc in ("lfw_1face", "group") for d in ("short_range", "auto")}
     md = (out / "latency.md").read_text()
     assert "| detector |" in md and "litert/int8/t1/auto" not in md  # a column, not a label
+    assert "| mirrored |" in md
     assert r["machine"]["packages"]["ai-edge-litert"]
     assert r["runtimes"] == ["litert"] and isinstance(r["notes"], list)
 
@@ -109,6 +112,23 @@ def test_accuracy_quick(models_dir, data_root, out):
     assert thr == sorted(thr)  # stricter FAR, higher threshold
     assert (out / "accuracy.png").is_file()
     assert list((out / "cache").glob("emb_*.npz"))
+
+
+@pytest.mark.slow  # needs built models
+def test_accuracy_reports_what_flipping_near_the_threshold_decides(models_dir, data_root, tmp_path):
+    """With a flipped variant and its _noflip twin in one run, the device's decision path (mirror only near the
+    threshold) is compared with flipping every probe, at every manifest threshold."""
+    r = _run("accuracy", models_dir, data_root, tmp_path, "--precisions", "int8", "int8_noflip")
+    assert [v["variant"] for v in r["variants"]] == ["int8", "int8_noflip"]
+    rows = r["lazy_flip"]
+    assert {row["threshold_from"] for row in rows} >= {"accuracy (default)", "far_0.001"}
+    for row in rows:
+        assert row["variant"] == "int8" and row["band"] == 0.05 and row["pairs"] == 60
+        assert 0 <= row["mirrored_share"] < 0.5  # most probes are decided on one model run
+        # near-threshold mirroring decides (almost) as flipping every probe does
+        assert row["decisions_unlike_full_flip"] <= 2
+        assert abs(row["errors_near_threshold_flip"] - row["errors_full_flip"]) <= 2
+    assert "near the threshold only" in (tmp_path / "accuracy.md").read_text()
 
 
 @pytest.mark.slow  # needs built models
