@@ -159,8 +159,9 @@ def keras_model(family: str, weights: Path, for_int8: bool = True,
 
 #: Decisions against a gallery run the mirror image only for a face whose one-run score is within this of
 #: the threshold or of the runner-up (``edgeface.recognizer.needs_mirror``; manifest ``embedder.flip_band``).
-#: Measured on LFW pairs.txt (int8, gallery side flipped, thresholds 0.43-0.52): the mirror runs for 1-3 % of
-#: probes; the decisions differ from flipping every probe in 1-2 of 6,000 pairs (0.03: 4-5; 0.08: 1-2).
+#: Measured on LFW pairs.txt (int8, gallery side flipped, `bench accuracy --precisions int8 int8_noflip`): the
+#: mirror runs for 1-5 % of probes (17 % at the strictest open-set point, 0.72) and the decisions equal flipping
+#: every probe in all 6,000 pairs at every manifest threshold (an earlier estimate: 0.03 differed in 4-5).
 FLIP_BAND = 0.05
 
 #: How MobileFaceNet's int8 graph spells its PReLUs (:mod:`.tflite_rebuild`): XNNPACK has no int8 PReLU kernel.

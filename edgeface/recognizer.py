@@ -125,7 +125,7 @@ class FaceRecognizer:
         ``False`` halves the embedding time per face.
       flip_band: :meth:`identify` (and the device) embed the mirror only for a face whose one-run score is
         within this of the threshold or of the runner-up (default: the manifest's ``flip_band``, 0.05 in a
-        current build: 1-3 % of faces, the same decisions as always flipping); ``float("inf")`` always
+        current build: 1-5 % of faces, the same decisions as always flipping); ``float("inf")`` always
         mirrors, 0 never (at thresholds calibrated for flipped probes).
     """
 
