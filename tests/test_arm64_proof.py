@@ -290,7 +290,12 @@ def test_runtime_passes_on_reference_kernels_only_when_optimized_differs_in_valu
     # without the reference run, or with a reference run 2 steps off, the runtime fails
     assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"]})["tflite_runtime"]["ok"]
     off = check.compare(ref_ref, _run(_bumped(ref_out, "emb_out:1", 2), images, "reference"))
-    assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": off})["tflite_runtime"]["ok"]
+    v = check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": off})["tflite_runtime"]
+    assert not v["ok"] and v["how"] == "optimized and reference kernels out of tolerance"
+    # reference kernels exact on every raw tensor, but one identity differs in its own pipeline: still a fail
+    other_name = check.compare(ref_ref, _run(ref_out, [_image("a.jpg", [[0, 0, 10, 10]], ["raj"])], "reference"))
+    v = check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": other_name})["tflite_runtime"]
+    assert not v["ok"] and "within tolerance on every raw tensor but the reference-kernel pipeline differs" in v["how"]
     # a fault that is not a value difference (other models) is never excused by the reference kernels
     other = _run(ref_out, images)
     other["meta"]["models"] = {"det_short_range": "d", "embedder": "x"}
