@@ -33,6 +33,20 @@ class ImageError(EdgefaceError, ValueError):
     """An input image that cannot be used; the message names the file and the reason."""
 
 
+#: OpenCV's LOG_LEVEL_SILENT (0 in OpenCV 4 and 5)
+OPENCV_LOG_SILENT = 0
+
+
+def opencv_log_level(cv2_module):
+    """OpenCV's ``(getLogLevel, setLogLevel)``: ``cv2.utils.logging``'s in OpenCV 5, the top-level
+    ``cv2.getLogLevel`` / ``cv2.setLogLevel`` in OpenCV 4 (the ``[device-legacy]`` extra's 4.11 has no
+    ``cv2.utils.logging``)."""
+    logging = getattr(getattr(cv2_module, "utils", None), "logging", None)
+    if logging is not None and hasattr(logging, "setLogLevel"):
+        return logging.getLogLevel, logging.setLogLevel
+    return cv2_module.getLogLevel, cv2_module.setLogLevel
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as upright RGB ``uint8`` (H, W, 3): the one door every image of edgeface comes in by.
 
@@ -84,16 +98,16 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     if header.format == "tiff":
         flags |= cv2.IMREAD_ANYDEPTH
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # a broken file is our one error line, not OpenCV's five
+    get_level, set_level = opencv_log_level(cv2)
+    level = get_level()
+    set_level(OPENCV_LOG_SILENT)  # a broken file is our one error line, not OpenCV's five
     try:
         image = cv2.imdecode(data, flags)
     except cv2.error as exc:  # some decoders raise instead of returning None
         raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode: "
                          f"{str(exc).strip().splitlines()[-1]})") from None
     finally:
-        logging.setLogLevel(level)
+        set_level(level)
     del data
     if image is None or image.size == 0:
         raise ImageError(f"{path}: not a readable image (the {header.format} data does not decode)")

@@ -162,10 +162,101 @@ def test_image_list_exists_in_shared_data(data_root):
     assert not missing
 
 
+# ------------------------------------------------------------------- float32 edges of the int8 models
+def test_to_steps_recovers_the_dequantized_integers_exactly():
+    rng = np.random.default_rng(1)
+    q = rng.integers(-128, 128, (1, 896, 16), dtype=np.int8)
+    scale, zp = 1.1811023950576782, -3
+    f = ((q.astype(np.float32) - zp) * np.float32(scale)).astype(np.float32)  # what DEQUANTIZE returns
+    assert np.array_equal(check.to_steps(f, scale, zp, np.int8), q)
+    # a float a last-ulp off (another platform's float multiply) still maps to the same integers
+    assert np.array_equal(check.to_steps(np.nextafter(f, np.float32(np.inf)), scale, zp, np.int8), q)
+
+
+def test_to_steps_refuses_values_off_the_grid_or_out_of_range():
+    with pytest.raises(ValueError, match="off the grid"):
+        check.to_steps(np.array([0.3], np.float32), 0.25, 0, np.int8)
+    with pytest.raises(ValueError, match="outside int8"):
+        check.to_steps(np.array([40.0], np.float32), 0.25, 0, np.int8)
+    with pytest.raises(ValueError, match="scale"):
+        check.to_steps(np.array([0.0], np.float32), 0.0, 0, np.int8)
+
+
+def test_step_diff_integers_and_floats_in_steps():
+    assert check.step_diff(np.array([-128, 5], np.int8), np.array([127, 5], np.int8)) == 255
+    assert check.step_diff(np.array([3], np.uint8), np.array([2], np.uint8)) == 1  # no uint8 wraparound
+    a = np.array([0.5, 1.0], np.float32)
+    assert check.step_diff(a, a + np.float32(0.5), 0.25) == 2
+    assert check.step_diff(a, a + np.float32(0.5), None) == 0.5
+    assert check.step_diff(np.zeros(0, np.int8), np.zeros(0, np.int8)) == 0
+
+
+def test_compare_ops_counts_a_float_edge_in_steps_of_its_integers():
+    index = {"models": {"embedder": {"ops": [{"op": 0, "name": "DEQUANTIZE", "units": [0.25]},
+                                             {"op": 1, "name": "CONV_2D", "units": [None]}]}}}
+    meta = {"versions": {"runtime": "litert"}, "kernels": "optimized"}
+    ref = {"meta": meta, "arrays": {"embedder:0:0:0": np.array([0.5], np.float32),
+                                    "embedder:1:0:0": np.array([3], np.int8)}}
+    one = {"meta": meta, "arrays": {"embedder:0:0:0": np.array([0.75], np.float32),
+                                    "embedder:1:0:0": np.array([3], np.int8)}}
+    c = check.compare_ops(index, ref, one)
+    assert c["ok"] and c["roles"]["embedder"] == {"ops": 2, "identical": 1, "max_diff": 1}
+    two = {"meta": meta, "arrays": dict(one["arrays"], **{"embedder:0:0:0": np.array([1.0], np.float32)})}
+    c = check.compare_ops(index, ref, two)
+    assert not c["ok"] and c["problems"] == ["embedder op 0 DEQUANTIZE: 2 steps > 1"]
+
+
+def test_op_units():
+    class Q:
+        def __init__(self, scale):
+            self.scale = scale
+
+    class T:
+        def __init__(self, type_, scale=None):
+            self.type, self.quantization = type_, Q(scale) if scale is not None else None
+
+    class Op:
+        def __init__(self, inputs, outputs):
+            self.inputs, self.outputs = inputs, outputs
+
+    tensors = [T(9, [0.5]), T(0), T(9, [0.1]), T(0, [])]  # int8, float32, int8, float32
+    assert check.op_units(tensors, Op([0], [1])) == [0.5]     # DEQUANTIZE: steps of its input
+    assert check.op_units(tensors, Op([1], [2])) == [None]    # QUANTIZE: an integer output
+    assert check.op_units(tensors, Op([-1, 3], [1])) == [0.0]  # float in, float out: as is
+
+
+# ---------------------------------------------------------------------- the models of the default pipeline
+def test_pipeline_models_of_the_default_configuration(tmp_path):
+    index = {"int8": {"detector": "blazeface_short_range_int8.tflite", "embedder": "mobilefacenet_int8.tflite"},
+             "detectors": {"short_range": {"int8": "blazeface_short_range_int8.tflite"},
+                           "full_range": {"int8": "blazeface_full_range_int8.tflite"}},
+             "detector_configs": {"auto": {"whole_frame": ["short_range", "full_range"], "tile_model": "full_range"}},
+             "default_detector": "auto",
+             "landmarks": {"default": "onet", "onet": {"int8": "onet_int8.tflite"}}}
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    files = check.pipeline_models(tmp_path)
+    assert {k: v.name for k, v in files.items()} == {
+        "det_short_range": "blazeface_short_range_int8.tflite", "det_full_range": "blazeface_full_range_int8.tflite",
+        "landmarks": "onet_int8.tflite", "embedder": "mobilefacenet_int8.tflite"}
+    # an older folder: one detector, no landmark model
+    index.pop("landmarks"), index.pop("default_detector"), index.pop("detector_configs")
+    (tmp_path / "models.json").write_text(json.dumps(index))
+    assert list(check.pipeline_models(tmp_path)) == ["det_short_range", "embedder"]
+
+
+def test_landmark_shift_is_measured_between_matched_faces():
+    ref = [_image("a.jpg", [[0, 0, 10, 10]], ["amy"], landmarks=[[[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]])]
+    cand = [_image("a.jpg", [[0, 0, 10, 10]], ["amy"], landmarks=[[[1, 1], [2, 2.5], [3, 3], [4, 4], [5, 5]]])]
+    r = check.compare_faces(ref, cand)
+    assert r["ok"] and r["max_landmark_shift_px"] == pytest.approx(0.5)
+    assert check.compare_faces([_image("a.jpg", [], [])], [_image("a.jpg", [], [])])["max_landmark_shift_px"] is None
+
+
 # ------------------------------------------------------------------------- kernels and runtime verdicts
 def _run(outputs, images, kernels="optimized", runtime="tflite_runtime", crops=3):
-    meta = {"detector_sha256": "d", "embedder_sha256": "e", "kernels": kernels, "cpu": {"sme": False},
-            "versions": {"runtime": runtime}, "images": images, "crops": [{}] * crops}
+    meta = {"models": {"det_short_range": "d", "embedder": "e"}, "kernels": kernels, "cpu": {"sme": False},
+            "groups": list(check.OUTPUT_GROUPS), "versions": {"runtime": runtime}, "images": images,
+            "crops": [{}] * crops}
     return {"meta": meta, "arrays": outputs}
 
 
@@ -199,10 +290,15 @@ def test_runtime_passes_on_reference_kernels_only_when_optimized_differs_in_valu
     # without the reference run, or with a reference run 2 steps off, the runtime fails
     assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"]})["tflite_runtime"]["ok"]
     off = check.compare(ref_ref, _run(_bumped(ref_out, "emb_out:1", 2), images, "reference"))
-    assert not check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": off})["tflite_runtime"]["ok"]
+    v = check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": off})["tflite_runtime"]
+    assert not v["ok"] and v["how"] == "optimized and reference kernels out of tolerance"
+    # reference kernels exact on every raw tensor, but one identity differs in its own pipeline: still a fail
+    other_name = check.compare(ref_ref, _run(ref_out, [_image("a.jpg", [[0, 0, 10, 10]], ["raj"])], "reference"))
+    v = check.runtime_verdicts({"arm64-tr": cands["arm64-tr"], "ref": other_name})["tflite_runtime"]
+    assert not v["ok"] and "within tolerance on every raw tensor but the reference-kernel pipeline differs" in v["how"]
     # a fault that is not a value difference (other models) is never excused by the reference kernels
     other = _run(ref_out, images)
-    other["meta"]["embedder_sha256"] = "x"
+    other["meta"]["models"] = {"det_short_range": "d", "embedder": "x"}
     bad = check.compare(ref_opt, other)
     assert not bad["values_only"]
     assert not check.runtime_verdicts({"o": bad, "r": cands["arm64-tr-reference"]})["tflite_runtime"]["ok"]
@@ -241,27 +337,33 @@ def test_single_op_models_compute_what_the_whole_model_computes(ops_dir, models_
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     index = json.loads((ops_dir / "ops.json").read_text())
-    det = index["models"]["detector"]
-    assert det["samples"] == 3 and len(index["models"]["embedder"]["ops"]) > 100
+    assert set(index["models"]) == {"det_short_range", "det_full_range", "landmarks", "embedder"}
+    assert index["models"]["landmarks"]["samples"] == 2 and len(index["models"]["embedder"]["ops"]) > 100
+    assert index["models"]["det_full_range"]["samples"] == 3
+    dequantize = [o["units"] for o in index["models"]["det_full_range"]["ops"] if o["name"] == "DEQUANTIZE"]
+    assert sorted(dequantize) == [[pytest.approx(0.0787, abs=1e-4)], [pytest.approx(1.2598, abs=1e-4)]]  # scores, boxes
     with np.load(ops_dir / "inputs.npz") as z:
         inputs = {k.replace("__", ":"): z[k] for k in z.files}
     builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    whole = Interpreter(model_path=str(models_dir / det["file"]), experimental_preserve_all_tensors=True,
-                        experimental_op_resolver_type=builtin, num_threads=1)
-    whole.allocate_tensors()
-    whole.set_tensor(whole.get_input_details()[0]["index"], inputs["detector:0:0:0"])
-    whole.invoke()
-    ops = whole._get_ops_details()
-    assert len(det["ops"]) == len(ops) > 70  # every op of the int8 BlazeFace, its uint8/float32 edge included
-    for op in det["ops"]:
-        single = Interpreter(model_path=str(ops_dir / op["file"]), experimental_op_resolver_type=builtin, num_threads=1)
-        single.allocate_tensors()
-        for j, d in enumerate(single.get_input_details()):
-            single.set_tensor(d["index"], inputs[f"detector:{op['op']}:0:{j}"])
-        single.invoke()
-        got = single.get_tensor(single.get_output_details()[0]["index"])
-        assert op["name"] == ops[op["op"]]["op_name"]
-        assert np.array_equal(got, whole.get_tensor(ops[op["op"]]["outputs"][0])), op
+    for role, m in index["models"].items():
+        whole = Interpreter(model_path=str(models_dir / m["file"]), experimental_preserve_all_tensors=True,
+                            experimental_op_resolver_type=builtin, num_threads=1)
+        whole.allocate_tensors()
+        whole.set_tensor(whole.get_input_details()[0]["index"], inputs[f"{role}:0:0:0"])
+        whole.invoke()
+        ops = whole._get_ops_details()
+        assert len(m["ops"]) == len(ops) > 30  # every op, the uint8 input and float32 output edges included
+        assert ops[0]["op_name"] == "QUANTIZE" and "DEQUANTIZE" in {o["op_name"] for o in ops}
+        for op in m["ops"]:
+            single = Interpreter(model_path=str(ops_dir / op["file"]), experimental_op_resolver_type=builtin,
+                                 num_threads=1)
+            single.allocate_tensors()
+            for j, d in enumerate(single.get_input_details()):
+                single.set_tensor(d["index"], inputs[f"{role}:{op['op']}:0:{j}"])
+            single.invoke()
+            got = single.get_tensor(single.get_output_details()[0]["index"])
+            assert op["name"] == ops[op["op"]]["op_name"]
+            assert np.array_equal(got, whole.get_tensor(ops[op["op"]]["outputs"][0])), (role, op)
 
 
 @pytest.mark.slow  # needs built models
@@ -277,7 +379,8 @@ def test_every_single_op_within_one_step_across_kernels(ops_dir, tmp_path):
     c = check.compare_ops(index, check._load_ops(opt), check._load_ops(ref))
     assert c["ok"], c["problems"]
     assert c["worst"]["steps"] == 1  # the kernels do differ: the check is not comparing a run with itself
-    assert c["roles"]["detector"]["ops"] == len(index["models"]["detector"]["ops"]) > 70
+    assert c["roles"]["det_full_range"]["ops"] == len(index["models"]["det_full_range"]["ops"]) > 100
+    assert c["roles"]["landmarks"]["ops"] > 30
 
 
 # --------------------------------------------------------------------------- the whole proof (opt-in)

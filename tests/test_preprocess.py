@@ -120,3 +120,22 @@ def test_enhance_brightens_dark_images_and_names_bad_input():
         enhance(dark, "sharpen")
     with pytest.raises(ValueError, match="RGB uint8"):
         enhance(dark.astype(np.float32), "equalize")
+
+
+def test_opencv_log_level_on_opencv_4_and_5():
+    """OpenCV 5 keeps the log level in cv2.utils.logging; the [device-legacy] extra's OpenCV 4.11 has only
+    cv2.getLogLevel / cv2.setLogLevel (read_image raised AttributeError on it before)."""
+    import types
+
+    from edgeface.preprocess import opencv_log_level
+
+    calls = []
+    cv4 = types.SimpleNamespace(utils=types.SimpleNamespace(), getLogLevel=lambda: 3, setLogLevel=calls.append)
+    get, put = opencv_log_level(cv4)
+    put(0)
+    assert get() == 3 and calls == [0]
+    logging = types.SimpleNamespace(getLogLevel=lambda: 4, setLogLevel=calls.append)
+    cv5 = types.SimpleNamespace(utils=types.SimpleNamespace(logging=logging))
+    get, put = opencv_log_level(cv5)
+    put(1)
+    assert get() == 4 and calls == [0, 1]

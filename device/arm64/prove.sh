@@ -24,7 +24,7 @@
 #    match x86's reference kernels: the install is then proven exact and the optimized differences are the
 #    runtime's kernel rounding (check.py explains). The reference run checks the first --reference-crops
 #    (default 12) raw embedder crops; it takes about 10 more minutes under qemu.
-#  * Single ops: every op of both int8 models runs alone on the inputs it sees on real images (recorded on
+#  * Single ops: every op of every int8 model runs alone on the inputs it sees on real images (recorded on
 #    x86), on x86 and on arm64, and must be within one step: this compares one kernel at a time.
 # Exit status: 0 when every check passes, 1 when a check fails, 2 for a setup error.
 set -euo pipefail
@@ -186,10 +186,12 @@ else
   tar -C "$REPO" --exclude=.git --exclude=.cache --exclude=models --exclude='*.tflite' --exclude='*.egg-info' \
     --exclude=__pycache__ -cf - . | tar -C "$ROOT$WORK/src" -xf -
 fi
-read -r DET EMB < <("$HOST_PYTHON" -c 'import json,sys; i=json.load(open(sys.argv[1]))["int8"]; print(i["detector"], i["embedder"])' "$MODELS/models.json")
-for f in "$DET" "$EMB"; do cp "$MODELS/$f" "$MODELS/${f%.tflite}.json" "$ROOT$WORK/models/"; done
-"$HOST_PYTHON" -c 'import json,sys; i=json.load(open(sys.argv[1])); json.dump({"int8": i["int8"]}, open(sys.argv[2], "w"))' \
-  "$MODELS/models.json" "$ROOT$WORK/models/models.json"
+# the int8 models of the default pipeline (every detector of the default configuration, the landmark model,
+# the embedder) with their manifests, and models.json as it is (the float files it lists stay behind)
+PYTHONPATH="$REPO" "$HOST_PYTHON" "$HERE/check.py" models --models "$MODELS" > "$OUT/models.txt"
+while read -r f; do cp "$MODELS/$f" "$ROOT$WORK/models/"; done < "$OUT/models.txt"
+cp "$MODELS/models.json" "$ROOT$WORK/models/models.json"
+echo "models: $(grep -c tflite "$OUT/models.txt") int8 models ($(grep tflite "$OUT/models.txt" | tr '\n' ' '))"
 "$HOST_PYTHON" "$HERE/check.py" images --data "$DATA" > "$OUT/images.txt"
 tar -C "$DATA" -T "$OUT/images.txt" -cf - | tar -C "$ROOT$WORK/data" -xf -
 phase copy "$t"
@@ -201,7 +203,7 @@ PYTHONPATH="$REPO" EDGEFACE_RUNTIME=litert $NICE "$HOST_PYTHON" "$HERE/check.py"
   --data "$ROOT$WORK/data" --threads "$THREADS" --out "$OUT/x86-litert.npz" 2>&1 | tee "$OUT/x86-litert.log"
 cp "$OUT/x86-litert.npz" "$ROOT$WORK/x86-litert.npz"
 rm -f "$OUT/x86-litert-reference.npz"  # made below when a runtime needs it, for these models
-# single ops: one model per op of both int8 models plus the inputs each op sees (host, TensorFlow), run here
+# single ops: one model per op of every int8 model plus the inputs each op sees (host, TensorFlow), run here
 # and on arm64, so each kernel is compared alone
 PYTHONPATH="$REPO" $NICE "$HOST_PYTHON" "$HERE/check.py" split --models "$ROOT$WORK/models" --data "$ROOT$WORK/data" \
   --out "$ROOT$WORK/ops" 2>&1 | { grep -v -e '^I0000' -e '^WARNING: All log' -e '^To enable' || true; } | tee "$OUT/split.log"
