@@ -197,6 +197,20 @@ def _prelu_neighbours(sg, names: list[str], x: int, out: int) -> tuple[int, int]
     return p, c
 
 
+def _scale_channels(sg, names: list[str], consts: dict, pair: tuple[int, int], divisor: np.ndarray) -> None:
+    """Divide the producer convolution's output channels (weights and bias) by ``divisor`` and multiply the
+    consumer's input channels by it, in ``consts`` in place. A PReLU between them commutes with a positive
+    divisor (equalization); a divisor of -1 is undone by the consumer, which is how the ``"signed"`` style
+    flips a channel."""
+    p, c = (sg.operators[k] for k in pair)
+    pw, cw = int(p.inputs[1]), int(c.inputs[1])
+    # producer weights: CONV_2D [out, kh, kw, in], DEPTHWISE_CONV_2D [1, kh, kw, C]
+    consts[pw] = consts[pw] / (divisor[:, None, None, None] if names[pair[0]] == "CONV_2D" else divisor)
+    if len(p.inputs) > 2 and int(p.inputs[2]) >= 0:
+        consts[int(p.inputs[2])] = consts[int(p.inputs[2])] / divisor
+    consts[cw] = consts[cw] * divisor  # the channel axis is last for both kinds of consumer
+
+
 def _equalize(sg, names: list[str], consts: dict, patterns: dict, channel_scales: dict) -> None:
     """Divide each PReLU's producer output channels by ``channel_scales[name of its input tensor]`` and multiply
     the consumer's input channels by it (in ``consts``, in place; the float function is unchanged)."""
@@ -210,15 +224,7 @@ def _equalize(sg, names: list[str], consts: dict, patterns: dict, channel_scales
         scale = np.asarray(scale, np.float32).reshape(-1)
         if scale.size != int(sg.tensors[x].shape[-1]) or not np.all(scale > 0):
             raise ValueError(f"{sg.tensors[x].name.decode()}: need {int(sg.tensors[x].shape[-1])} positive scales")
-        p, c = (sg.operators[k] for k in pair)
-        pw, cw = int(p.inputs[1]), int(c.inputs[1])
-        if names[pair[0]] == "CONV_2D":  # [out, kh, kw, in]
-            consts[pw] = consts[pw] / scale[:, None, None, None]
-        else:  # [1, kh, kw, C]
-            consts[pw] = consts[pw] / scale
-        if len(p.inputs) > 2 and int(p.inputs[2]) >= 0:
-            consts[int(p.inputs[2])] = consts[int(p.inputs[2])] / scale
-        consts[cw] = consts[cw] * scale  # the channel axis is last for both kinds of consumer
+        _scale_channels(sg, names, consts, pair, scale)
 
 
 def _flip_signs(sg, names: list[str], consts: dict, patterns: dict) -> None:
@@ -232,13 +238,7 @@ def _flip_signs(sg, names: list[str], consts: dict, patterns: dict) -> None:
         if pair is None:
             raise ValueError(f"PReLU on {sg.tensors[x].name.decode()}: slopes > 1 need a producer and consumer "
                              f"convolution to flip signs in; use prelu='relu_split'")
-        sign = np.where(flip, -1.0, 1.0).astype(np.float32)
-        p, c = (sg.operators[j] for j in pair)
-        pw, cw = int(p.inputs[1]), int(c.inputs[1])
-        consts[pw] = consts[pw] * (sign[:, None, None, None] if names[pair[0]] == "CONV_2D" else sign)
-        if len(p.inputs) > 2 and int(p.inputs[2]) >= 0:
-            consts[int(p.inputs[2])] = consts[int(p.inputs[2])] * sign
-        consts[cw] = consts[cw] * sign  # the channel axis is last for both kinds of consumer
+        _scale_channels(sg, names, consts, pair, np.where(flip, -1.0, 1.0).astype(np.float32))
 
 
 def prelu_channel_scales(path: str | os.PathLike, inputs: np.ndarray, alpha: float = 1.0,
