@@ -158,7 +158,9 @@ def lazy_flip_agreement(flipped: dict, single: dict, pairs, lfw: Path, threshold
     manifest threshold: the first image enrolled flipped, the second judged on one model run and mirrored
     only within ``band`` of the threshold; against flipping both (what the thresholds were calibrated for)
     and flipping neither. Errors count missed faces as rejects."""
+    from edgeface.gallery import Match
     from edgeface.lfw import pair_scores
+    from edgeface.recognizer import needs_mirror
 
     band = float("inf") if band is None else float(band)
     same = np.array([p.same for p in pairs])
@@ -167,7 +169,8 @@ def lazy_flip_agreement(flipped: dict, single: dict, pairs, lfw: Path, threshold
     neither = pair_scores(pairs, single, lfw)
     out = []
     for name, thr in thresholds.items():
-        mirrored = np.abs(one_run - thr) < band
+        # the device's own rule (a verification pair has no runner-up): one place decides when to mirror
+        mirrored = np.array([needs_mirror([Match(None, float(v))], thr, band) for v in one_run], bool)
         lazy = np.where(mirrored, full, one_run)
 
         def errors(s, thr=thr):

@@ -333,13 +333,13 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
                 pipe = StagedPipeline(v.detector, v.embedder, c["runtime"], c["threads"], scene["tiles"],
                                       precision=v.precision, flip=v.flip)
                 space = pipe.embedder.space_id
-                if (space, pipe.embedder.dim) not in galleries:
+                new = (space, pipe.embedder.dim) not in galleries
+                if new:
                     galleries[(space, pipe.embedder.dim)] = make_gallery(Path(tmp.name), pipe.embedder.dim,
                                                                         settings["gallery_size"], space)
-                    pipe.gallery = galleries[(space, pipe.embedder.dim)]
-                    if scene["source"] == "lfw":  # the scene's people, from their second photos
-                        pipe.enroll_people({p.parent.name: second_photo(p) for p in images})
                 pipe.gallery = galleries[(space, pipe.embedder.dim)]
+                if new and scene["source"] == "lfw":  # the scene's people, from their second photos
+                    pipe.enroll_people({p.parent.name: second_photo(p) for p in images})
                 pipes[config_key(c)] = pipe
             keys = list(pipes)
             # warm-up, interleaved
