@@ -85,8 +85,10 @@ class ModelsConfig:
                                        "face is never embedded; large frames add tiles for faces this small)",
                                  0, 4096)
     flip: Optional[bool] = _f(None, "also embed the mirrored face crop and average (what the embedder manifest's "
-                                    "thresholds were calibrated with; unset = the manifest's choice). false: half "
-                                    "the embedding time per face, a little less accurate")
+                                    "thresholds were calibrated with; unset = the manifest's choice): always when "
+                                    "enrolling, at the door only for a face scored within the manifest's "
+                                    "flip_band of the threshold (1-5 % of faces). false: never, a little less "
+                                    "accurate")
 
 
 @dataclass(frozen=True)

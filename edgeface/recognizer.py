@@ -122,7 +122,8 @@ class FaceRecognizer:
         warns): a little less accurate, ~1 ms less per face.
       flip: also embed each face crop's mirror image and average (test-time flip). ``None`` follows the embedder
         manifest (the default build calibrates its thresholds with it: LFW int8 99.28 % vs 99.20 % without);
-        ``False`` halves the embedding time per face.
+        ``False`` never mirrors (:meth:`verify` and :meth:`embed` then run the embedder once per face instead
+        of twice; :meth:`identify` mirrors only near the threshold anyway, see ``flip_band``).
       flip_band: :meth:`identify` (and the device) embed the mirror only for a face whose one-run score is
         within this of the threshold or of the runner-up (default: the manifest's ``flip_band``, 0.05 in a
         current build: 1-5 % of faces, the same decisions as always flipping); ``float("inf")`` always
