@@ -232,8 +232,9 @@ BENCHMARKS = (
             _opt("--precisions", nargs="+", help="int8 int8_io float32 int8_pruned, or any <precision>_<tag> entry "
                                                  "of models.json (e.g. int8_facenet: another embedder, same run; "
                                                  "int8_io: build it with `edgeface variants --variants int8_io`); "
-                                                 "a _noflip / _flip suffix (int8_noflip, int8_flip) embeds each "
-                                                 "face once / also its mirror image, whatever the manifest says"),
+                                                 "a _noflip / _flip suffix (int8_noflip, int8_flip) turns the "
+                                                 "manifest's test-time flip off / on (on: latency mirrors a face "
+                                                 "only near the threshold, as the door does)"),
             _opt("--detectors", nargs="+", metavar="NAME",
                  help="detector configurations of the models folder's models.json (its detector_configs and "
                       "detectors, e.g. auto short_range full_range; default: the folder's default_detector, "
