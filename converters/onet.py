@@ -155,14 +155,10 @@ def reference_outputs(path: str | os.PathLike, crops: np.ndarray, engine: str = 
 
 def face_crops(images: Sequence[np.ndarray], detect) -> list[np.ndarray]:
     """O-Net input crops of the best face of each image (``detect``: a BlazeFace ``FaceDetector.detect``)."""
-    crops = []
-    for img in images:
-        faces = detect(img)
-        if faces:
-            crops.append(crop_region(img, landmark_region(faces[0].box, CROP["scale"], CROP["shift_y"]), SIZE))
-    if not crops:
-        raise ValueError("no face found in any calibration image for the landmark model")
-    return crops
+    from edgeface.calibration_data import builder
+
+    return builder.face_crops(images, detect, lambda img, face: crop_region(
+        img, landmark_region(face.box, CROP["scale"], CROP["shift_y"]), SIZE))
 
 
 def _manifest(precision: str, dtype: str, outputs: dict, upstream: Path, extra: dict | None = None) -> dict:
