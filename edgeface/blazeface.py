@@ -118,7 +118,7 @@ def decode(raw_boxes: np.ndarray, anchors: np.ndarray, spec: ModelSpec) -> np.nd
     half_h = scaled[:, 3:4] * ah / 2
     kx = scaled[:, 4::2] * aw + ax
     ky = scaled[:, 5::2] * ah + ay
-    keypoints = np.stack([kx, ky], axis=2).reshape(len(raw), -1)
+    keypoints = np.stack([kx, ky], axis=2).reshape(len(raw), 2 * kx.shape[1])
     return np.concatenate([cx - half_w, cy - half_h, cx + half_w, cy + half_h, keypoints], axis=1)
 
 
@@ -151,6 +151,22 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=valid)
 
 
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) :func:`iou` of (M, 4) and (K, 4) float64 boxes, without :func:`iou`'s checks."""
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = area_a[:, None] + area_b[None, :] - inter
+    valid = (union > 0) & np.isfinite(union) & np.isfinite(inter)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=valid)
+
+
+#: Up to this many candidates, weighted NMS computes every pair's IoU at once (a 256 x 256 matrix is 0.5 MB).
+_PAIRWISE_MAX = 256
+
+
 def weighted_nms(decoded: np.ndarray, scores: np.ndarray, min_score: float | None,
                  iou_threshold: float = 0.3, max_faces: int | None = None) -> list[Detection]:
     """MediaPipe weighted NMS; returns detections sorted by score, descending.
@@ -175,13 +191,18 @@ def weighted_nms(decoded: np.ndarray, scores: np.ndarray, min_score: float | Non
     if min_score is not None:
         keep &= scores >= min_score
     idx = np.flatnonzero(keep)
-    remaining = idx[np.argsort(-scores[idx], kind="stable")]
+    order = idx[np.argsort(-scores[idx], kind="stable")]
+    boxes = data[order, :4].astype(np.float64)
+    pairs = _iou_matrix(boxes, boxes) if len(order) <= _PAIRWISE_MAX else None
+    remaining = np.arange(len(order))
     out: list[Detection] = []
     while remaining.size and (max_faces is None or len(out) < max_faces):
-        top = remaining[0]
-        in_cluster = iou(data[top, :4], data[remaining, :4]) > iou_threshold
+        first = remaining[0]
+        row = pairs[first, remaining] if pairs is not None else _iou_matrix(boxes[first:first + 1], boxes[remaining])[0]
+        in_cluster = row > iou_threshold
         in_cluster[0] = True
-        cluster = remaining[in_cluster]
+        cluster = order[remaining[in_cluster]]
+        top = cluster[0]
         weights = scores[cluster].astype(np.float64)
         total = weights.sum()
         merged = (data[cluster] * weights[:, None]).sum(axis=0) / total if total > 0 else data[top]
@@ -211,6 +232,9 @@ def postprocess(raw_boxes: np.ndarray, raw_logits: np.ndarray, spec: ModelSpec,
     if len(boxes) != spec.num_anchors or len(logits) != spec.num_anchors:
         raise ValueError(f"raw_boxes/raw_logits: {spec.name} needs {spec.num_anchors} anchors, "
                          f"got {len(boxes)} boxes and {len(logits)} logits")
-    decoded = decode(boxes, ssd_anchors(spec), spec)
     threshold = spec.min_score if min_score is None else min_score
-    return weighted_nms(decoded, scores_from_logits(logits), threshold, iou_threshold, max_faces)
+    scores = scores_from_logits(logits)
+    # only candidates above the threshold can come out of the NMS: decode just those (a handful of 896 / 2304)
+    keep = scores >= threshold if threshold is not None else slice(None)
+    decoded = decode(boxes[keep], ssd_anchors(spec)[keep], spec)
+    return weighted_nms(decoded, scores[keep], threshold, iou_threshold, max_faces)

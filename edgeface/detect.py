@@ -153,8 +153,12 @@ class DetectorModel:
         return self.spec.name
 
     def raw(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the model on a normalized input tensor; returns dequantized (boxes, logits)."""
+        """Run the model on a normalized input tensor (:func:`detector_input`); returns dequantized (boxes,
+        logits)."""
         runtime.set_input(self.interpreter, tensor)
+        return self._run()
+
+    def _run(self) -> tuple[np.ndarray, np.ndarray]:
         self.interpreter.invoke()
         return (runtime.get_output(self.interpreter, self._boxes),
                 runtime.get_output(self.interpreter, self._scores))
@@ -163,9 +167,10 @@ class DetectorModel:
         """Faces in an RGB image (letterboxed to the model's input); ``timings`` (a dict) accumulates the
         seconds of ``detect_pre`` (letterbox + normalize), ``detect_invoke`` and ``detect_post``."""
         a = time.perf_counter()
-        tensor, lb = detector_input(image, self.spec.input_size, self.mean, self.std)
+        canvas, lb = preprocess.letterbox(image, self.spec.input_size)
+        runtime.set_pixels(self.interpreter, canvas, self.mean, self.std)
         b = time.perf_counter()
-        boxes, logits = self.raw(tensor)
+        boxes, logits = self._run()
         c = time.perf_counter()
         out = faces_from_outputs(boxes, logits, self.spec, lb, self.min_score, self.iou_threshold,
                                  box_transform=self.box_transform)

@@ -296,6 +296,6 @@ class FaceEmbedder:
         return l2_normalize(np.asarray(single, np.float32) + l2_normalize(self._run(crop[:, ::-1])))
 
     def _run(self, crop: np.ndarray) -> np.ndarray:
-        runtime.set_input(self.interpreter, preprocess.normalize(crop, self.mean, self.std)[None])
+        runtime.set_pixels(self.interpreter, crop, self.mean, self.std)
         self.interpreter.invoke()
         return runtime.get_output(self.interpreter, self._out).reshape(-1)

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import cv2
 import numpy as np
 
-from . import preprocess, runtime
+from . import runtime
 from .manifest import ManifestError, check_model, manifest_path, read_manifest
 
 #: The five points a landmark model returns, in this order (the subject's sides; MTCNN's order).
@@ -108,7 +108,7 @@ class FaceLandmarker:
     def landmarks(self, image: np.ndarray, box) -> Landmarks:
         """Five points of the face in ``box`` of RGB uint8 ``image``, in image pixels, and the face score."""
         crop, region = self.crop(image, box)
-        runtime.set_input(self.interpreter, preprocess.normalize(crop, self.mean, self.std)[None])
+        runtime.set_pixels(self.interpreter, crop, self.mean, self.std)
         self.interpreter.invoke()
         points = decode_points(runtime.get_output(self.interpreter, self._points), region)
         score = float("nan")

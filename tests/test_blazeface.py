@@ -279,3 +279,25 @@ def test_full_range_real_group_photo():
     for d in dets:  # every face lies in the picture, not in the letterbox bars
         cy = (d.box[1] + d.box[3]) / 2
         assert y0 / 192 < cy < (y0 + nh) / 192
+
+
+def test_postprocess_with_no_candidate_above_the_threshold_is_empty():
+    for spec in (bf.SHORT_RANGE, bf.FULL_RANGE):
+        logits = np.full((spec.num_anchors, 1), -50.0, np.float32)
+        assert bf.postprocess(np.zeros((spec.num_anchors, 16), np.float32), logits, spec) == []
+
+
+def test_weighted_nms_row_by_row_for_many_candidates_equals_all_pairs(monkeypatch):
+    rng = np.random.default_rng(3)
+    corner = rng.uniform(0, 0.8, (300, 2))
+    decoded = np.concatenate([corner, corner + rng.uniform(0.05, 0.2, (300, 2)), rng.uniform(0, 1, (300, 12))],
+                             axis=1).astype(np.float32)
+    scores = rng.uniform(0.6, 1.0, 300).astype(np.float32)
+    monkeypatch.setattr(bf, "_PAIRWISE_MAX", 1000)  # all 300 candidates' IoUs at once
+    pairwise = bf.weighted_nms(decoded, scores, 0.5)
+    monkeypatch.setattr(bf, "_PAIRWISE_MAX", 0)  # one row of IoUs per cluster
+    rows = bf.weighted_nms(decoded, scores, 0.5)
+    assert len(pairwise) > 20 and [d.score for d in rows] == [d.score for d in pairwise]
+    for a, b in zip(rows, pairwise):
+        np.testing.assert_array_equal(a.box, b.box)
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)

@@ -211,3 +211,30 @@ def test_reference_kernels_are_selectable_and_deterministic(models_dir, index, m
         runtime.make_interpreter(path, kernels="fast")
     with pytest.raises(ValueError, match="edgetpu"):
         runtime.make_interpreter(path, kernels="reference", accelerator="edgetpu")
+
+
+def test_set_pixels_gives_the_tensor_of_normalize_then_quantize(models_dir, index):
+    """The lookup-table input path feeds every model of the build (int8 and float32 detectors, O-Net,
+    embedders) exactly the tensor of the float path, on a real face crop, its mirror image and every value."""
+    from edgeface import preprocess, runtime
+
+    image = read_image(lfw_image("Colin_Powell", 1))
+    files = sorted(p for p in models_dir.glob("*.tflite"))
+    assert len(files) >= 6
+    for path in files:
+        man = read_manifest(path)
+        it = runtime.make_interpreter(path, threads=1)
+        detail = it.get_input_details()[0]
+        h, w = (int(v) for v in detail["shape"][1:3])
+        crop = preprocess.shrink(image, w, h)
+        every = np.resize(np.arange(256, dtype=np.uint8), crop.shape)
+        for pixels in (crop, crop[:, ::-1], every):
+            runtime.set_input(it, preprocess.normalize(pixels, man["input"]["mean"], man["input"]["std"])[None])
+            want = it.get_tensor(detail["index"]).copy()
+            runtime.set_pixels(it, pixels, man["input"]["mean"], man["input"]["std"])
+            got = it.get_tensor(detail["index"])
+            assert got.dtype == want.dtype and np.array_equal(got, want), path.name
+        with pytest.raises(ValueError, match="uint8"):
+            runtime.set_pixels(it, crop.astype(np.float32), man["input"]["mean"], man["input"]["std"])
+        with pytest.raises(ValueError, match="shape"):
+            runtime.set_pixels(it, crop[1:], man["input"]["mean"], man["input"]["std"])
