@@ -233,8 +233,14 @@ def postprocess(raw_boxes: np.ndarray, raw_logits: np.ndarray, spec: ModelSpec,
         raise ValueError(f"raw_boxes/raw_logits: {spec.name} needs {spec.num_anchors} anchors, "
                          f"got {len(boxes)} boxes and {len(logits)} logits")
     threshold = spec.min_score if min_score is None else min_score
-    scores = scores_from_logits(logits)
-    # only candidates above the threshold can come out of the NMS: decode just those (a handful of 896 / 2304)
-    keep = scores >= threshold if threshold is not None else slice(None)
-    decoded = decode(boxes[keep], ssd_anchors(spec)[keep], spec)
-    return weighted_nms(decoded, scores[keep], threshold, iou_threshold, max_faces)
+    logits = logits.reshape(-1)
+    if np.isnan(logits).any():
+        raise ValueError("raw_logits: contains NaN")
+    rows = slice(None)
+    if threshold is not None and 0.0 < threshold < 1.0:
+        # only anchors scoring above the threshold can come out of the NMS (a handful of 896 / 2304): the
+        # sigmoid is monotonic, so pick them by logit (a hair below the threshold's), score and decode just those
+        rows = np.flatnonzero(logits >= np.log(threshold / (1.0 - threshold)) - 1e-3)
+    scores = scores_from_logits(logits[rows])
+    decoded = decode(boxes[rows], ssd_anchors(spec)[rows], spec)
+    return weighted_nms(decoded, scores, threshold, iou_threshold, max_faces)
