@@ -186,6 +186,14 @@ def weighted_nms(decoded: np.ndarray, scores: np.ndarray, min_score: float | Non
         raise ValueError(f"iou_threshold: must be in [0, 1], got {iou_threshold}")
     if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
         raise ValueError(f"max_faces: must be None or a positive int, got {max_faces!r}")
+    return _weighted_nms(data, scores, min_score, iou_threshold, max_faces)
+
+
+def _weighted_nms(data: np.ndarray, scores: np.ndarray, min_score: float | None, iou_threshold: float,
+                  max_faces: int | None) -> list[Detection]:
+    """:func:`weighted_nms` on checked float32 inputs."""
+    if not len(data):
+        return []
     keep = np.isfinite(data).all(axis=1) & np.isfinite(scores)
     keep &= (data[:, 2] > data[:, 0]) & (data[:, 3] > data[:, 1])
     if min_score is not None:
@@ -241,6 +249,10 @@ def postprocess(raw_boxes: np.ndarray, raw_logits: np.ndarray, spec: ModelSpec,
         # only anchors scoring above the threshold can come out of the NMS (a handful of 896 / 2304): the
         # sigmoid is monotonic, so pick them by logit (a hair below the threshold's), score and decode just those
         rows = np.flatnonzero(logits >= np.log(threshold / (1.0 - threshold)) - 1e-3)
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold: must be in [0, 1], got {iou_threshold}")
+    if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
+        raise ValueError(f"max_faces: must be None or a positive int, got {max_faces!r}")
     scores = scores_from_logits(logits[rows])
     decoded = decode(boxes[rows], ssd_anchors(spec)[rows], spec)
-    return weighted_nms(decoded, scores, threshold, iou_threshold, max_faces)
+    return _weighted_nms(decoded, scores, threshold, iou_threshold, max_faces)

@@ -60,10 +60,13 @@ def crop_region(image: np.ndarray, region: Region, size: int) -> np.ndarray:
     the image are black (MTCNN's padding)."""
     h, w = image.shape[:2]
     x, y, s = region
-    patch = np.zeros((s, s, image.shape[2]), dtype=image.dtype)
-    sx0, sy0, sx1, sy1 = max(x, 0), max(y, 0), min(x + s, w), min(y + s, h)
-    if sx1 > sx0 and sy1 > sy0:
-        patch[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = image[sy0:sy1, sx0:sx1]
+    if x >= 0 and y >= 0 and x + s <= w and y + s <= h:  # inside the image: resize a view, no copy
+        patch = image[y:y + s, x:x + s]
+    else:
+        patch = np.zeros((s, s, image.shape[2]), dtype=image.dtype)
+        sx0, sy0, sx1, sy1 = max(x, 0), max(y, 0), min(x + s, w), min(y + s, h)
+        if sx1 > sx0 and sy1 > sy0:
+            patch[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = image[sy0:sy1, sx0:sx1]
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
 
 
