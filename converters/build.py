@@ -50,6 +50,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     """
     if qat_steps is not None and qat_steps < 0:  # before any work: a typo must not cost a build
         raise OptionError(f"qat_steps must be >= 0 (0: post-training int8), got {qat_steps}")
+    embedder.check_bias_correction(embedder_family, bias_correction)
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -144,3 +144,18 @@ def test_bias_correction_refuses_a_float_model_that_is_not_the_int8_models_sourc
     assert isinstance(err.value, EdgefaceError)
     with pytest.raises(BiasCorrectionError, match="fused ReLU|relu must be"):
         correct_biases(int8, _reference, calib[:4], relu="clip")
+
+
+def test_build_refuses_bias_correction_where_it_is_not_available_before_any_work(tmp_path):
+    """`edgeface build --bias-correction` with a FaceNet embedder: one line, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "models"
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "build", "--out", str(out), "--embedder",
+                        "facenet-casia", "--bias-correction"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "bias correction is available" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "'facenet-casia'" in r.stderr and not out.exists()
+    h = subprocess.run([sys.executable, "-m", "edgeface.cli", "build", "--help"], capture_output=True, text=True,
+                       timeout=300)
+    assert "--no-bias-correction" in h.stdout and "mobilefacenet" in h.stdout
