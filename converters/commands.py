@@ -226,7 +226,7 @@ def register(sub) -> None:
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="after post-training int8 conversion, correct each convolution's bias so its mean output "
                         "per channel matches the float model's on the calibration crops (empirical bias "
-                        "correction; about 55 s of build; ignored with --qat-steps). Default: on for "
+                        "correction; about 50 s of build; ignored with --qat-steps). Default: on for "
                         "mobilefacenet (held-out cosine to float 0.989 -> 0.991; converters/README.md)")
     p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "
                                                 "or the 5-celebrity set when LFW is absent)")

@@ -180,7 +180,7 @@ QAT_FAMILIES: tuple = ()
 #: calibration crops by default (:mod:`.bias_correction`; ``edgeface build --bias-correction / --no-bias-correction``).
 #: MobileFaceNet: cosine to the float embedding on 500 held-out DevTest crops 0.9892 -> 0.9914 (mean), 0.9812 ->
 #: 0.9856 (5th percentile); LFW 10-fold 99.28 % -> 99.32 %, TAR@FAR1e-3 0.9793 -> 0.9797, TAR@FAR1e-4 0.9507 ->
-#: 0.9500 (one or two of 3,000 pairs: noise); about 55 s of build (converters/README.md).
+#: 0.9500 (one or two of 3,000 pairs: noise); about 50 s of build (converters/README.md).
 BIAS_CORRECTION_FAMILIES: tuple = ("mobilefacenet",)
 #: Families bias correction is available for (their int8 model is converted from a Keras model in this package).
 BIAS_CORRECTABLE = ("mobilefacenet",)
@@ -306,12 +306,13 @@ def _correct_biases(tflite: bytes, keras_source, samples: list, quantization: di
     t0 = time.time()
     reference = tf.lite.TFLiteConverter.from_keras_model(keras_source).convert()
     report: list = []
+    relu = "skip"  # fused-ReLU ops keep their bias (their consumers absorb the shift; converters/README.md)
     tflite = bias_correction.correct_biases(
-        tflite, reference, np.concatenate(samples), report=report,
+        tflite, reference, np.concatenate(samples), relu=relu, report=report,
         progress=lambda steps: common.progress(steps, "correcting int8 biases"))
     quantization["method"] += ", conv biases corrected to the float model's mean outputs (empirical bias correction)"
     quantization["bias_correction"] = {"ops": len(report), "samples": len(samples),
-                                       "fused_relu_ops": "skip"}
+                                       "fused_relu_ops": relu}
     log.info("bias correction: %d ops on %d crops in %.0f s", len(report), len(samples), time.time() - t0)
     return tflite
 
@@ -330,7 +331,7 @@ def build(family: str, out_dir: str | os.PathLike, crops: Sequence[np.ndarray] |
     trained copy, :mod:`.qat`); ``int8_extra`` goes into the int8 manifest (how it was quantized).
     ``bias_correction``: after post-training int8 conversion, correct each conv's int32 bias so its mean
     output per channel matches the float model's on the calibration crops (:mod:`.bias_correction`; about
-    45 s for MobileFaceNet on 300 crops here). None: on for :data:`BIAS_CORRECTION_FAMILIES`; MobileFaceNet
+    50 s for MobileFaceNet on 300 crops here). None: on for :data:`BIAS_CORRECTION_FAMILIES`; MobileFaceNet
     only, not with ``int8_model``.
     """
     import tensorflow as tf
