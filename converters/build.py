@@ -36,17 +36,21 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
                  calibration_folder: Optional[str] = None, count: int = builder.DEFAULT_COUNT,
                  seed: int = builder.DEFAULT_SEED, cache_dir: Optional[str] = None,
                  threshold: Optional[dict] = None, calibrate_threshold: bool = True,
-                 threshold_pairs: int = 600, qat_steps: Optional[int] = None) -> dict:
+                 threshold_pairs: int = 600, qat_steps: Optional[int] = None,
+                 bias_correction: Optional[bool] = None) -> dict:
     """Build every model into ``out_dir`` and write the index. Returns the index dict.
 
     ``qat_steps``: quantization-aware training steps for the int8 embedder (None: ``QAT_STEPS`` for the
     families in :data:`embedder.QAT_FAMILIES`, 0 for the others; 0: post-training int8 only). QAT trains on
     LFW DevTrain people and needs LFW; without it the int8 model is post-training quantized (logged).
+    ``bias_correction``: correct the post-training int8 embedder's conv biases against its float model on the
+    calibration crops (None: :data:`embedder.BIAS_CORRECTION_FAMILIES` decides; never after QAT).
     With ``calibrate_threshold`` the embedder manifests also get open-set operating points
     (:mod:`.openset`).
     """
     if qat_steps is not None and qat_steps < 0:  # before any work: a typo must not cost a build
         raise OptionError(f"qat_steps must be >= 0 (0: post-training int8), got {qat_steps}")
+    embedder.check_bias_correction(embedder_family, bias_correction)
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,11 +103,14 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
             stage(f"embedder {embedder_family}: quantization-aware training ({qat_steps} steps)")
             int8_model, int8_extra = _train_qat(embedder_family, out / index["float32"]["detector"], recipe,
                                                 crops, lfw, cache, qat_steps)
+    if bias_correction and int8_model is not None:
+        log.warning("bias correction skipped: the int8 embedder is quantization-aware trained")
     stage(f"embedder {embedder_family}: int8 conversion on {len(crops)} face crops"
           + (f" after {qat_steps} QAT steps" if int8_model is not None else ""))
     built.update(embedder.build(embedder_family, out, crops, dict(cset.describe(), num_crops=len(crops)),
                                 cache, threshold=threshold, precisions=("int8",), int8_model=int8_model,
-                                int8_extra=int8_extra))
+                                int8_extra=int8_extra,
+                                bias_correction=bias_correction if int8_model is None else False))
     for precision, path in built.items():
         index[precision]["embedder"] = path.name
     if calibrate_threshold:

@@ -257,6 +257,8 @@ def test_default_embedder_manifest_records_the_landmark_recipe_and_open_set_poin
     assert "channels equalized" in quant["method"] and m8["calibration"]["num_crops"] > 100
     # post-training by default (embedder.QAT_FAMILIES is empty; --qat-steps N trains on the same exact input)
     assert "quantization-aware" not in quant["method"]
+    # then its conv biases corrected against the float model (52 ops: the 33 fused-ReLU depthwise ops keep theirs)
+    assert "bias correction" in quant["method"] and quant["bias_correction"]["ops"] == 52
     # the int8 input takes pixels exactly: (x - 128) / 128 is its uint8 quantization (scale 1/128, zero point 128)
     assert m8["input"]["mean"] == 128.0 and m8["input"]["std"] == 128.0
 
