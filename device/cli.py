@@ -450,17 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="check the relay with a mock pin")
     sp.set_defaults(func=cmd_doctor)
 
-    sp = sub.add_parser("demo", help="door demo on a video built from LFW photos (no camera needed)")
+    sp = sub.add_parser("demo", help="door demo on a video built from LFW photos (no camera needed)",
+                        description="Builds a video of people walking up to a door from LFW photos, enrolls some "
+                                    "of them from other photos, runs the real door loop on it (detect, align, "
+                                    "embed, k-of-n decision, liveness check, relay, event log) and counts "
+                                    "unlocks per kind of visit. The larger setting of the docs: --enrolled 10 "
+                                    "--strangers 10 --visits 2 --photo-attacks 10.")
     sp.add_argument("--models", help="override [models] dir")
     sp.add_argument("--lfw", required=True, help="LFW images folder (images_deepfunneled)")
     sp.add_argument("--work", required=True, help="folder for the video, gallery and event log")
-    sp.add_argument("--enrolled", type=int, default=6)
-    sp.add_argument("--strangers", type=int, default=6)
-    sp.add_argument("--visits", type=int, default=2, help="visits per enrolled person")
-    sp.add_argument("--photo-attacks", type=int, default=6, help="visits with one photo moved rigidly")
-    sp.add_argument("--seed", type=int, default=4)
+    sp.add_argument("--enrolled", type=int, default=6, help="people enrolled in the gallery (default 6)")
+    sp.add_argument("--strangers", type=int, default=6,
+                    help="people who walk up but are not enrolled: each unlock is a failure (default 6)")
+    sp.add_argument("--visits", type=int, default=2, help="visits per enrolled person (default 2)")
+    sp.add_argument("--photo-attacks", type=int, default=6,
+                    help="visits with an enrolled person's photo moved rigidly, as a printed photo held up "
+                         "would be; the liveness check should refuse them (default 6)")
+    sp.add_argument("--seed", type=int, default=4, help="which LFW people and photos are drawn (default 4)")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the video and gallery")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.set_defaults(func=cmd_demo)
     return p
 
