@@ -161,28 +161,13 @@ class Letterbox(NamedTuple):
     size: int
 
 
-def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``image`` resized down to ``width`` x ``height``, anti-aliased: halved (each halving an exact 2 x 2 mean)
-    while the target is under half the size, then one bilinear step (ratio 0.5-1).
-
-    A mip-map, as GPUs shrink textures. Close to ``cv2.INTER_AREA`` but about 8x cheaper at the non-integer
-    ratios of detector inputs (a 640 x 480 frame to 192 px: 0.08 instead of 1.0 ms). Coordinates scale exactly
-    as with ``cv2.resize`` to that size: every step maps ``x`` to ``x * new_width / old_width``.
-    """
-    h, w = image.shape[:2]
-    while 2 * width < w and 2 * height < h:
-        w, h = (w + 1) // 2, (h + 1) // 2
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize ``image`` to fit a ``size`` x ``size`` canvas keeping its aspect ratio (:func:`shrink` when
-    smaller, bilinear when larger), padding with black."""
+    """Resize ``image`` to fit a ``size`` x ``size`` canvas keeping its aspect ratio, padding with black."""
     h, w = image.shape[:2]
     scale = size / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = shrink(image, nw, nh) if scale < 1 else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     px, py = (size - nw) // 2, (size - nh) // 2
     canvas[py:py + nh, px:px + nw] = resized

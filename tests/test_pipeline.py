@@ -216,6 +216,8 @@ def test_reference_kernels_are_selectable_and_deterministic(models_dir, index, m
 def test_set_pixels_gives_the_tensor_of_normalize_then_quantize(models_dir, index):
     """The lookup-table input path feeds every model of the build (int8 and float32 detectors, O-Net,
     embedders) exactly the tensor of the float path, on a real face crop, its mirror image and every value."""
+    import cv2
+
     from edgeface import preprocess, runtime
 
     image = read_image(lfw_image("Colin_Powell", 1))
@@ -226,7 +228,7 @@ def test_set_pixels_gives_the_tensor_of_normalize_then_quantize(models_dir, inde
         it = runtime.make_interpreter(path, threads=1)
         detail = it.get_input_details()[0]
         h, w = (int(v) for v in detail["shape"][1:3])
-        crop = preprocess.shrink(image, w, h)
+        crop = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         every = np.resize(np.arange(256, dtype=np.uint8), crop.shape)
         for pixels in (crop, crop[:, ::-1], every):
             runtime.set_input(it, preprocess.normalize(pixels, man["input"]["mean"], man["input"]["std"])[None])

@@ -140,22 +140,3 @@ def test_opencv_log_level_on_opencv_4_and_5():
     put(1)
     assert get() == 4 and calls == [0, 1]
 
-
-def test_shrink_maps_coordinates_like_resize_and_stays_close_to_area_averaging():
-    # a bright square: its centroid lands where cv2.resize's coordinate mapping puts it, at every ratio
-    img = np.zeros((480, 640, 3), np.uint8)
-    img[200:240, 300:340] = 255
-    for w, h in ((192, 144), (128, 96), (100, 75), (500, 375)):
-        small = preprocess.shrink(img, w, h)
-        assert small.shape == (h, w, 3)
-        ys, xs = np.nonzero(small[..., 0].astype(float))
-        weights = small[ys, xs, 0].astype(float)
-        cx, cy = (xs * weights).sum() / weights.sum() + 0.5, (ys * weights).sum() / weights.sum() + 0.5
-        assert cx == pytest.approx(320 * w / 640, abs=0.1) and cy == pytest.approx(220 * h / 480, abs=0.1)
-        # by half or more, anti-aliased: a 1-pixel checkerboard becomes flat grey, as with area averaging
-        # (one bilinear step aliases it); between 1/2 and 1 it is bilinear, as MediaPipe feeds BlazeFace
-        checker = np.repeat((np.indices((480, 640)).sum(0) % 2 * 255)[..., None], 3, 2).astype(np.uint8)
-        flat = preprocess.shrink(checker, w, h)[2:-2, 2:-2]
-        if w <= 320:
-            assert abs(float(flat.mean()) - 127.5) < 2 and flat.std() < 3
-            assert cv2.resize(checker, (w, h), interpolation=cv2.INTER_LINEAR)[2:-2, 2:-2].std() > 20
