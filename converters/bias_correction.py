@@ -39,6 +39,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from edgeface.errors import EdgefaceError
+from edgeface.runtime import quantize
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,7 @@ def _runner(tflite: bytes, batch: int):
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         if inp["dtype"] != np.float32:
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
+            x = quantize(x, scale, zero_point, inp["dtype"])
         it.set_tensor(inp["index"], np.ascontiguousarray(x, inp["dtype"]))
         it.invoke()
         return [it.get_tensor(o["index"]) for o in outs]

@@ -87,7 +87,7 @@ class ModelsConfig:
     flip: Optional[bool] = _f(None, "also embed the mirrored face crop and average (what the embedder manifest's "
                                     "thresholds were calibrated with; unset = the manifest's choice): always when "
                                     "enrolling, at the door only for a face scored within the manifest's "
-                                    "flip_band of the threshold (1-5 % of faces). false: never, a little less "
+                                    "flip_band of the threshold (1-6 % of faces). false: never, a little less "
                                     "accurate")
 
 

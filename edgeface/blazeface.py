@@ -167,6 +167,13 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _PAIRWISE_MAX = 256
 
 
+def _check_nms_options(iou_threshold: float, max_faces: int | None) -> None:
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold: must be in [0, 1], got {iou_threshold}")
+    if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
+        raise ValueError(f"max_faces: must be None or a positive int, got {max_faces!r}")
+
+
 def weighted_nms(decoded: np.ndarray, scores: np.ndarray, min_score: float | None,
                  iou_threshold: float = 0.3, max_faces: int | None = None) -> list[Detection]:
     """MediaPipe weighted NMS; returns detections sorted by score, descending.
@@ -182,10 +189,7 @@ def weighted_nms(decoded: np.ndarray, scores: np.ndarray, min_score: float | Non
         raise ValueError(f"decoded: expected shape (N, 4 + 2K), got {data.shape}")
     if scores.shape != (len(data),):
         raise ValueError(f"scores: expected shape ({len(data)},), got {scores.shape}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold: must be in [0, 1], got {iou_threshold}")
-    if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
-        raise ValueError(f"max_faces: must be None or a positive int, got {max_faces!r}")
+    _check_nms_options(iou_threshold, max_faces)
     return _weighted_nms(data, scores, min_score, iou_threshold, max_faces)
 
 
@@ -240,6 +244,7 @@ def postprocess(raw_boxes: np.ndarray, raw_logits: np.ndarray, spec: ModelSpec,
     if len(boxes) != spec.num_anchors or len(logits) != spec.num_anchors:
         raise ValueError(f"raw_boxes/raw_logits: {spec.name} needs {spec.num_anchors} anchors, "
                          f"got {len(boxes)} boxes and {len(logits)} logits")
+    _check_nms_options(iou_threshold, max_faces)
     threshold = spec.min_score if min_score is None else min_score
     logits = logits.reshape(-1)
     if np.isnan(logits).any():
@@ -249,10 +254,6 @@ def postprocess(raw_boxes: np.ndarray, raw_logits: np.ndarray, spec: ModelSpec,
         # only anchors scoring above the threshold can come out of the NMS (a handful of 896 / 2304): the
         # sigmoid is monotonic, so pick them by logit (a hair below the threshold's), score and decode just those
         rows = np.flatnonzero(logits >= np.log(threshold / (1.0 - threshold)) - 1e-3)
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold: must be in [0, 1], got {iou_threshold}")
-    if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
-        raise ValueError(f"max_faces: must be None or a positive int, got {max_faces!r}")
     scores = scores_from_logits(logits[rows])
     decoded = decode(boxes[rows], ssd_anchors(spec)[rows], spec)
     return _weighted_nms(decoded, scores, threshold, iou_threshold, max_faces)

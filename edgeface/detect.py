@@ -100,7 +100,8 @@ class BoxTransform(NamedTuple):
         return np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32)
 
 
-def _add_time(timings: Optional[dict], key: str, seconds: float) -> None:
+def add_time(timings: Optional[dict], key: str, seconds: float) -> None:
+    """Add ``seconds`` to ``timings[key]`` (a per-stage timings dict; None: not timing)."""
     if timings is not None:
         timings[key] = timings.get(key, 0.0) + seconds
 
@@ -174,9 +175,9 @@ class DetectorModel:
         c = time.perf_counter()
         out = faces_from_outputs(boxes, logits, self.spec, lb, self.min_score, self.iou_threshold,
                                  box_transform=self.box_transform)
-        _add_time(timings, "detect_pre", b - a)
-        _add_time(timings, "detect_invoke", c - b)
-        _add_time(timings, "detect_post", time.perf_counter() - c)
+        add_time(timings, "detect_pre", b - a)
+        add_time(timings, "detect_invoke", c - b)
+        add_time(timings, "detect_post", time.perf_counter() - c)
         return out
 
 
@@ -319,7 +320,7 @@ class FaceDetector:
         passes = [m.faces(image, timings) for m in self.models]
         a = time.perf_counter()
         faces = merge_models(passes, max(image.shape[:2]))
-        _add_time(timings, "detect_post", time.perf_counter() - a)
+        add_time(timings, "detect_post", time.perf_counter() - a)
         h, w = image.shape[:2]
         windows = self.windows(h, w)
         if windows:
@@ -328,10 +329,10 @@ class FaceDetector:
                 part = self.tile_model.faces(image[y0:y0 + side, x0:x0 + side], timings)
                 a = time.perf_counter()
                 found += whole_in_tile(part, (x0, y0, side), (h, w))
-                _add_time(timings, "detect_post", time.perf_counter() - a)
+                add_time(timings, "detect_post", time.perf_counter() - a)
             a = time.perf_counter()
             faces = add_tile_faces(faces, merge_faces(found, self.iou_threshold))
-            _add_time(timings, "detect_post", time.perf_counter() - a)
+            add_time(timings, "detect_post", time.perf_counter() - a)
         return faces[:max_faces] if max_faces else faces
 
 

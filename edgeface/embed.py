@@ -198,7 +198,7 @@ class FaceEmbedder:
     ``flip``: also embed the mirrored crop and average the two (test-time flip). The manifest's ``flip`` says
     whether its thresholds were calibrated that way (the default build: yes); ``None`` follows it. Flipping
     costs a second model run per face and averages out part of the alignment and int8 rounding noise (LFW
-    10-fold int8: 99.20 % without, 99.28 % with; TAR at FAR 1e-3 0.975 / 0.979); ``False`` is the fast
+    10-fold int8: 99.15 % without, 99.32 % with; TAR at FAR 1e-3 0.975 / 0.980); ``False`` is the fast
     setting, at thresholds calibrated for flipped embeddings (slightly stricter for unflipped ones).
 
     ``flip_band`` (default: the manifest's ``flip_band``; none there: always mirror): decisions against a
@@ -206,8 +206,8 @@ class FaceEmbedder:
     run the mirror only when the one-run score lies within ``flip_band`` of the threshold or of
     the runner-up, where it could change the answer; elsewhere the flipped score lands on the same side.
     Measured on LFW ``pairs.txt`` (int8, gallery side flipped, ``bench accuracy``): with 0.05 the mirror runs
-    for 1-5 % of probes (17 % at the strictest open-set point) and the decisions at every manifest threshold
-    equal full flip's in all 6,000 pairs.
+    for 1-6 % of probes (12.5 % at the strictest open-set point) and the decisions equal full flip's in all
+    6,000 pairs at 7 of the 10 manifest thresholds, in all but one at the other three.
     Embeddings for enrollment (:meth:`embed_crop`) are always flipped when ``flip`` is on.
     """
 
