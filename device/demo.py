@@ -54,6 +54,12 @@ def plan_demo(lfw_images: str | Path, n_enrolled: int = 6, n_strangers: int = 6,
               enroll_photos: int = 6, photos_per_visit: int = 3, photo_attacks: int = 0, seed: int = 4) -> DemoPlan:
     """Pick people (seeded): enrolled ones need enough photos for enrollment and disjoint visit photos."""
     lfw_images = Path(lfw_images)
+    for name, value, least in (("enrolled", n_enrolled, 1), ("strangers", n_strangers, 0),
+                               ("visits", visits_per_person, 1), ("photo-attacks", photo_attacks, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise OptionError(f"--{name} must be a whole number >= {least}, got {value!r}")
+    if not lfw_images.is_dir():
+        raise OptionError(f"{lfw_images}: not a folder (the LFW images_deepfunneled folder, one folder per person)")
     rng = random.Random(seed)
     people = _people_with_counts(lfw_images)
     need = enroll_photos + visits_per_person * photos_per_visit
@@ -63,6 +69,9 @@ def plan_demo(lfw_images: str | Path, n_enrolled: int = 6, n_strangers: int = 6,
         raise OptionError(f"only {len(rich)} LFW people have {need} photos")
     enrolled = rng.sample(rich, n_enrolled)
     strangers_pool = [p for p, n in people if n >= photos_per_visit and p not in enrolled]
+    if len(strangers_pool) < n_strangers:
+        raise OptionError(f"only {len(strangers_pool)} other LFW people have {photos_per_visit} photos for "
+                          f"{n_strangers} strangers")
     strangers = rng.sample(strangers_pool, n_strangers)
     plan = DemoPlan()
     visits = []

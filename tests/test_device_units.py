@@ -389,3 +389,19 @@ def test_door_min_face_follows_the_quality_gate_and_the_detection_stream():
     # an explicit [models] min_face wins (0: whole-frame passes only)
     assert door_min_face(C.from_dict({"models": {"min_face": 0}})) == 0
     assert door_min_face(C.from_dict({"source": {"kind": "picamera2", "lores_width": 0, "lores_height": 0}})) == 56
+
+
+def test_demo_plan_refuses_a_missing_lfw_folder_and_bad_counts_in_one_line(tmp_path):
+    from edgeface.device.demo import plan_demo
+    from edgeface.errors import OptionError
+
+    with pytest.raises(OptionError, match="not a folder"):
+        plan_demo(tmp_path / "nowhere")
+    for kwargs, flag in (({"n_enrolled": -3}, "--enrolled"), ({"n_enrolled": 0}, "--enrolled"),
+                         ({"n_strangers": -1}, "--strangers"), ({"visits_per_person": 0}, "--visits"),
+                         ({"photo_attacks": -2}, "--photo-attacks")):
+        with pytest.raises(OptionError, match=flag):
+            plan_demo(tmp_path, **kwargs)
+    (tmp_path / "Someone").mkdir()  # a folder with too few people: the count is named, not a ValueError
+    with pytest.raises(OptionError, match="only 0 LFW people"):
+        plan_demo(tmp_path, n_enrolled=1)
