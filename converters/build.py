@@ -23,7 +23,8 @@ from edgeface.paths import cache_root
 
 from . import calibration, common, detector, detector_config, embedder, metadata, onet
 from .stages import stage
-from .thresholds import THRESHOLD_PAIRS_FILE, calibrate_min_cosine_similarity, calibrate_open_set_points
+from .thresholds import (THRESHOLD_PAIRS_FILE, calibrate_embedding_mean, calibrate_min_cosine_similarity,
+                         calibrate_open_set_points)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
                  seed: int = builder.DEFAULT_SEED, cache_dir: Optional[str] = None,
                  threshold: Optional[dict] = None, calibrate_threshold: bool = True,
                  threshold_pairs: int = 600, qat_steps: Optional[int] = None,
-                 bias_correction: Optional[bool] = None) -> dict:
+                 bias_correction: Optional[bool] = None, center_embeddings: Optional[bool] = None) -> dict:
     """Build every model into ``out_dir`` and write the index. Returns the index dict.
 
     ``qat_steps``: quantization-aware training steps for the int8 embedder (None: ``QAT_STEPS`` for the
@@ -46,11 +47,14 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     ``bias_correction``: correct the post-training int8 embedder's conv biases against its float model on the
     calibration crops (None: :data:`embedder.BIAS_CORRECTION_FAMILIES` decides; never after QAT).
     With ``calibrate_threshold`` the embedder manifests also get open-set operating points
-    (:mod:`.openset`).
+    (:mod:`.openset`), and with ``center_embeddings`` (None: :data:`embedder.CENTER_FAMILIES` decides) an
+    ``embedding_mean`` measured before the thresholds (:func:`.thresholds.calibrate_embedding_mean`).
     """
     if qat_steps is not None and qat_steps < 0:  # before any work: a typo must not cost a build
         raise OptionError(f"qat_steps must be >= 0 (0: post-training int8), got {qat_steps}")
     embedder.check_bias_correction(embedder_family, bias_correction)
+    if center_embeddings is None:
+        center_embeddings = embedder_family in embedder.CENTER_FAMILIES
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +119,11 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
         index[precision]["embedder"] = path.name
     if calibrate_threshold:
         if (lfw / THRESHOLD_PAIRS_FILE).is_file():
+            if center_embeddings:
+                stage(f"embedding mean (float32) on LFW {THRESHOLD_PAIRS_FILE}")
+                calibrate_embedding_mean(resolve_detector(out, "float32"),
+                                         [out / index[p]["embedder"] for p in ("float32", "int8")], lfw,
+                                         threshold_pairs)
             for precision in ("float32", "int8"):
                 # the folder's default detector configuration (``auto``), as the device and `eval` run it
                 det = resolve_detector(out, precision)

@@ -25,7 +25,7 @@ from edgeface import blazeface
 from edgeface.detect import detector_input
 from edgeface.manifest import sha256_file, write_manifest
 
-from . import common
+from . import bias_correction, common
 from . import quantize as quantize_lib
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,8 @@ def correct_head_bias(tflite_bytes: bytes, float_boxes: np.ndarray, float_logits
             w_scales = np.asarray(sg.tensors[int(conv.inputs[1])].quantization.scale, np.float64)
             bias_scale = in_scale * (w_scales if w_scales.size == shape[3] else np.full(shape[3], w_scales[0]))
             buf = fb.buffers[bias_t.buffer]
-            bias = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.int32).copy()
-            bias -= np.round(channel_err / bias_scale).astype(np.int32)
+            bias = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.int32)
+            bias = bias_correction.apply_step(bias, bias_correction.bias_step(channel_err, bias_scale))
             buf.data = np.frombuffer(bias.tobytes(), np.uint8)
         report[name] = {"mean_abs_bias_before": round(before, 4)}
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(fb))

@@ -46,9 +46,10 @@ OUTPUT_DESCRIPTIONS = {
     "boxes": "BlazeFace raw box regressors per anchor: 16 values (box centre offset x, y, width, height, then "
              "6 keypoints x, y), in input pixels relative to the anchor; decode with the SSD anchors",
     "scores": "BlazeFace raw score logit per anchor; sigmoid gives the face probability",
-    "embedding": "face embedding, not normalized: L2-normalize it (MediaPipe ImageEmbedder l2_normalize=True), "
-                 "then two faces are the same person when their cosine similarity (dot product) reaches the "
-                 "manifest's min_cosine_similarity",
+    "embedding": "face embedding, not normalized: L2-normalize it (MediaPipe ImageEmbedder l2_normalize=True); "
+                 "when the manifest has an embedding_mean, subtract it and L2-normalize again; then two faces "
+                 "are the same person when their cosine similarity (dot product) reaches the manifest's "
+                 "min_cosine_similarity",
 }
 
 

@@ -137,6 +137,13 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
     band = section.get("flip_band", 0.0)
     if isinstance(band, bool) or not (_finite(band) and 0 <= band <= 2):
         raise bad("embedder.flip_band", f"must be a number in [0, 2], got {band!r}")
+    center = section.get("embedding_mean")
+    if center is not None:
+        ok = (isinstance(center, list) and len(center) == section["embedding_size"]
+              and all(_finite(v) for v in center) and 0 < sum(v * v for v in center) < 1)
+        if not ok:
+            raise bad("embedder.embedding_mean", f"must be {section['embedding_size']} numbers (embedding_size) "
+                                                 "forming a vector of length in (0, 1)")
     points = section.get("operating_points", {})
     if not isinstance(points, dict):
         raise bad("embedder.operating_points", f"must be an object, got {points!r}")

@@ -340,6 +340,47 @@ def test_flip_averages_the_crop_and_its_mirror_as_the_manifest_asks(models_dir, 
         FaceEmbedder(bad)
 
 
+@pytest.mark.slow
+def test_embedding_mean_is_one_centre_for_both_precisions_subtracted_from_every_run(models_dir, index, tmp_path):
+    """The default build records the float model's mean embedding in both manifests; each model run's normalized
+    output has it subtracted and is normalized again; centred and uncentred embeddings are different spaces."""
+    import shutil
+
+    from edgeface import FaceRecognizer
+    from edgeface.embed import FaceEmbedder, l2_normalize
+    from edgeface.manifest import ManifestError, read_manifest
+
+    paths = {p: models_dir / index[p]["embedder"] for p in ("int8", "float32")}
+    means = {p: read_manifest(path)["embedder"].get("embedding_mean") for p, path in paths.items()}
+    assert means["int8"] is not None and means["int8"] == means["float32"], "one centre for both precisions"
+    centre = np.asarray(means["int8"], np.float32)
+    assert centre.shape == (read_manifest(paths["int8"])["embedder"]["embedding_size"],)
+    assert 0.05 < np.linalg.norm(centre) < 0.3  # what all faces share; far from a unit vector
+    emb = FaceEmbedder(paths["int8"], flip=False)
+    rec = FaceRecognizer(models_dir, flip=False)
+    image = preprocess.read_image(lfw_image("Colin_Powell", 1))
+    (face,) = rec.detect(image)[:1]
+    crop = emb.crop(image, face.box, face.keypoints)
+    raw = emb._run(crop)
+    np.testing.assert_allclose(emb.embed_crop(crop), l2_normalize(l2_normalize(raw) - centre), atol=1e-6)
+    assert float(emb.embed_crop(crop) @ l2_normalize(raw)) < 0.999  # centring changes the vector
+    assert FaceEmbedder(paths["float32"]).space_id == emb.space_id and ":c" in emb.space_id
+    # the same model without the centre: another space (a gallery refuses to mix them)
+    plain = tmp_path / paths["int8"].name
+    shutil.copy(paths["int8"], plain)
+    m = read_manifest(paths["int8"], verify_hash=False)
+    m["embedder"].pop("embedding_mean")
+    (tmp_path / (plain.stem + ".json")).write_text(json.dumps(m))
+    uncentred = FaceEmbedder(plain, flip=False)
+    assert uncentred.center is None and uncentred.space_id != emb.space_id
+    np.testing.assert_allclose(uncentred.embed_crop(crop), l2_normalize(raw), atol=1e-6)
+    for bad in (means["int8"][:-1], [0.5] * len(means["int8"]), [float("nan")] + means["int8"][1:], "zero"):
+        m["embedder"]["embedding_mean"] = bad
+        (tmp_path / (plain.stem + ".json")).write_text(json.dumps(m))
+        with pytest.raises(ManifestError, match="embedder.embedding_mean"):
+            FaceEmbedder(plain)
+
+
 def test_needs_mirror_only_where_the_mirror_could_change_the_answer():
     from edgeface.gallery import Match
     from edgeface.recognizer import needs_mirror

@@ -24,6 +24,7 @@ import venvs  # tests/venvs.py (pytest puts tests/ on sys.path)
 
 from edgeface import FaceRecognizer, evaluate
 from edgeface.detect import BoxTransform
+from edgeface.embed import l2_normalize
 from edgeface.lfw import crop_files, pair_files, pair_scores
 from edgeface.manifest import read_manifest
 
@@ -125,6 +126,9 @@ def test_mediapipe_image_embedder_matches_face_recognizer(models_dir, index, dev
     theirs = dict(zip(files, np.load(result["embeddings"])["embeddings"]))
     assert theirs[files[0]].shape == ours[files[0]].shape
     np.testing.assert_allclose([np.linalg.norm(v) for v in theirs.values()], 1.0, atol=1e-4)  # l2_normalize
+    # the app then centres each run as the manifest says: normalize(embedding - embedding_mean)
+    centre = np.asarray(rec.embedder.section["embedding_mean"], np.float32)
+    theirs = {p: l2_normalize(v - centre) for p, v in theirs.items()}
     cos = np.array([float(np.dot(ours[p], theirs[p])) for p in files])
     threshold = rec.embedder.min_cosine_similarity
     a, b = pair_scores(pairs, ours, lfw), pair_scores(pairs, theirs, lfw)

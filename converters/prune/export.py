@@ -60,6 +60,8 @@ def pruned_manifest(base: dict, pruning: dict, precision: str, dtype: str) -> di
     data["embedder"]["pruning"] = pruning
     data["embedder"].update(embedder.PROVISIONAL_THRESHOLD)
     data["embedder"].pop("operating_points", None)
+    for key in ("embedding_mean", "embedding_mean_source"):  # the unpruned model's centre is not this model's
+        data["embedder"].pop(key, None)
     data["converter_version"] = common.CONVERTER_VERSION
     return data
 
