@@ -138,12 +138,10 @@ def _check_fields(data: dict[str, Any], source: str) -> None:
     if isinstance(band, bool) or not (_finite(band) and 0 <= band <= 2):
         raise bad("embedder.flip_band", f"must be a number in [0, 2], got {band!r}")
     center = section.get("embedding_mean")
-    if center is not None:
-        ok = (isinstance(center, list) and len(center) == section["embedding_size"]
-              and all(_finite(v) for v in center) and 0 < sum(v * v for v in center) < 1)
-        if not ok:
-            raise bad("embedder.embedding_mean", f"must be {section['embedding_size']} numbers (embedding_size) "
-                                                 "forming a vector of length in (0, 1)")
+    if center is not None:  # its length is checked against the model's output by check_model
+        if not (isinstance(center, list) and center and all(_finite(v) for v in center)
+                and 0 < sum(v * v for v in center) < 1):
+            raise bad("embedder.embedding_mean", "must be a list of numbers forming a vector of length in (0, 1)")
     points = section.get("operating_points", {})
     if not isinstance(points, dict):
         raise bad("embedder.operating_points", f"must be an object, got {points!r}")
@@ -236,6 +234,10 @@ def check_model(data: dict[str, Any], interpreter, source: str = "<manifest>") -
         if size != data["embedder"]["embedding_size"]:
             raise ManifestError(f"{source}: embedder.embedding_size is {data['embedder']['embedding_size']} but the "
                                 f"model's embedding output has {size} values")
+        center = data["embedder"].get("embedding_mean")
+        if center is not None and len(center) != size:
+            raise ManifestError(f"{source}: embedder.embedding_mean has {len(center)} values but the model's "
+                                f"embedding output has {size}")
 
 
 def read_manifest(model_path: str | os.PathLike, verify_hash: bool = True) -> dict[str, Any]:

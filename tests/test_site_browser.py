@@ -154,8 +154,11 @@ def test_hub_web_page_in_headless_chromium(hub_site, data_root):
         def tony_event():
             conn = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True, timeout=10)
             try:
-                row = conn.execute("SELECT event_id FROM events WHERE decision = 'unknown' AND ts > ? ORDER BY ts "
-                                   "DESC LIMIT 1", (since,)).fetchone()
+                # what the page lists (HubStore.unknown): an unknown visit logged at a track's end has no
+                # snapshot, hence no embedding, and is not listed
+                row = conn.execute("SELECT event_id FROM events WHERE kind = 'access' AND decision = 'unknown' AND "
+                                   "reviewed = 0 AND embedding IS NOT NULL AND ts > ? ORDER BY ts DESC LIMIT 1",
+                                   (since,)).fetchone()
             finally:
                 conn.close()
             return row[0] if row else None
