@@ -23,8 +23,12 @@ from edgeface.paths import cache_root
 
 from . import calibration, common, detector, detector_config, embedder, metadata, onet
 from .stages import stage
-from .thresholds import (THRESHOLD_PAIRS_FILE, calibrate_embedding_mean, calibrate_min_cosine_similarity,
-                         calibrate_open_set_points)
+from .thresholds import (
+    THRESHOLD_PAIRS_FILE,
+    calibrate_embedding_mean,
+    calibrate_min_cosine_similarity,
+    calibrate_open_set_points,
+)
 
 log = logging.getLogger(__name__)
 

@@ -231,7 +231,8 @@ def register(sub) -> None:
     p.add_argument("--center-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="record the float model's mean embedding of LFW DevTrain faces in the manifests; every "
                         "runtime subtracts it before comparing (thresholds are calibrated that way; needs LFW). "
-                        "Default: on for mobilefacenet (LFW int8 TAR at FAR 1e-3 0.9797 -> 0.9807; converters/README.md)")
+                        "Default: on for mobilefacenet (LFW int8 TAR at FAR 1e-3 0.9797 -> 0.9807; "
+                        "converters/README.md)")
     p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "
                                                 "or the 5-celebrity set when LFW is absent)")
     p.add_argument("--count", type=int, default=300, help="calibration images (default 300)")
