@@ -20,10 +20,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Optional
 
-import cv2
 import numpy as np
 
-from . import runtime
+from . import preprocess, runtime
 from .manifest import ManifestError, check_model, manifest_path, read_manifest
 
 #: The five points a landmark model returns, in this order (the subject's sides; MTCNN's order).
@@ -67,7 +66,7 @@ def crop_region(image: np.ndarray, region: Region, size: int) -> np.ndarray:
         sx0, sy0, sx1, sy1 = max(x, 0), max(y, 0), min(x + s, w), min(y + s, h)
         if sx1 > sx0 and sy1 > sy0:
             patch[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = image[sy0:sy1, sx0:sx1]
-    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+    return preprocess.resize_area(patch, size, size)
 
 
 def decode_points(raw: np.ndarray, region: Region) -> np.ndarray:

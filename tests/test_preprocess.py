@@ -1,4 +1,4 @@
-"""Pure pre-processing functions (synthetic arrays) and image-reading error paths."""
+"""Pre-processing functions (synthetic arrays; real photos where OpenCV is matched) and image-reading error paths."""
 import cv2
 import numpy as np
 import pytest
@@ -140,3 +140,28 @@ def test_opencv_log_level_on_opencv_4_and_5():
     put(1)
     assert get() == 4 and calls == [0, 1]
 
+
+
+def test_resize_area_is_opencv_inter_area_bit_for_bit_on_real_photos():
+    """The float32 route of resize_area gives OpenCV's uint8 INTER_AREA result exactly: real LFW photos, as
+    they are and as camera-sized frames, to the detectors' and O-Net's sizes (general shrinks), integer
+    shrinks and enlargements (handed to OpenCV)."""
+    import cv2
+
+    from conftest import lfw_image
+
+    photos = [preprocess.read_image(lfw_image(n, i)) for n, i in
+              (("Colin_Powell", 1), ("Serena_Williams", 4), ("Tony_Blair", 7), ("Gloria_Macapagal_Arroyo", 2))]
+    sizes = [(192, 192), (128, 128), (48, 48), (192, 144), (128, 96), (125, 125), (500, 500), (250, 125)]
+    general = 0
+    for photo in photos:
+        for src in (photo, cv2.resize(photo, (640, 480)), cv2.resize(photo, (333, 517)), photo[:61, :47]):
+            for w, h in sizes:
+                expected = cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA)
+                got = preprocess.resize_area(src, w, h)
+                assert got.dtype == np.uint8 and np.array_equal(got, expected), (src.shape, w, h)
+                general += bool(preprocess._general_area(src.shape[1], w) and
+                                preprocess._general_area(src.shape[0], h) is not None)
+    assert general >= 40  # most cases took the float32 route
+    assert preprocess._general_area(250, 125) is False and preprocess._general_area(250, 192) is True
+    assert preprocess._general_area(100, 300) is None
