@@ -51,14 +51,18 @@ def build_models(out_dir: str | os.PathLike, embedder_family: str = embedder.DEF
     ``bias_correction``: correct the post-training int8 embedder's conv biases against its float model on the
     calibration crops (None: :data:`embedder.BIAS_CORRECTION_FAMILIES` decides; never after QAT).
     With ``calibrate_threshold`` the embedder manifests also get open-set operating points
-    (:mod:`.openset`), and with ``center_embeddings`` (None: :data:`embedder.CENTER_FAMILIES` decides) an
-    ``embedding_mean`` measured before the thresholds (:func:`.thresholds.calibrate_embedding_mean`).
+    (:mod:`.openset`), and with ``center_embeddings`` (None: :data:`embedder.CENTER_FAMILIES` decides; it needs
+    ``calibrate_threshold``) an ``embedding_mean`` measured before the thresholds
+    (:func:`.thresholds.calibrate_embedding_mean`).
     """
     if qat_steps is not None and qat_steps < 0:  # before any work: a typo must not cost a build
         raise OptionError(f"qat_steps must be >= 0 (0: post-training int8), got {qat_steps}")
     embedder.check_bias_correction(embedder_family, bias_correction)
+    if center_embeddings and not calibrate_threshold:
+        raise OptionError("centring the embeddings needs the threshold calibration (the thresholds must be measured "
+                          "on centred embeddings): drop --no-threshold-calibration, or add --no-center-embeddings")
     if center_embeddings is None:
-        center_embeddings = embedder_family in embedder.CENTER_FAMILIES
+        center_embeddings = embedder_family in embedder.CENTER_FAMILIES and calibrate_threshold
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

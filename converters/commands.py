@@ -230,7 +230,8 @@ def register(sub) -> None:
                         "mobilefacenet (held-out cosine to float 0.989 -> 0.991; converters/README.md)")
     p.add_argument("--center-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="record the float model's mean embedding of LFW DevTrain faces in the manifests; every "
-                        "runtime subtracts it before comparing (thresholds are calibrated that way; needs LFW). "
+                        "runtime subtracts it before comparing (thresholds are calibrated that way: needs LFW and the "
+                        "threshold calibration). "
                         "Default: on for mobilefacenet (LFW int8 TAR at FAR 1e-3 0.9797 -> 0.9807; "
                         "converters/README.md)")
     p.add_argument("--calibration-folder", help="your own images to calibrate on (default: LFW DevTrain people, "

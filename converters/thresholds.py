@@ -50,31 +50,27 @@ def calibrate_embedding_mean(detector, embedder_paths: list[Path], lfw_root: Pat
 
     The faces are those of the first ``limit`` pairs of :data:`THRESHOLD_PAIRS_FILE`, each crop and its mirror
     (what a flipped embedding averages). Run it before the thresholds, which are then calibrated on centred
-    embeddings.
+    embeddings. Fewer than 100 faces found: :class:`CalibrationError`, and no manifest is changed.
     """
     import numpy as np
 
     from edgeface import evaluate
-    from edgeface.embed import l2_normalize
+    from edgeface.calibration_data.builder import CalibrationError
     from edgeface.lfw import crop_files, pair_files
     from edgeface.manifest import read_manifest, write_manifest
     from edgeface.recognizer import FaceRecognizer
 
-    first = Path(embedder_paths[0])
-    for path in embedder_paths:  # measure the model's own outputs, not outputs centred by an earlier run
-        data = read_manifest(path)
-        if data["embedder"].pop("embedding_mean", None) is not None:
-            data["embedder"].pop("embedding_mean_source", None)
-            write_manifest(path, data)
-    rec = FaceRecognizer(detector_path=detector, embedder_path=first, min_cosine_similarity=0.0)
+    rec = FaceRecognizer(detector_path=detector, embedder_path=embedder_paths[0], min_cosine_similarity=0.0)
     emb = rec.embedder
+    emb.center = None  # the model's own outputs, whatever centre its manifest may already carry
     pairs = evaluate.first_pairs(evaluate.read_pairs(lfw_root / THRESHOLD_PAIRS_FILE), limit)
     crops = [c for c in crop_files(rec.detect, pair_files(pairs, lfw_root), emb.recipe,
                                    lambda it: common.progress(it, "embedding mean"), emb.landmarker).values()
              if c is not None]
     if len(crops) < 100:
-        raise common.ConversionError(f"only {len(crops)} DevTrain faces found for the embedding mean (need 100)")
-    runs = [l2_normalize(emb._run(c)) for c in crops] + [l2_normalize(emb._run(c[:, ::-1])) for c in crops]
+        raise CalibrationError(f"only {len(crops)} faces found in the first {len(pairs)} pairs of "
+                               f"{lfw_root / THRESHOLD_PAIRS_FILE} for the embedding mean (need 100)")
+    runs = [emb.embed_crop(c, flip=False) for c in crops] + [emb.embed_crop(c[:, ::-1], flip=False) for c in crops]
     mean = [round(float(v), 6) for v in np.mean(runs, axis=0)]
     source = (f"mean of the float32 model's normalized outputs on {len(crops)} LFW {THRESHOLD_PAIRS_FILE} faces "
               f"(first {len(pairs)} pairs) and their mirrors, detector {_detector_name(detector)}")

@@ -177,7 +177,7 @@ def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
     image type; its float32 instantiation runs faster than its uint8 one (LFW 250 -> 192 px: 0.33 instead of
     0.45 ms; a 640 x 480 frame -> 192: 0.75 instead of 1.0 ms), so the image is resized as float32 and rounded
     as OpenCV rounds (half to even). Equal to OpenCV's uint8 result on every image tried (4,500 resizes of LFW
-    photos and camera-sized frames; tests/test_units.py). Integer shrinks and enlargements go to OpenCV as
+    photos and camera-sized frames; tests/test_preprocess.py). Integer shrinks and enlargements go to OpenCV as
     they are (other paths, with integer rounding).
     """
     h, w = image.shape[:2]

@@ -381,6 +381,27 @@ def test_embedding_mean_is_one_centre_for_both_precisions_subtracted_from_every_
             FaceEmbedder(plain)
 
 
+@pytest.mark.slow
+def test_embedding_mean_from_too_few_faces_is_refused_and_changes_no_manifest(models_dir, index, tmp_path):
+    """The build's centring step on the first 10 DevTrain pairs (18 faces, under the 100 it needs): a
+    CalibrationError naming the count, and the manifests keep the centre they had."""
+    import shutil
+
+    from edgeface.calibration_data.builder import CalibrationError
+    from edgeface.converters.thresholds import calibrate_embedding_mean
+    from edgeface.detect import resolve_detector
+
+    from conftest import LFW
+
+    for f in models_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    paths = [tmp_path / index[p]["embedder"] for p in ("float32", "int8")]
+    before = [p.with_suffix(".json").read_bytes() for p in paths]
+    with pytest.raises(CalibrationError, match=r"only \d+ faces .* \(need 100\)"):
+        calibrate_embedding_mean(resolve_detector(tmp_path, "float32"), paths, LFW, limit=10)
+    assert [p.with_suffix(".json").read_bytes() for p in paths] == before
+
+
 def test_needs_mirror_only_where_the_mirror_could_change_the_answer():
     from edgeface.gallery import Match
     from edgeface.recognizer import needs_mirror

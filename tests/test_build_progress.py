@@ -66,3 +66,14 @@ def test_negative_qat_steps_is_one_line_before_any_work(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "qat_steps must be >= 0" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()  # nothing written, nothing fetched
+
+
+def test_centring_without_threshold_calibration_is_one_line_before_any_work(tmp_path):
+    out = tmp_path / "models"
+    r = subprocess.run([sys.executable, "-m", "edgeface.cli", "build", "--out", str(out), "--center-embeddings",
+                        "--no-threshold-calibration"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "needs the threshold calibration" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("edgeface: error: centring"), r.stderr  # one line
+    assert not out.exists()  # nothing written, nothing fetched
