@@ -246,7 +246,7 @@ def variant_detector(models: Path, index: dict, precision: str, det_name: str):
 
 
 def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32"),
-                   detectors: Optional[Sequence[str]] = (LEGACY_DETECTOR,)) -> tuple[list[Variant], list[str]]:
+                   detectors: Optional[Sequence[str]] = None) -> tuple[list[Variant], list[str]]:
     """Variants present in ``models`` (precision x detector, plus ``int8_pruned`` and ``int8_io`` when built) and
     notes on the ones that are not there.
 
@@ -255,8 +255,10 @@ def model_variants(models: Path, precisions: Sequence[str] = ("int8", "float32")
     configuration of its base precision (int8 detector models for ``int8_facenet``). A ``<precision>_noflip``
     variant runs that precision's models without test-time flip (one embedder run per face; ``int8_noflip``),
     a ``<precision>_flip`` one with it (the crop and its mirror image, averaged; ``int8_flip``).
-    ``detectors`` are names the folder offers (:func:`detector_choices`; ``default`` or None: its
-    ``default_detector``); an unknown one raises :class:`BenchmarkError` before anything is loaded."""
+    ``detectors`` are names the folder offers (:func:`detector_choices`; ``default`` or None, the default: its
+    ``default_detector``, what users get); an unknown one raises :class:`BenchmarkError` before anything is
+    loaded. Variants of the single short-range model are named by their precision alone (``int8``), others
+    ``<precision>+<detector>`` (``int8+auto``)."""
     models = Path(models)
     index = read_index(models)
     variants, notes = [], []

@@ -102,7 +102,8 @@ def run(models: Path, lfw: Path, settings: dict, show_progress: bool = True) -> 
                      "roc_auc": evaluate.roc_auc(s, same), "tar_at_far_1e-3": tar,
                      "per_image_ms": common.stats_ms(times)}, **extra)
 
-    rows = [summary(f"edgeface {settings['precision']} (BlazeFace + FaceNet, 1 thread)", ours,
+    label = f"edgeface {settings['precision']} ({rec.detector.name} + {rec.embedder.manifest['family']}, 1 thread)"
+    rows = [summary(label, ours,
                     scores(ours, "cos"), t_ours, {"threshold_rule": "cosine >= threshold"})]
     if fr is not None:
         s_fr = scores(theirs, "l2")

@@ -135,6 +135,8 @@ def test_accuracy_reports_what_flipping_near_the_threshold_decides(models_dir, d
 def test_identify_quick(models_dir, data_root, out):
     r = _run("identify", models_dir, data_root, out)
     (v,) = r["variants"]
+    default = json.loads((models_dir / "models.json").read_text())["default_detector"]
+    assert v["variant"] == f"int8+{default}"  # the folder's default detector, what users get
     ks = [x["k"] for x in v["per_k"]]
     assert ks == [1, 3]
     for x in v["per_k"]:
@@ -174,6 +176,9 @@ def test_peers_quick(models_dir, data_root, out):
     r = _run("peers", models_dir, data_root, out)
     ours = r["peers"][0]
     assert ours["name"].startswith("edgeface") and ours["pairs"] == 8
+    index = json.loads((models_dir / "models.json").read_text())
+    family = json.loads((models_dir / index["int8"]["embedder"]).with_suffix(".json").read_text())["family"]
+    assert f"({index['default_detector']} + {family}, 1 thread)" in ours["name"]  # names what was measured
     assert ours["per_image_ms"]["n"] == ours["images"]
     try:
         import face_recognition  # noqa: F401 - imported only to probe that the optional package is installed

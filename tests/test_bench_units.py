@@ -204,6 +204,8 @@ def test_model_variants_time_detector_configurations_of_the_variant_precision(tm
     assert by["int8+auto"].detector.min_face == 20 and by["int8"].detector.name == "short_range"
     # None (the runs.json default) is the folder's default_detector
     assert [v.name for v in common.model_variants(models, ["int8"], None)[0]] == ["int8+auto"]
+    # and so do the benchmarks that take no --detectors (identify, peers, preprocess, gallery): what users get
+    assert [v.name for v in common.model_variants(models, ["int8"])[0]] == ["int8+auto"]
 
 
 def test_model_variants_refuse_an_unknown_detector_naming_the_offered_ones(tmp_path):
