@@ -254,7 +254,8 @@ BENCHMARKS = (
                     "1e-4 on a large impostor set, ROC and DET plots, and an operating-point table for installers.",
         options=(_PRECISIONS, _opt("--detectors", nargs="+", metavar="NAME",
                                           help="detector names of models.json, e.g. short_range full_range "
-                                               "auto ('default': the folder's default_detector)"),
+                                               "auto (default: 'default', the folder's default_detector, "
+                                               "what users get)"),
                  _opt("--no-cache", action="store_true", help="do not reuse embeddings cached in <out>/cache")),
         overrides=("precisions", "detectors")),
     Benchmark(

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "identify only for a face scored near the threshold)")
         p.add_argument("--enhance", choices=list(ENHANCEMENTS), default="none",
                        help="brighten dark or backlit images before detection: equalize recovers dark, "
-                            "hazy photos (51%% -> 98%% on degraded LFW pairs) and costs nothing on good ones; "
+                            "hazy photos (82%% -> 98.7%% on degraded LFW pairs) and costs nothing on good ones; "
                             "enroll with the same setting")
         return p
 
