@@ -90,13 +90,17 @@ def write_index(models_dir: str | os.PathLike, index: dict) -> Path:
 
 
 def variant_table(index: dict) -> dict:
-    """``{"embedder": {variant: file}, "detectors": {spec: {variant: file}}}`` including float32 / int8."""
-    table = {"embedder": {}, "detectors": {}}
+    """``{"embedder": {variant: file}, "detectors": {spec: {variant: file}}, "landmarks": {name: {variant:
+    file}}}`` including float32 / int8."""
+    table = {"embedder": {}, "detectors": {}, "landmarks": {}}
     for precision in ("float32", "int8"):
         if "embedder" in index.get(precision, {}):
             table["embedder"][precision] = index[precision]["embedder"]
     for spec, entry in index.get("detectors", {}).items():
         table["detectors"][spec] = {p: entry[p] for p in ("float32", "int8") if p in entry}
+    for name, entry in index.get("landmarks", {}).items():
+        if isinstance(entry, dict):  # "default" names one of them
+            table["landmarks"][name] = {p: entry[p] for p in ("float32", "int8") if p in entry}
     saved = index.get("variants", {})
     for v, f in saved.get("embedder", {}).items():
         table["embedder"].setdefault(v, f)
@@ -116,7 +120,7 @@ def index_models(models_dir: str | os.PathLike, variants: Optional[Iterable[str]
     table = variant_table(read_index(models_dir) if index is None else index)
     keep = None if variants is None else set(variants)
     files = []
-    for entries in [table["embedder"], *table["detectors"].values()]:
+    for entries in [table["embedder"], *table["detectors"].values(), *table["landmarks"].values()]:
         files += [f for v, f in entries.items() if keep is None or v in keep]
     return [models_dir / f for f in dict.fromkeys(files)]
 

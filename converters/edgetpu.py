@@ -331,11 +331,12 @@ def check_model(model_path: str | os.PathLike, compile: bool = True,
 
 
 def default_models(models_dir: str | os.PathLike) -> list[Path]:
-    """The full-int8 models of a models folder (default detector, other detectors, embedder, pruned)."""
+    """The full-int8 models of a models folder (default detector, other detectors, landmark models, embedder,
+    pruned)."""
     models_dir = Path(models_dir)
     table = variant_table(read_index(models_dir))
     files = []
-    for entries in table["detectors"].values():
+    for entries in [*table["detectors"].values(), *table["landmarks"].values()]:
         files += [entries[v] for v in ("int8", "pruned_int8") if v in entries]
     files += [table["embedder"][v] for v in ("int8", "pruned_int8") if v in table["embedder"]]
     return [models_dir / f for f in files]

@@ -129,15 +129,24 @@ def build_metadata(manifest: dict, output_keys: list[str]) -> bytes:
     elif inp["dtype"] == "int8":
         in_desc += ("; the int8 input tensor folds this normalization into its scale and zero point: feed "
                     "round(normalized / scale) + zero_point")
-    if manifest["role"] == "embedder":
+    role = manifest["role"]
+    if role == "embedder":
         crop = manifest["embedder"]["crop"]
         recipe = json.dumps({k: v for k, v in crop.items() if k != "source"})
         in_desc += f"; face crop recipe {crop['method']} ({recipe})"
+    elif role == "landmarks":
+        crop = manifest["landmarks"]["crop"]
+        recipe = json.dumps({k: v for k, v in crop.items() if k != "source"})
+        in_desc += (f"; the square of {crop['scale']:g} detector-box widths centred on the box centre moved down "
+                    f"by {crop['shift_y']:g} box widths (negative: up), area-resized to {crop['size']} px, black "
+                    f"outside the image: crop recipe {crop['method']} ({recipe})")
     else:
         in_desc += "; the whole frame letterboxed to a square"
+    # a manifest that says what its outputs mean (landmark models) is the authority; else the known roles'
+    meanings = dict(OUTPUT_DESCRIPTIONS, **manifest.get(role, {}).get("output_meaning", {}))
     image = _tensor(b, "image", in_desc, image=(int(w), int(h)), norm=([mean] * c, [std] * c),
                     stats=([(255.0 - mean) / std] * c, [(0.0 - mean) / std] * c))
-    outs = [_tensor(b, k, OUTPUT_DESCRIPTIONS.get(k, k)) for k in output_keys]
+    outs = [_tensor(b, k, meanings.get(k, k)) for k in output_keys]
     custom_manifest = {k: v for k, v in manifest.items() if k not in ("sha256", "model_file")}
     custom = _table(b, 2, offsets={0: _string(b, "edgeface_manifest"),
                                    1: _bytes(b, json.dumps(custom_manifest, sort_keys=True).encode())})

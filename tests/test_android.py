@@ -177,7 +177,8 @@ def test_metadata_displayer_reads_every_model_and_it_matches_the_manifest(models
     from edgeface.converters import common
 
     models = common.index_models(models_dir)
-    assert len(models) >= 6  # float32 and int8 of two detectors and the embedder
+    assert len(models) >= 8  # float32 and int8 of two detectors, the landmark model and the embedder
+    assert {read_manifest(m)["role"] for m in models} == {"detector", "landmarks", "embedder"}
     shown = venvs.run_json("tflite-support", SIDECAR / "metadata_displayer.py",
                            {"models": [str(m) for m in models]})
     for model in models:
@@ -200,9 +201,12 @@ def test_metadata_displayer_reads_every_model_and_it_matches_the_manifest(models
         assert all(o["description"] for o in sg["output_tensor_metadata"])
         embedded = json.loads(custom["edgeface_manifest"])
         assert embedded == {k: v for k, v in manifest.items() if k not in ("sha256", "model_file")}
-        if manifest["role"] == "embedder":
-            crop = manifest["embedder"]["crop"]
+        if manifest["role"] in ("embedder", "landmarks"):  # the crop the model must be fed travels with it
+            crop = manifest[manifest["role"]]["crop"]
             recipe = json.dumps({k: v for k, v in crop.items() if k != "source"})
             assert crop["method"] in inp["description"] and recipe in inp["description"]
+        if manifest["role"] == "landmarks":  # what each output means, from the manifest
+            meaning = manifest["landmarks"]["output_meaning"]
+            assert [o["description"] for o in sg["output_tensor_metadata"]] == [meaning[k] for k in order]
         if manifest["input"]["dtype"] == "uint8":
             assert "feed the RGB pixels 0..255 as they are" in inp["description"]

@@ -285,8 +285,9 @@ def test_onnx_export_failure_leaves_nothing(tmp_path):
 def test_edgetpu_readiness_of_the_default_models(models_dir, index):
     from edgeface.converters import edgetpu
 
-    for role in ("detector", "embedder"):
-        r = edgetpu.analyze(models_dir / index["int8"][role])
+    onet = models_dir / index["landmarks"][index["landmarks"]["default"]]["int8"]
+    for model in (models_dir / index["int8"]["detector"], models_dir / index["int8"]["embedder"], onet):
+        r = edgetpu.analyze(model)
         assert r["ready"], r["problems"]
         assert r["non_int8_tensor_count"] == 0 and not r["dynamic_tensors"] and not r["rank_violations"]
         assert len(r["op_list"]) == r["ops"] == sum(r["op_histogram"].values())
@@ -313,6 +314,7 @@ def test_edgetpu_cli_prints_the_compile_command(models_dir, index):
     reports = json.loads(r.stdout.strip().splitlines()[-1])["models"]
     names = {Path(m["model"]).name for m in reports}
     assert index["int8"]["embedder"] in names and index["int8"]["detector"] in names
+    assert index["landmarks"][index["landmarks"]["default"]]["int8"] in names  # the pipeline's O-Net runs there too
     for m in reports:
         assert m["compiler"] is None and m["compile_command"].startswith("edgetpu_compiler --show_operations")
 
