@@ -20,6 +20,7 @@ from .crypto import CryptoError, SealedGallery, make_cipher
 from .door import DoorController, DoorError
 from .events import EventLog, EventLogError
 from .loop import FaceLoop
+from .precision import PrecisionChoice, choose_precision, listed_precisions
 from .sources import Backoff, ReconnectingSource, make_source
 
 # the threshold policy lives in .threshold; these names stay importable from here
@@ -68,6 +69,25 @@ def door_min_face(cfg: DeviceConfig) -> int:
     return max(1, int(cfg.quality.min_face_pixels * min(scale, 1.0)))
 
 
+def resolve_precision(cfg: DeviceConfig) -> PrecisionChoice:
+    """``[models] precision`` as the door runs it: as configured, or for ``auto`` the faster on this CPU
+    (:mod:`edgeface.device.precision`), logged with the measurement."""
+    m = cfg.models
+    if m.precision != "auto":
+        return PrecisionChoice(m.precision, "[models] precision", {})
+    try:
+        choice = choose_precision(m.dir, m.detector, m.threads or None, m.accelerator)
+    except EdgefaceError as exc:
+        raise StartupError(f"[models] precision auto: {exc}") from exc
+    log.info("[models] precision auto: %s (%s)", choice.precision, choice.reason)
+    return choice
+
+
+def precision_label(cfg: DeviceConfig, rec) -> str:
+    """``int8`` as configured, or ``auto: int8`` when measured at start."""
+    return f"auto: {rec.precision}" if cfg.models.precision == "auto" else rec.precision
+
+
 def load_recognizer(cfg: DeviceConfig):
     """FaceRecognizer per ``[models]``: Edge TPU when asked (CPU fallback only if allowed), CPU otherwise.
 
@@ -78,15 +98,20 @@ def load_recognizer(cfg: DeviceConfig):
     from edgeface.runtime import DelegateError
 
     m = cfg.models
-    try:
-        det = resolve_detector(m.dir, m.precision, m.detector)
+    try:  # the detector name first (any listed precision): its error names [models] detector
+        resolve_detector(m.dir, m.precision if m.precision != "auto" else listed_precisions(m.dir)[0], m.detector)
     except ManifestError as exc:
         raise StartupError(f"[models] detector: {exc}") from exc
-    emb = resolve_models(m.dir, m.precision)[1]
-    common = dict(precision=m.precision, enhance=cfg.recognition.enhance, flip=m.flip,
+    except EdgefaceError as exc:
+        raise StartupError(f"[models] dir: {exc}") from exc
+    choice = resolve_precision(cfg)
+    precision = choice.precision
+    det = resolve_detector(m.dir, precision, m.detector)
+    emb = resolve_models(m.dir, precision)[1]
+    common = dict(precision=precision, enhance=cfg.recognition.enhance, flip=m.flip,
                   min_detection_score=m.min_detection_score, threads=m.threads or None, min_face=door_min_face(cfg))
     if m.accelerator == "edgetpu":
-        if m.precision != "int8":
+        if precision != "int8":
             raise StartupError("the Edge TPU runs int8 models only: set [models] precision = \"int8\"")
         tdet = det._replace(whole_frame=tuple(edgetpu_model(p) for p in det.whole_frame),
                             tile_model=edgetpu_model(det.tile_model))
@@ -105,10 +130,10 @@ def load_recognizer(cfg: DeviceConfig):
                 if on_tpu == 0:
                     log.warning("%s %s has no Edge TPU nodes: compile it with edgetpu_compiler "
                                 "(expected %s beside it)", role, path.name, path.stem + "_edgetpu.tflite")
-            rec.delegated = True
+            rec.delegated, rec.precision_choice = True, choice
             return _with_threshold(cfg, rec)
     rec = FaceRecognizer(detector_path=det, embedder_path=emb, **common)
-    rec.delegated = False
+    rec.delegated, rec.precision_choice = False, choice
     return _with_threshold(cfg, rec)
 
 
@@ -229,7 +254,7 @@ class DoorApp:
             self._fail(exc)
         # a failing event log (full disk) does not stop the start: the loop reports it once a minute and opens
         # the door only for decisions it could record
-        self.loop.log_event("start", detail=f"models {cfg.models.dir} ({cfg.models.precision}), gallery "
+        self.loop.log_event("start", detail=f"models {cfg.models.dir} ({precision_label(cfg, self.rec)}), gallery "
                                             f"{cfg.gallery.path}, {len(self.gallery)} people, threshold "
                                             f"{self.loop.threshold:.4f}")
 
@@ -286,7 +311,7 @@ def start_site_link(cfg: DeviceConfig, app: "DoorApp"):
     from .site.link import SiteLink
 
     models = {"detector": Path(app.rec.detector.manifest["model_file"]).name,
-              "embedder": app.rec.embedder_id, "precision": cfg.models.precision}
+              "embedder": app.rec.embedder_id, "precision": app.rec.precision}
     return SiteLink(cfg.site, cfg.gallery.path, app.events, app.door, models, app.loop.threshold,
                     app.rec.embedder_id).start()
 

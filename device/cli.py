@@ -243,13 +243,15 @@ def doctor(cfg) -> list[dict]:
                                        + ("; REQUIRED by [models] accelerator" if needed else "; CPU is used"))
     rec = None
     try:
-        from .app import load_recognizer
+        from .app import load_recognizer, precision_label
 
         rec = load_recognizer(cfg)
         add("models", True, f"{Path(rec.detector.manifest['model_file']).name} + "
-                            f"{rec.embedder.manifest['model_file']} ({cfg.models.precision}); sha256 verified; "
+                            f"{rec.embedder.manifest['model_file']} ({precision_label(cfg, rec)}); sha256 verified; "
                             f"threshold min_cosine_similarity {rec.min_cosine_similarity:.4f} "
                             f"({rec.door_threshold.source})")
+        if cfg.models.precision == "auto":
+            add("precision", True, f"auto: {rec.precision} ({rec.precision_choice.reason})")
         if rec.door_threshold.warning:
             add("threshold", True, rec.door_threshold.warning, warn=True)
         alignment = rec.embedder.alignment
