@@ -107,7 +107,8 @@ def choose_precision(models_dir: str | Path, detector: Optional[str] = None, thr
     sets = {p: _frame_interpreters(Path(models_dir), p, detector, threads) for p in listed}
     frame_ms = measure_frame_ms(sets, rounds)
     chosen = pick(frame_ms)
-    reason = (f"measured at start on this CPU: the model runs of a one-face frame take {frame_ms['int8']:.1f} ms "
+    reason = (f"measured on this CPU as the models load: the model runs of a one-face frame take "
+              f"{frame_ms['int8']:.1f} ms "
               f"in int8 and {frame_ms['float32']:.1f} ms in float32 (median of {rounds}); float32 is chosen only "
               f"when at least {100 * (1 - FLOAT_MARGIN):.0f} % faster")
     return PrecisionChoice(chosen, reason, {p: round(v, 3) for p, v in frame_ms.items()})

@@ -61,7 +61,7 @@ def test_doctor_and_the_recognizer_say_which_precision_runs_and_why(models_dir, 
     rec = load_recognizer(cfg)
     assert rec.precision in ("int8", "float32") and rec.precision_choice.frame_ms
     assert checks["precision"]["ok"] and checks["precision"]["detail"].startswith("auto: ")
-    assert "measured at start" in checks["precision"]["detail"]
+    assert "measured on this CPU as the models load" in checks["precision"]["detail"]
     assert "(auto: " in checks["models"]["detail"]
     fixed = C.from_dict({**base, "models": {"dir": str(models_dir), "precision": "float32"}})
     rec = load_recognizer(fixed)
