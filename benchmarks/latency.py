@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -397,6 +397,8 @@ def run(models: Path, lfw: Path, bbt: Path, settings: dict, seed: int = 0, show_
     result["int8_vs_float32"] = speedups(result)
     result["interface_cost"] = interface_cost(result)
     result["vs_facenet"] = versus(result, FACENET)
+    # the int8 pipeline before issue 10 as it ran (FaceNet on the short-range model) against every configuration
+    result["vs_previous_default"] = versus(result, FACENET, common.LEGACY_DETECTOR)
     return result
 
 
@@ -450,22 +452,25 @@ def speedups(result: dict) -> list[dict]:
     return out
 
 
-def versus(result: dict, baseline: str = FACENET) -> list[dict]:
+def versus(result: dict, baseline: str = FACENET, baseline_detector: Optional[str] = None) -> list[dict]:
     """Every other precision entry against ``baseline`` (``int8_facenet``: another embedder of the folder),
     per scene, runtime, threads and detector, medians of the same run: ``total_ratio`` = this / baseline end to
-    end (< 1: this pipeline is faster), ``speedup`` = baseline / this; the same for embed per face. Empty when
-    the run has no ``baseline`` rows."""
+    end (< 1: this pipeline is faster), ``speedup`` = baseline / this; the same for embed per face. The
+    baseline runs the same detector, or always ``baseline_detector`` when given (a whole previous pipeline,
+    e.g. FaceNet on the single short-range model, against each configuration). Empty when the run has no
+    such ``baseline`` rows."""
     out = []
     for sc in result["scenes"]:
         by = _rows_by(sc)
         for (rt, prec, th, det), r in by.items():
-            base = by.get((rt, baseline, th, det))
+            base = by.get((rt, baseline, th, baseline_detector or det))
             if prec == baseline or base is None:
                 continue
             t, tb = r["stages_ms"]["total"]["median"], base["stages_ms"]["total"]["median"]
             e, eb = r["embed_per_face_ms"]["median"], base["embed_per_face_ms"]["median"]
             out.append({"scene": sc["scene"], "runtime": rt, "threads": th, "detector": det, "precision": prec,
-                        "baseline": baseline, "total_ms": t, "baseline_total_ms": tb,
+                        "baseline": baseline, "baseline_detector": baseline_detector or det,
+                        "total_ms": t, "baseline_total_ms": tb,
                         "total_ratio": round(t / tb, 3), "speedup": round(tb / t, 2),
                         "embed_per_face_ms": e, "baseline_embed_per_face_ms": eb,
                         "embed_ratio": round(e / eb, 3) if e and eb else None})
@@ -515,6 +520,21 @@ def drift_check(result: dict, reference: dict, tolerance: float) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+
+def previous_default_markdown(result: dict) -> list[str]:
+    """The table of every configuration against the previous default pipeline (``vs_previous_default``), without
+    the rows on the baseline's own detector (the same-detector table has them); [] when there are none."""
+    others = [v for v in result.get("vs_previous_default", []) if v["detector"] != v["baseline_detector"]]
+    if not others:
+        return []
+    base = f"{others[0]['baseline']} on {others[0]['baseline_detector']}"
+    return [f"\n### Every configuration vs {base}, the previous default pipeline (median end-to-end, same run, "
+            "same threads)\n",
+            common.md_table(["scene", "runtime", "threads", "detector", "precision", "total ms",
+                             f"{base} total ms", f"speedup ({base} / this)"],
+                            [[v["scene"], v["runtime"], v["threads"], v["detector"], v["precision"], v["total_ms"],
+                              v["baseline_total_ms"], v["speedup"]] for v in others])]
+
 
 def markdown(result: dict) -> str:
     info = result["machine"]
@@ -573,6 +593,7 @@ def markdown(result: dict) -> str:
             [[v["scene"], v["runtime"], v["threads"], v["detector"], v["precision"], v["total_ms"],
               v["baseline_total_ms"], v["total_ratio"], v["speedup"], v["embed_ratio"]]
              for v in result["vs_facenet"]]))
+    lines += previous_default_markdown(result)
     if result.get("drift"):
         d = result["drift"]
         missing = len(d.get("no_reference", []))

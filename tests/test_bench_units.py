@@ -234,5 +234,14 @@ def test_latency_tables_compare_like_with_like():
     assert vs[("int8", "short_range")]["speedup"] == 4.0 and vs[("int8", "auto")]["total_ratio"] == round(14 / 44, 3)
     assert vs[("int8", "auto")]["embed_ratio"] == round(10 / 36, 3)
     assert latency.versus(result, "int8_pruned") == []
+    # the previous default pipeline as it ran (FaceNet on short_range) against every configuration of the run
+    prev = {(v["precision"], v["detector"]): v for v in latency.versus(result, "int8_facenet", "short_range")}
+    assert set(prev) == {("int8", "short_range"), ("int8", "auto"), ("float32", "auto")}
+    assert prev[("int8", "auto")]["speedup"] == round(40 / 14, 2) and prev[("int8", "auto")]["baseline_total_ms"] == 40
+    assert all(v["baseline_detector"] == "short_range" for v in prev.values())
+    md = "\n".join(latency.previous_default_markdown({"vs_previous_default": list(prev.values())}))
+    assert "vs int8_facenet on short_range, the previous default pipeline" in md
+    assert "| auto | int8 |" in md and "| short_range | int8 |" not in md  # that row is in the same-detector table
+    assert latency.previous_default_markdown({"vs_previous_default": []}) == []
     assert latency.reference_key("group/litert/int8/t1") == "group/litert/int8/t1/short_range"
     assert latency.reference_key("group/litert/int8/t1/auto") == "group/litert/int8/t1/auto"
